@@ -1,0 +1,351 @@
+//! Configuration: one TOML file plus a CLI flag for every key.
+//!
+//! The file and the flags both fill a [`ConfigLayer`] (every key optional); layers are merged
+//! (flags win) and then validated into a [`Config`] in one place, so an error names the key and
+//! where its value came from whether it was typed on the command line or written in the file.
+//! Runtime state (what is measured while running) lives in the hub, never here.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+/// A validated, complete configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Address and port the HTTP server binds.
+    pub listen: SocketAddr,
+    /// Which source produces frames.
+    pub source: SourceSpec,
+    /// Frame size in pixels.
+    pub size: Size,
+    /// Frames per second the source is asked for.
+    pub fps: u32,
+    /// JPEG quality, 1..=100.
+    pub quality: u8,
+    /// Number of JPEG encoder threads.
+    pub workers: usize,
+    /// Most concurrent stream viewers (MJPEG + WebSocket) before new ones get 503.
+    pub max_viewers: usize,
+}
+
+/// Which source kind to run. Later issues add cameras and network sources here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// The embedded moving test pattern.
+    TestPattern,
+}
+
+impl fmt::Display for SourceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceSpec::TestPattern => f.write_str("test"),
+        }
+    }
+}
+
+impl FromStr for SourceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "test" | "test-pattern" => Ok(SourceSpec::TestPattern),
+            other => Err(format!(
+                "unknown source {other:?}: this build supports only \"test\" (the test pattern)"
+            )),
+        }
+    }
+}
+
+/// Frame size in pixels, written `WxH`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size {
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Smallest and largest accepted frame edge, in pixels. 4:2:0 needs even edges; the upper
+/// bound keeps a typo from allocating gigabytes.
+const MIN_EDGE_PX: u32 = 16;
+const MAX_EDGE_PX: u32 = 7680;
+
+impl FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (w, h) = s
+            .split_once(['x', 'X'])
+            .ok_or_else(|| format!("{s:?} is not of the form WIDTHxHEIGHT, e.g. 1280x720"))?;
+        let parse = |v: &str, what: &str| {
+            v.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("{what} {v:?} in {s:?} is not a whole number"))
+        };
+        let size = Size {
+            width: parse(w, "width")?,
+            height: parse(h, "height")?,
+        };
+        for (edge, what) in [(size.width, "width"), (size.height, "height")] {
+            if !(MIN_EDGE_PX..=MAX_EDGE_PX).contains(&edge) {
+                return Err(format!(
+                    "{what} {edge} is outside {MIN_EDGE_PX}..={MAX_EDGE_PX} pixels"
+                ));
+            }
+            if edge % 2 != 0 {
+                return Err(format!(
+                    "{what} {edge} is odd; YUV 4:2:0 needs even dimensions"
+                ));
+            }
+        }
+        Ok(size)
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}", self.width, self.height)
+    }
+}
+
+/// One layer of settings, from the file or from the command line. Every key is optional;
+/// values stay as written until [`ConfigLayer::resolve`] checks them.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigLayer {
+    /// `ADDR:PORT` to listen on, default `0.0.0.0:8080`.
+    pub listen: Option<String>,
+    /// Source: `test` (default).
+    pub source: Option<String>,
+    /// Frame size `WxH`, default `1280x720`.
+    pub size: Option<String>,
+    /// Frames per second, 1..=120, default 30.
+    pub fps: Option<i64>,
+    /// JPEG quality 1..=100, default 80.
+    pub quality: Option<i64>,
+    /// Encoder threads 1..=16, default: number of cores, at most 4.
+    pub workers: Option<i64>,
+    /// Maximum concurrent stream viewers, 1..=100000, default 200.
+    pub max_viewers: Option<i64>,
+}
+
+/// A configuration error: always names the key and where the bad value came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for `{key}` ({origin}): {message}")]
+    Invalid {
+        key: &'static str,
+        origin: String,
+        message: String,
+    },
+}
+
+impl ConfigLayer {
+    /// Reads and parses a TOML file. Unknown keys are errors (a typo must not be ignored).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    /// Validates the merge of `file` (lower priority) and `flags` (higher priority).
+    pub fn resolve(
+        file: Option<(&Path, ConfigLayer)>,
+        flags: ConfigLayer,
+    ) -> Result<Config, ConfigError> {
+        let (file_path, file) = match file {
+            Some((p, l)) => (Some(p.display().to_string()), l),
+            None => (None, ConfigLayer::default()),
+        };
+        // Picks the flag if given, else the file's value, and says which for error messages.
+        fn pick<T>(
+            flag: Option<T>,
+            file: Option<T>,
+            flag_name: &str,
+            file_path: &Option<String>,
+        ) -> Option<(T, String)> {
+            match (flag, file) {
+                (Some(v), _) => Some((v, format!("flag --{flag_name}"))),
+                (None, Some(v)) => Some((
+                    v,
+                    format!("in {}", file_path.as_deref().unwrap_or("config file")),
+                )),
+                (None, None) => None,
+            }
+        }
+        fn invalid(key: &'static str, origin: String, message: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                origin,
+                message: message.into(),
+            }
+        }
+        fn ranged(
+            key: &'static str,
+            v: Option<(i64, String)>,
+            range: std::ops::RangeInclusive<i64>,
+            default: i64,
+        ) -> Result<i64, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some((n, _)) if range.contains(&n) => Ok(n),
+                Some((n, origin)) => Err(invalid(
+                    key,
+                    origin,
+                    format!("{n} is outside {}..={}", range.start(), range.end()),
+                )),
+            }
+        }
+        fn parsed<T: FromStr>(
+            key: &'static str,
+            v: Option<(String, String)>,
+            default: T,
+        ) -> Result<T, ConfigError>
+        where
+            T::Err: fmt::Display,
+        {
+            match v {
+                None => Ok(default),
+                Some((s, origin)) => s
+                    .parse::<T>()
+                    .map_err(|e| invalid(key, origin, format!("{s:?}: {e}"))),
+            }
+        }
+
+        let fp = &file_path;
+        let listen = parsed(
+            "listen",
+            pick(flags.listen, file.listen, "listen", fp),
+            SocketAddr::from(([0, 0, 0, 0], 8080)),
+        )?;
+        let source = parsed(
+            "source",
+            pick(flags.source, file.source, "source", fp),
+            SourceSpec::TestPattern,
+        )?;
+        let size = parsed(
+            "size",
+            pick(flags.size, file.size, "size", fp),
+            Size {
+                width: 1280,
+                height: 720,
+            },
+        )?;
+        let fps = ranged("fps", pick(flags.fps, file.fps, "fps", fp), 1..=120, 30)?;
+        let quality = ranged(
+            "quality",
+            pick(flags.quality, file.quality, "quality", fp),
+            1..=100,
+            80,
+        )?;
+        let workers = ranged(
+            "workers",
+            pick(flags.workers, file.workers, "workers", fp),
+            1..=16,
+            default_workers() as i64,
+        )?;
+        let max_viewers = ranged(
+            "max_viewers",
+            pick(flags.max_viewers, file.max_viewers, "max-viewers", fp),
+            1..=100_000,
+            200,
+        )?;
+        // The ranges above make these conversions lossless.
+        Ok(Config {
+            listen,
+            source,
+            size,
+            fps: fps as u32,
+            quality: quality as u8,
+            workers: workers as usize,
+            max_viewers: max_viewers as usize,
+        })
+    }
+}
+
+/// One encoder per core, at most 4: beyond that the source, not the encoder, is the limit.
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        ConfigLayer::resolve(None, ConfigLayer::default()).expect("defaults are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.size.to_string(), "1280x720");
+        assert_eq!((c.fps, c.quality), (30, 80));
+        assert!((1..=4).contains(&c.workers));
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file: ConfigLayer = toml::from_str("fps = 10\nquality = 50").unwrap();
+        let flags = ConfigLayer {
+            fps: Some(25),
+            ..Default::default()
+        };
+        let c = ConfigLayer::resolve(Some((Path::new("x.toml"), file)), flags).unwrap();
+        assert_eq!((c.fps, c.quality), (25, 50));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_origin() {
+        let file: ConfigLayer = toml::from_str("quality = 0").unwrap();
+        let e = ConfigLayer::resolve(Some((Path::new("/etc/p.toml"), file)), Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`quality`") && e.contains("/etc/p.toml"), "{e}");
+
+        let flags = ConfigLayer {
+            size: Some("641x480".into()),
+            ..Default::default()
+        };
+        let e = ConfigLayer::resolve(None, flags).unwrap_err().to_string();
+        assert!(e.contains("`size`") && e.contains("--size") && e.contains("odd"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = toml::from_str::<ConfigLayer>("fsp = 3").unwrap_err().to_string();
+        assert!(e.contains("fsp"), "{e}");
+    }
+
+    #[test]
+    fn size_parsing() {
+        assert_eq!(
+            "1920x1080".parse::<Size>().unwrap(),
+            Size {
+                width: 1920,
+                height: 1080
+            }
+        );
+        for bad in ["1920", "x", "0x0", "-2x4", "99999x2", "abcxdef"] {
+            assert!(bad.parse::<Size>().is_err(), "{bad}");
+        }
+    }
+}

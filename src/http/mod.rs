@@ -1,0 +1,249 @@
+//! The HTTP server: accept loop, routing, and the error → status mapping.
+//!
+//! One file per output (`mjpeg`, `snapshot`, `ws`, `status`, `page`). Connections are served
+//! by hyper's HTTP/1 server with upgrades (for `/ws`), each in its own task tracked for
+//! graceful shutdown. Every socket has a write timeout, so a client that stops reading is
+//! disconnected after [`WRITE_STALL_TIMEOUT`] instead of being kept forever; it never slows
+//! the others, since each output only ever holds the newest frame.
+
+mod mjpeg;
+mod page;
+mod snapshot;
+mod status;
+mod ws;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_io_timeout::TimeoutStream;
+use tokio_util::task::TaskTracker;
+
+use crate::hub::{Hub, ViewerLimit};
+use crate::shutdown::Shutdown;
+
+/// A client whose socket accepts no bytes for this long is disconnected.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// Time a client has to send its request headers (slowloris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes hyper buffers per connection, each way: the largest request head, and how much
+/// response data it queues beyond what the socket took. Kept small so a client that stops
+/// reading pins at most about one frame in user space (frames are shared `Bytes`, so this
+/// is a refcount, not a copy, for frames other clients also hold).
+const MAX_CONN_BUFFER: usize = 64 * 1024;
+/// How long graceful shutdown waits for connections to finish before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Shared state every handler sees.
+#[derive(Clone)]
+pub struct AppState {
+    pub hub: Hub,
+    pub shutdown: Shutdown,
+}
+
+/// The routes. Legacy URLs are exact, as OctoPrint, crowsnest, Home Assistant and go2rtc
+/// expect them from mjpg-streamer and ustreamer.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        // The page, or mjpg-streamer's `/?action=stream` and `/?action=snapshot`.
+        .route("/", get(root))
+        // multipart/x-mixed-replace MJPEG.
+        .route("/stream", get(mjpeg::stream))
+        .route("/stream.mjpg", get(mjpeg::stream))
+        // One fresh JPEG.
+        .route("/snapshot", get(snapshot::snapshot))
+        .route("/snapshot.jpg", get(snapshot::snapshot))
+        // Binary frames (header + JPEG) and JSON control messages.
+        .route("/ws", get(ws::upgrade))
+        // JSON state, Prometheus metrics, liveness.
+        .route("/state", get(status::state))
+        .route("/metrics", get(status::metrics))
+        .route("/healthz", get(status::healthz))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+#[derive(serde::Deserialize)]
+struct RootQuery {
+    action: Option<String>,
+}
+
+async fn root(
+    State(state): State<AppState>,
+    Query(q): Query<RootQuery>,
+    req: Request,
+) -> Response {
+    match q.action.as_deref() {
+        None => page::index().await,
+        Some("stream") => mjpeg::stream(State(state)).await,
+        Some("snapshot") => snapshot::snapshot(State(state)).await,
+        Some(other) => HttpError::BadRequest(format!(
+            "unknown action {other:?}; use action=stream or action=snapshot"
+        ))
+        .into_response_for(req.uri().path()),
+    }
+}
+
+async fn not_found(req: Request) -> Response {
+    HttpError::NotFound.into_response_for(req.uri().path())
+}
+
+/// Every failure a handler can report, mapped to a status in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    TooManyViewers(#[from] ViewerLimit),
+    #[error("no frame within {0:?}; the source may be down")]
+    NoFrame(Duration),
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+impl HttpError {
+    fn status(&self) -> StatusCode {
+        match self {
+            HttpError::NotFound => StatusCode::NOT_FOUND,
+            HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            HttpError::TooManyViewers(_) | HttpError::NoFrame(_) | HttpError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    fn into_response_for(self, path: &str) -> Response {
+        tracing::debug!(path, error = %self, "request failed");
+        self.into_response()
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut resp = (status, format!("{}\n", self)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        }
+        resp
+    }
+}
+
+/// Headers that keep browsers and proxies from caching live images.
+pub(crate) fn no_cache_headers() -> [(header::HeaderName, HeaderValue); 3] {
+    [
+        (
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store, no-cache, must-revalidate, max-age=0"),
+        ),
+        (header::PRAGMA, HeaderValue::from_static("no-cache")),
+        (header::EXPIRES, HeaderValue::from_static("0")),
+    ]
+}
+
+/// `X-Timestamp` value: capture time in seconds since the Unix epoch with microseconds, as
+/// ustreamer writes it.
+pub(crate) fn x_timestamp(wall_us: u64) -> String {
+    format!("{}.{:06}", wall_us / 1_000_000, wall_us % 1_000_000)
+}
+
+/// Serves `router(state)` on `listener` until shutdown, then waits up to [`SHUTDOWN_GRACE`]
+/// for open connections.
+pub async fn serve(listener: TcpListener, state: AppState) {
+    let shutdown = state.shutdown.clone();
+    let app = router(state);
+    let tracker = TaskTracker::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_CONN_BUFFER);
+    let mut accept_errors = 0u32;
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(conn) => { accept_errors = 0; conn }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    accept_errors = (accept_errors + 1).min(6);
+                    let wait = Duration::from_millis(10 << accept_errors);
+                    tracing::warn!(error = %e, "accept failed; retrying in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let builder = builder.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let io = TokioIo::new(timed(stream));
+            let conn = builder.serve_connection(io, service).with_upgrades();
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                // Clients vanishing mid-frame are normal for a camera; log quietly.
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = tracker.len(),
+            "connections still open after {SHUTDOWN_GRACE:?}; closing them"
+        );
+    }
+}
+
+fn timed(stream: TcpStream) -> Pin<Box<TimeoutStream<TcpStream>>> {
+    // Frames are sent as soon as they exist; Nagle would only add latency.
+    let _ = stream.set_nodelay(true);
+    let mut s = TimeoutStream::new(stream);
+    s.set_write_timeout(Some(WRITE_STALL_TIMEOUT));
+    Box::pin(s)
+}
+
+/// The URLs worth printing at start-up for a listener bound to `addr`.
+pub fn urls_for(addr: SocketAddr) -> Vec<String> {
+    let port = addr.port();
+    if !addr.ip().is_unspecified() {
+        return vec![format!("http://{}/", SocketAddr::new(addr.ip(), port))];
+    }
+    let mut urls = vec![format!("http://127.0.0.1:{port}/")];
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for ifa in addrs {
+            let Some(ip) = ifa
+                .address
+                .and_then(|a| a.as_sockaddr_in().map(|s| std::net::IpAddr::V4(s.ip())))
+            else {
+                continue;
+            };
+            if !ip.is_loopback() {
+                urls.push(format!("http://{ip}:{port}/"));
+            }
+        }
+    }
+    urls
+}

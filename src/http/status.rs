@@ -1,0 +1,210 @@
+//! `/state` (JSON), `/metrics` (Prometheus text) and `/healthz`.
+//!
+//! Both `/state` and `/metrics` render the same [`Snapshot`] of the hub, so they never
+//! disagree. The Prometheus text format is written by hand: it is a few lines of `name value`
+//! per metric, and a metrics crate would keep a second registry of the counters the hub
+//! already has.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use super::{no_cache_headers, AppState};
+use crate::hub::{Hub, Output};
+
+/// The body of `/state`.
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    pub source: SourceState,
+    pub resolution: Resolution,
+    pub fps: Fps,
+    pub viewers: Viewers,
+    pub encoder: Encoder,
+    pub frames: Frames,
+    pub uptime_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SourceState {
+    pub kind: &'static str,
+    pub name: String,
+    /// `starting`, `idle` (nobody watching), `streaming`, `error`, `stopped`.
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Resolution {
+    pub width: u32,
+    pub height: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Fps {
+    pub configured: u32,
+    /// Frames published per second over the last two seconds; 0 while idle.
+    pub measured: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Viewers {
+    pub mjpeg: usize,
+    pub ws: usize,
+    /// Snapshot requests waiting for a frame right now.
+    pub snapshot: usize,
+    pub max: usize,
+    pub refused: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Encoder {
+    pub workers: usize,
+    pub quality: u8,
+    /// Mean encode time per frame since start, in milliseconds.
+    pub mean_ms: f64,
+    pub errors: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Frames {
+    pub captured: u64,
+    pub encoded: u64,
+    pub published: u64,
+    /// Frames dropped because every encoder was busy.
+    pub dropped_busy: u64,
+    /// Encoded frames dropped because a newer frame was already out.
+    pub dropped_late: u64,
+    /// Sequence number of the newest frame, 0 before the first.
+    pub latest_seq: u64,
+    /// Bytes of the newest JPEG.
+    pub latest_bytes: usize,
+}
+
+impl Snapshot {
+    pub fn of(hub: &Hub) -> Snapshot {
+        let info = hub.info();
+        let s = hub.stats();
+        let state = hub.source_state();
+        let encoded = s.encoded.load(Ordering::Relaxed);
+        let latest = hub.latest();
+        Snapshot {
+            source: SourceState {
+                kind: info.source.kind,
+                name: info.source.name.clone(),
+                state: state.as_str(),
+                error: match state {
+                    crate::hub::SourceState::Error(e) => Some(e),
+                    _ => None,
+                },
+            },
+            resolution: Resolution {
+                width: info.width,
+                height: info.height,
+            },
+            fps: Fps {
+                configured: info.fps,
+                measured: (hub.measured_fps() * 100.0).round() / 100.0,
+            },
+            viewers: Viewers {
+                mjpeg: hub.viewers(Output::Mjpeg),
+                ws: hub.viewers(Output::WebSocket),
+                snapshot: hub.viewers(Output::Snapshot),
+                max: info.max_viewers,
+                refused: s.viewers_refused.load(Ordering::Relaxed),
+            },
+            encoder: Encoder {
+                workers: info.workers,
+                quality: info.quality,
+                mean_ms: if encoded == 0 {
+                    0.0
+                } else {
+                    let us = s.encode_us_total.load(Ordering::Relaxed) as f64 / encoded as f64;
+                    (us / 10.0).round() / 100.0
+                },
+                errors: s.encode_errors.load(Ordering::Relaxed),
+            },
+            frames: Frames {
+                captured: s.captured.load(Ordering::Relaxed),
+                encoded,
+                published: s.published.load(Ordering::Relaxed),
+                dropped_busy: s.dropped_busy.load(Ordering::Relaxed),
+                dropped_late: s.dropped_late.load(Ordering::Relaxed),
+                latest_seq: latest.as_ref().map_or(0, |f| f.seq),
+                latest_bytes: latest.as_ref().map_or(0, |f| f.jpeg().len()),
+            },
+            uptime_s: (hub.uptime().as_secs_f64() * 10.0).round() / 10.0,
+        }
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
+            let _ = writeln!(out, "# HELP picamd_{name} {help}");
+            let _ = writeln!(out, "# TYPE picamd_{name} {kind}");
+            for (labels, v) in samples {
+                let _ = writeln!(out, "picamd_{name}{labels} {v}");
+            }
+        };
+        let f = &self.frames;
+        metric("frames_captured_total", "counter", "Frames produced by the source.", &[("", f.captured as f64)]);
+        metric("frames_encoded_total", "counter", "Frames encoded to JPEG.", &[("", f.encoded as f64)]);
+        metric("frames_published_total", "counter", "Frames delivered to the hub.", &[("", f.published as f64)]);
+        metric(
+            "frames_dropped_total",
+            "counter",
+            "Frames dropped, by reason.",
+            &[
+                ("{reason=\"encoders_busy\"}", f.dropped_busy as f64),
+                ("{reason=\"late\"}", f.dropped_late as f64),
+            ],
+        );
+        metric("encode_errors_total", "counter", "Frames the encoder failed on.", &[("", self.encoder.errors as f64)]);
+        metric("encode_mean_seconds", "gauge", "Mean JPEG encode time per frame.", &[("", self.encoder.mean_ms / 1000.0)]);
+        metric("fps_configured", "gauge", "Frame rate asked of the source.", &[("", self.fps.configured as f64)]);
+        metric("fps_measured", "gauge", "Frames published per second, last 2 s.", &[("", self.fps.measured)]);
+        let v = &self.viewers;
+        metric(
+            "viewers",
+            "gauge",
+            "Clients receiving frames, by output.",
+            &[
+                ("{output=\"mjpeg\"}", v.mjpeg as f64),
+                ("{output=\"ws\"}", v.ws as f64),
+                ("{output=\"snapshot\"}", v.snapshot as f64),
+            ],
+        );
+        metric("viewers_refused_total", "counter", "Viewers refused at the limit.", &[("", v.refused as f64)]);
+        metric("latest_frame_bytes", "gauge", "Size of the newest JPEG.", &[("", f.latest_bytes as f64)]);
+        let streaming = if self.source.state == "streaming" { 1.0 } else { 0.0 };
+        metric("source_streaming", "gauge", "1 while the source produces frames.", &[("", streaming)]);
+        metric("uptime_seconds", "gauge", "Seconds since start.", &[("", self.uptime_s)]);
+        out
+    }
+}
+
+pub async fn state(State(state): State<AppState>) -> Response {
+    let mut resp = Json(Snapshot::of(&state.hub)).into_response();
+    resp.headers_mut().extend(no_cache_headers());
+    resp
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut resp = Snapshot::of(&state.hub).to_prometheus().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+/// Liveness: the process serves HTTP. Whether frames flow is in `/state`.
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}

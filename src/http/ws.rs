@@ -1,0 +1,199 @@
+//! `/ws`: frames as binary messages, control as JSON text messages.
+//!
+//! Binary message = the 32-byte header documented in [`crate::wire`] + the JPEG. The encoder
+//! already built that buffer, so every client is sent the same `Bytes`. Like the MJPEG output,
+//! a client that reads slowly skips frames: while one send is in flight, newer frames only
+//! replace each other in the hub.
+//!
+//! Text messages (JSON):
+//! - server → client on connect: `{"type":"hello","version":1,"header_len":32,"width":…,
+//!   "height":…,"fps":…,"source":"test"}`
+//! - client → server `{"type":"ping","id":…,"t":…}` → server replies
+//!   `{"type":"pong","id":…,"t":…,"server_us":…}` (`id` and `t` echoed as sent; `server_us` is
+//!   the server's clock in µs since the Unix epoch), for the player's clock-offset estimate.
+//! - anything the server cannot use → `{"type":"error","message":"…"}`; the socket stays open.
+//!
+//! Client messages are limited to [`MAX_CLIENT_MESSAGE`] bytes; a cross-site page is refused
+//! (the `Origin` host must match `Host`), since the stream is as private as the camera.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+
+use super::{AppState, HttpError};
+use crate::hub::{Output, ViewerGuard};
+use crate::wire;
+
+/// Largest message a client may send, in bytes (control messages are tiny).
+pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+/// A WebSocket ping goes out when nothing else was sent for this long.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+/// Close code 1001: the server is going away.
+const CLOSE_GOING_AWAY: u16 = 1001;
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !same_origin(&headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            "cross-origin WebSocket connections are not allowed\n",
+        )
+            .into_response();
+    }
+    let guard = match state.hub.add_viewer(Output::WebSocket) {
+        Ok(g) => g,
+        Err(e) => return HttpError::from(e).into_response(),
+    };
+    ws.max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| async move {
+            if let Err(e) = run(socket, state, guard).await {
+                tracing::debug!(error = %e, "websocket client ended with an error");
+            }
+        })
+}
+
+/// Browsers always send `Origin` on WebSocket handshakes; other clients usually do not.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+}
+
+async fn run(socket: WebSocket, state: AppState, _guard: ViewerGuard) -> Result<(), axum::Error> {
+    let hub = &state.hub;
+    let (mut sink, mut incoming) = socket.split();
+    let info = hub.info();
+    let hello = json!({
+        "type": "hello",
+        "version": wire::VERSION,
+        "header_len": wire::HEADER_LEN,
+        "width": info.width,
+        "height": info.height,
+        "fps": info.fps,
+        "source": info.source.kind,
+    });
+    sink.send(text(hello)).await?;
+
+    let mut frames = hub.subscribe();
+    frames.mark_unchanged();
+    if let Some(f) = hub.latest_if_fresh() {
+        sink.send(Message::Binary(f.wire())).await?;
+    }
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
+    keepalive.reset();
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => {
+                let close = CloseFrame { code: CLOSE_GOING_AWAY, reason: Utf8Bytes::from_static("shutting down") };
+                let _ = sink.send(Message::Close(Some(close))).await;
+                return Ok(());
+            }
+            changed = frames.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let frame = frames.borrow_and_update().clone();
+                if let Some(f) = frame {
+                    sink.send(Message::Binary(f.wire())).await?;
+                    keepalive.reset();
+                }
+            }
+            msg = incoming.next() => match msg {
+                Some(Ok(Message::Text(t))) => {
+                    sink.send(text(reply_to(t.as_str()))).await?;
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    sink.send(text(error("binary messages from clients are not used"))).await?;
+                }
+                Some(Ok(Message::Close(_))) | None => return Ok(()),
+                // Pings are answered by the protocol layer; pongs need nothing.
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+            },
+            _ = keepalive.tick() => {
+                sink.send(Message::Ping(Default::default())).await?;
+            }
+        }
+    }
+}
+
+/// The answer to one client text message.
+fn reply_to(msg: &str) -> Value {
+    let parsed: Value = match serde_json::from_str(msg) {
+        Ok(v) => v,
+        Err(e) => return error(&format!("invalid JSON: {e}")),
+    };
+    match parsed.get("type").and_then(Value::as_str) {
+        Some("ping") => json!({
+            "type": "pong",
+            "id": parsed.get("id").cloned().unwrap_or(Value::Null),
+            "t": parsed.get("t").cloned().unwrap_or(Value::Null),
+            "server_us": now_us(),
+        }),
+        Some(other) => error(&format!("unknown message type {other:?}")),
+        None => error("message has no \"type\""),
+    }
+}
+
+fn error(message: &str) -> Value {
+    json!({ "type": "error", "message": message })
+}
+
+fn text(v: Value) -> Message {
+    Message::Text(Utf8Bytes::from(v.to_string()))
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn ping_gets_pong_with_echo() {
+        let r = reply_to(r#"{"type":"ping","id":7,"t":123.5}"#);
+        assert_eq!(r["type"], "pong");
+        assert_eq!(r["id"], 7);
+        assert_eq!(r["t"], 123.5);
+        assert!(r["server_us"].as_u64().unwrap() > 1_600_000_000_000_000);
+    }
+
+    #[test]
+    fn bad_messages_get_errors() {
+        assert_eq!(reply_to("{")["type"], "error");
+        assert_eq!(reply_to("[1,2]")["type"], "error");
+        assert!(reply_to(r#"{"type":"reboot"}"#)["message"]
+            .as_str()
+            .unwrap()
+            .contains("reboot"));
+    }
+
+    #[test]
+    fn origin_must_match_host() {
+        let mut h = HeaderMap::new();
+        assert!(same_origin(&h));
+        h.insert(header::HOST, HeaderValue::from_static("pi.local:8080"));
+        h.insert(header::ORIGIN, HeaderValue::from_static("http://pi.local:8080"));
+        assert!(same_origin(&h));
+        h.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
+        assert!(!same_origin(&h));
+    }
+}

@@ -1,0 +1,454 @@
+//! The hub: the newest encoded frame, who is watching, and the counters behind `/state`.
+//!
+//! Encoders [`Hub::publish`] into a `tokio::sync::watch` that holds only the newest frame
+//! (latest wins): an output that is busy writing simply sees a later frame next time, so a
+//! slow client skips frames and never queues them. Sending one frame to a thousand clients is
+//! a thousand refcount bumps on the same `Bytes`.
+//!
+//! Outputs hold a [`ViewerGuard`] while they need frames. The count drives on-demand capture:
+//! with no guard alive (after a short linger) the source blocks in
+//! [`Hub::wait_for_demand`], and it wakes as soon as a guard is created.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::shutdown::Shutdown;
+use crate::source::{CaptureTime, SourceInfo};
+use crate::wire::{self, FrameHeader};
+
+/// A JPEG ready to send, with the WebSocket header in front of it in the same buffer.
+#[derive(Debug)]
+pub struct EncodedFrame {
+    pub seq: u64,
+    pub captured: CaptureTime,
+    pub width: u32,
+    pub height: u32,
+    pub no_signal: bool,
+    /// `wire` header + JPEG, exactly what a `/ws` binary message carries.
+    wire: Bytes,
+}
+
+impl EncodedFrame {
+    /// Builds the frame by copying `jpeg` once behind a freshly written wire header.
+    pub fn new(
+        seq: u64,
+        captured: CaptureTime,
+        width: u32,
+        height: u32,
+        no_signal: bool,
+        jpeg: &[u8],
+    ) -> Self {
+        let header = FrameHeader {
+            version: wire::VERSION,
+            kind: wire::TYPE_JPEG,
+            flags: if no_signal { wire::FLAG_NO_SIGNAL } else { 0 },
+            seq,
+            capture_us: captured.wall_us,
+            width,
+            height,
+        };
+        let mut buf = Vec::with_capacity(wire::HEADER_LEN + jpeg.len());
+        let mut head = [0u8; wire::HEADER_LEN];
+        header.write(&mut head);
+        buf.extend_from_slice(&head);
+        buf.extend_from_slice(jpeg);
+        EncodedFrame {
+            seq,
+            captured,
+            width,
+            height,
+            no_signal,
+            wire: Bytes::from(buf),
+        }
+    }
+
+    /// The JPEG alone (shares memory with [`Self::wire`]).
+    pub fn jpeg(&self) -> Bytes {
+        self.wire.slice(wire::HEADER_LEN..)
+    }
+
+    /// Header + JPEG, for WebSocket clients.
+    pub fn wire(&self) -> Bytes {
+        self.wire.clone()
+    }
+}
+
+/// Which output a viewer uses; counted separately for `/state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Mjpeg = 0,
+    WebSocket = 1,
+    Snapshot = 2,
+}
+
+const OUTPUTS: usize = 3;
+
+/// What the source is doing, as reported in `/state`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceState {
+    Starting,
+    /// Waiting for a viewer; nothing is captured.
+    Idle,
+    Streaming,
+    /// Failed; the supervisor will retry.
+    Error(String),
+    Stopped,
+}
+
+impl SourceState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SourceState::Starting => "starting",
+            SourceState::Idle => "idle",
+            SourceState::Streaming => "streaming",
+            SourceState::Error(_) => "error",
+            SourceState::Stopped => "stopped",
+        }
+    }
+}
+
+/// Monotonic counters, exported by `/state` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Frames the source produced.
+    pub captured: AtomicU64,
+    /// Frames the encoders finished.
+    pub encoded: AtomicU64,
+    /// Frames that became the newest frame in the hub.
+    pub published: AtomicU64,
+    /// Frames dropped because every encoder was busy.
+    pub dropped_busy: AtomicU64,
+    /// Encoded frames dropped because a newer one was already published.
+    pub dropped_late: AtomicU64,
+    /// Frames the encoder failed on.
+    pub encode_errors: AtomicU64,
+    /// Total encode time in microseconds (divide by `encoded` for the mean).
+    pub encode_us_total: AtomicU64,
+    /// Viewers refused because `max_viewers` was reached.
+    pub viewers_refused: AtomicU64,
+}
+
+impl Stats {
+    pub fn note_captured(&self) {
+        self.captured.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Configured facts shown beside the measurements.
+#[derive(Debug, Clone)]
+pub struct PipelineInfo {
+    pub source: SourceInfo,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub workers: usize,
+    pub quality: u8,
+    pub max_viewers: usize,
+}
+
+/// How long capture keeps running after the last viewer leaves, so a client that reconnects
+/// or polls snapshots every second does not restart the source each time.
+pub const IDLE_LINGER: Duration = Duration::from_secs(1);
+/// How often a thread blocked in `wait_for_demand` rechecks for shutdown.
+const DEMAND_POLL: Duration = Duration::from_millis(100);
+/// Publish times kept for the measured frame rate (enough for 2 s at 120 fps).
+const FPS_WINDOW_FRAMES: usize = 256;
+/// Frames older than this do not count toward the measured rate.
+const FPS_WINDOW: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+struct Demand {
+    viewers: usize,
+    last_left: Option<Instant>,
+}
+
+struct Shared {
+    latest: watch::Sender<Option<Arc<EncodedFrame>>>,
+    demand: Mutex<Demand>,
+    demand_cv: Condvar,
+    viewers: [AtomicUsize; OUTPUTS],
+    stats: Stats,
+    publish_times: Mutex<VecDeque<Instant>>,
+    source_state: Mutex<SourceState>,
+    info: PipelineInfo,
+    started: Instant,
+}
+
+/// Cheap-to-clone handle to the shared hub.
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+/// Too many viewers already; the output answers 503.
+#[derive(Debug, thiserror::Error)]
+#[error("viewer limit of {0} reached")]
+pub struct ViewerLimit(pub usize);
+
+impl Hub {
+    pub fn new(info: PipelineInfo) -> Self {
+        let (latest, _) = watch::channel(None);
+        Hub {
+            shared: Arc::new(Shared {
+                latest,
+                demand: Mutex::new(Demand {
+                    viewers: 0,
+                    last_left: None,
+                }),
+                demand_cv: Condvar::new(),
+                viewers: Default::default(),
+                stats: Stats::default(),
+                publish_times: Mutex::new(VecDeque::with_capacity(FPS_WINDOW_FRAMES)),
+                source_state: Mutex::new(SourceState::Starting),
+                info,
+                started: Instant::now(),
+            }),
+        }
+    }
+
+    pub fn info(&self) -> &PipelineInfo {
+        &self.shared.info
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.shared.started.elapsed()
+    }
+
+    /// Makes `frame` the newest one unless a newer frame is already there (encoders finish out
+    /// of order; a late frame is dropped, never shown after its successor).
+    pub fn publish(&self, frame: EncodedFrame) {
+        let mut frame = Some(frame);
+        let published = self.shared.latest.send_if_modified(|cur| match cur {
+            Some(c) if c.seq >= frame.as_ref().expect("set above").seq => false,
+            _ => {
+                *cur = frame.take().map(Arc::new);
+                true
+            }
+        });
+        let stats = &self.shared.stats;
+        if published {
+            stats.published.fetch_add(1, Ordering::Relaxed);
+            let now = Instant::now();
+            let mut times = lock(&self.shared.publish_times);
+            if times.len() == FPS_WINDOW_FRAMES {
+                times.pop_front();
+            }
+            times.push_back(now);
+        } else {
+            stats.dropped_late.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The newest frame, if any was ever published.
+    pub fn latest(&self) -> Option<Arc<EncodedFrame>> {
+        self.shared.latest.borrow().clone()
+    }
+
+    /// The newest frame if it was captured within two frame intervals: what a client that
+    /// just connected may be shown at once. After an idle spell the newest frame may be
+    /// minutes old, and the source is already waking up to make a fresh one.
+    pub fn latest_if_fresh(&self) -> Option<Arc<EncodedFrame>> {
+        let max_age = Duration::from_secs_f64(2.0 / self.shared.info.fps.max(1) as f64);
+        self.latest()
+            .filter(|f| f.captured.mono.elapsed() <= max_age)
+    }
+
+    /// A receiver that wakes on every publish; `borrow_and_update` gives the newest frame.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<EncodedFrame>>> {
+        self.shared.latest.subscribe()
+    }
+
+    /// Registers a viewer of `output`, waking the source if it idles.
+    pub fn add_viewer(&self, output: Output) -> Result<ViewerGuard, ViewerLimit> {
+        let max = self.shared.info.max_viewers;
+        let counted = output != Output::Snapshot;
+        {
+            let mut d = lock(&self.shared.demand);
+            if counted && self.stream_viewers() >= max {
+                self.shared
+                    .stats
+                    .viewers_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(ViewerLimit(max));
+            }
+            d.viewers += 1;
+            self.shared.viewers[output as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        self.shared.demand_cv.notify_all();
+        Ok(ViewerGuard {
+            hub: self.clone(),
+            output,
+        })
+    }
+
+    /// Viewers of one output right now.
+    pub fn viewers(&self, output: Output) -> usize {
+        self.shared.viewers[output as usize].load(Ordering::Relaxed)
+    }
+
+    fn stream_viewers(&self) -> usize {
+        self.viewers(Output::Mjpeg) + self.viewers(Output::WebSocket)
+    }
+
+    /// Blocks the calling (source) thread until someone watches. Returns `false` on shutdown.
+    /// Keeps returning `true` for [`IDLE_LINGER`] after the last viewer leaves.
+    pub fn wait_for_demand(&self, shutdown: &Shutdown) -> bool {
+        let mut d = lock(&self.shared.demand);
+        let mut idle_reported = false;
+        loop {
+            if shutdown.is_cancelled() {
+                return false;
+            }
+            let lingering = d.last_left.is_some_and(|t| t.elapsed() < IDLE_LINGER);
+            if d.viewers > 0 || lingering {
+                if idle_reported {
+                    self.set_source_state(SourceState::Streaming);
+                }
+                return true;
+            }
+            if !idle_reported {
+                self.set_source_state(SourceState::Idle);
+                idle_reported = true;
+            }
+            d = self
+                .shared
+                .demand_cv
+                .wait_timeout(d, DEMAND_POLL)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    pub fn set_source_state(&self, state: SourceState) {
+        *lock(&self.shared.source_state) = state;
+    }
+
+    pub fn source_state(&self) -> SourceState {
+        lock(&self.shared.source_state).clone()
+    }
+
+    /// Frames published per second over the last couple of seconds; 0 when idle.
+    pub fn measured_fps(&self) -> f64 {
+        let times = lock(&self.shared.publish_times);
+        let now = Instant::now();
+        let recent: Vec<&Instant> = times
+            .iter()
+            .filter(|t| now.duration_since(**t) <= FPS_WINDOW)
+            .collect();
+        match (recent.first(), recent.last()) {
+            (Some(first), Some(last)) if recent.len() >= 2 => {
+                // Idle for longer than a few configured intervals: the rate is zero, not stale.
+                let interval = Duration::from_secs_f64(1.0 / self.shared.info.fps as f64);
+                if now.duration_since(**last) > (interval * 4).max(Duration::from_millis(500)) {
+                    return 0.0;
+                }
+                let span = last.duration_since(**first).as_secs_f64();
+                if span > 0.0 {
+                    (recent.len() - 1) as f64 / span
+                } else {
+                    0.0
+                }
+            }
+            _ => 0.0,
+        }
+    }
+}
+
+/// Keeps a viewer counted; dropping it (the client went away) uncounts it.
+pub struct ViewerGuard {
+    hub: Hub,
+    output: Output,
+}
+
+impl Drop for ViewerGuard {
+    fn drop(&mut self) {
+        let shared = &self.hub.shared;
+        let mut d = lock(&shared.demand);
+        d.viewers -= 1;
+        shared.viewers[self.output as usize].fetch_sub(1, Ordering::Relaxed);
+        if d.viewers == 0 {
+            d.last_left = Some(Instant::now());
+        }
+    }
+}
+
+/// Locks a std mutex, ignoring poisoning: every critical section here leaves the data valid.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(max_viewers: usize) -> Hub {
+        Hub::new(PipelineInfo {
+            source: SourceInfo {
+                kind: "test",
+                name: "unit".into(),
+            },
+            width: 16,
+            height: 16,
+            fps: 30,
+            workers: 1,
+            quality: 80,
+            max_viewers,
+        })
+    }
+
+    fn frame(seq: u64) -> EncodedFrame {
+        EncodedFrame::new(seq, CaptureTime::now(), 16, 16, false, &[0xFF, 0xD8, 0xFF, 0xD9])
+    }
+
+    #[test]
+    fn late_frames_are_dropped_not_reordered() {
+        let h = hub(10);
+        h.publish(frame(2));
+        h.publish(frame(1));
+        h.publish(frame(2));
+        assert_eq!(h.latest().unwrap().seq, 2);
+        assert_eq!(h.stats().dropped_late.load(Ordering::Relaxed), 2);
+        h.publish(frame(3));
+        assert_eq!(h.latest().unwrap().seq, 3);
+        assert_eq!(h.latest().unwrap().jpeg(), Bytes::from_static(&[0xFF, 0xD8, 0xFF, 0xD9]));
+    }
+
+    #[test]
+    fn viewer_limit_and_counts() {
+        let h = hub(1);
+        let g = h.add_viewer(Output::Mjpeg).unwrap();
+        assert!(h.add_viewer(Output::WebSocket).is_err());
+        // Snapshots do not count toward the stream limit.
+        let s = h.add_viewer(Output::Snapshot).unwrap();
+        assert_eq!(h.viewers(Output::Mjpeg), 1);
+        assert_eq!(h.viewers(Output::Snapshot), 1);
+        drop((g, s));
+        assert_eq!(h.viewers(Output::Mjpeg), 0);
+        assert!(h.add_viewer(Output::WebSocket).is_ok());
+    }
+
+    #[test]
+    fn demand_wakes_a_waiting_source() {
+        let h = hub(10);
+        let sd = Shutdown::new();
+        let (h2, sd2) = (h.clone(), sd.clone());
+        let t = std::thread::spawn(move || h2.wait_for_demand(&sd2));
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(h.source_state(), SourceState::Idle);
+        let _g = h.add_viewer(Output::WebSocket).unwrap();
+        assert!(t.join().unwrap());
+
+        drop(_g);
+        sd.trigger();
+        assert!(!h.wait_for_demand(&sd));
+    }
+}

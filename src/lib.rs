@@ -1,0 +1,72 @@
+//! picamd: a network camera appliance in one binary.
+//!
+//! Data flows one way: [`source`] → [`encode`] → [`hub`] → [`http`] outputs. [`run`] wires
+//! the stages for one configuration; `main` only parses the command line, installs signal
+//! handlers and calls it, so tests and tools can embed the same pipeline.
+
+pub mod config;
+pub mod encode;
+pub mod http;
+pub mod hub;
+pub mod shutdown;
+pub mod source;
+pub mod wire;
+
+use tokio::net::TcpListener;
+
+use crate::config::{Config, SourceSpec};
+use crate::encode::EncoderPool;
+use crate::hub::{Hub, PipelineInfo};
+use crate::shutdown::Shutdown;
+use crate::source::test_pattern::TestPattern;
+use crate::source::{Source, SourceContext};
+
+/// Builds the source a configuration asks for.
+pub fn make_source(config: &Config) -> Box<dyn Source> {
+    match config.source {
+        SourceSpec::TestPattern => Box::new(TestPattern::new(
+            config.size.width,
+            config.size.height,
+            config.fps,
+        )),
+    }
+}
+
+/// Runs the pipeline and the HTTP server on `listener` until `shutdown` fires, then stops
+/// every stage and waits for its threads.
+pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> std::io::Result<()> {
+    let source = make_source(&config);
+    let hub = Hub::new(PipelineInfo {
+        source: source.info(),
+        width: config.size.width,
+        height: config.size.height,
+        fps: config.fps,
+        workers: config.workers,
+        quality: config.quality,
+        max_viewers: config.max_viewers,
+    });
+    let (encoders, encoder_threads) =
+        EncoderPool::start(config.workers, config.quality, hub.clone())?;
+    let ctx = SourceContext::new(hub.clone(), encoders, shutdown.clone());
+    let source_thread = source::spawn(source, ctx)?;
+
+    http::serve(
+        listener,
+        http::AppState {
+            hub,
+            shutdown: shutdown.clone(),
+        },
+    )
+    .await;
+
+    // The server returns only on shutdown. The source thread drops the last encoder handle
+    // when it exits, which ends the encoder threads.
+    shutdown.trigger();
+    tokio::task::spawn_blocking(move || {
+        let _ = source_thread.join();
+        encoder_threads.join();
+    })
+    .await
+    .map_err(std::io::Error::other)?;
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! The `picamd` command: command line, logging, signals, then [`picamd::run`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use picamd::config::{Config, ConfigLayer};
+use picamd::shutdown::Shutdown;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Network camera appliance: MJPEG, snapshots and WebSocket video over HTTP.
+///
+/// Every flag is also a key of the TOML config file (`--max-viewers` is `max_viewers`);
+/// flags win over the file.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// TOML config file.
+    #[arg(long, value_name = "PATH", env = "PICAMD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address and port to listen on [default: 0.0.0.0:8080].
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<String>,
+    /// Video source: `test` (the built-in test pattern) [default: test].
+    #[arg(long, value_name = "SOURCE")]
+    source: Option<String>,
+    /// Frame size [default: 1280x720].
+    #[arg(long, value_name = "WxH")]
+    size: Option<String>,
+    /// Frames per second, 1..=120 [default: 30].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    fps: Option<i64>,
+    /// JPEG quality, 1..=100 [default: 80].
+    #[arg(long, value_name = "Q", allow_negative_numbers = true)]
+    quality: Option<i64>,
+    /// JPEG encoder threads, 1..=16 [default: cores, at most 4].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    workers: Option<i64>,
+    /// Most concurrent stream viewers (MJPEG + WebSocket) [default: 200].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    max_viewers: Option<i64>,
+}
+
+impl Cli {
+    fn config(self) -> Result<Config, picamd::config::ConfigError> {
+        let file = match &self.config {
+            Some(path) => Some((path.as_path(), ConfigLayer::from_file(path)?)),
+            None => None,
+        };
+        let flags = ConfigLayer {
+            listen: self.listen,
+            source: self.source,
+            size: self.size,
+            fps: self.fps,
+            quality: self.quality,
+            workers: self.workers,
+            max_viewers: self.max_viewers,
+        };
+        ConfigLayer::resolve(file, flags)
+    }
+}
+
+/// After the first signal, shutdown may take this long before the process exits anyway.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match cli.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("picamd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("picamd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    raise_fd_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("http")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let bound = listener.local_addr().context("reading the bound address")?;
+        println!(
+            "picamd {}: {} source {} @ {} fps, listening on {bound}",
+            env!("CARGO_PKG_VERSION"),
+            config.source,
+            config.size,
+            config.fps
+        );
+        for url in picamd::http::urls_for(bound) {
+            println!("open {url}");
+        }
+        let shutdown = Shutdown::new();
+        tokio::spawn(handle_signals(shutdown.clone()));
+        picamd::run(config, listener, shutdown)
+            .await
+            .context("pipeline")?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// First SIGINT/SIGTERM: graceful shutdown. A second one, or the deadline: exit at once.
+async fn handle_signals(shutdown: Shutdown) {
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.trigger();
+    tokio::select! {
+        _ = int.recv() => tracing::warn!("second signal: exiting now"),
+        _ = term.recv() => tracing::warn!("second signal: exiting now"),
+        _ = tokio::time::sleep(SHUTDOWN_DEADLINE) => tracing::warn!("shutdown took over {SHUTDOWN_DEADLINE:?}; exiting"),
+    }
+    std::process::exit(1);
+}
+
+/// Each viewer is a socket; lift the soft descriptor limit to the hard one so hundreds of
+/// viewers do not hit the usual default of 1024.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::debug!(error = %e, "cannot raise the open-file limit");
+            }
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Sources: where frames come from, the first stage of the flow.
+//!
+//! Every kind (test pattern now; libcamera, V4L2, ffmpeg and upstream MJPEG later) implements
+//! [`Source`] and runs on its own named thread under [`spawn`], which restarts it with backoff
+//! when it fails. A source asks [`SourceContext::wait_for_demand`] before each frame, so nothing
+//! is captured while nobody watches, and hands frames to [`SourceContext::emit`], which never
+//! blocks: a frame the encoders cannot take right now is dropped, never queued.
+//!
+//! Encoding and fan-out do not belong here.
+
+mod font;
+pub mod test_pattern;
+
+use std::fmt;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::encode::EncoderPool;
+use crate::hub::{Hub, SourceState};
+use crate::shutdown::Shutdown;
+
+/// When a frame was captured, on both clocks: monotonic for intervals and freshness checks,
+/// wall clock for clients (the `X-Timestamp` header and the WebSocket header).
+#[derive(Debug, Clone, Copy)]
+pub struct CaptureTime {
+    pub mono: Instant,
+    /// Microseconds since the Unix epoch.
+    pub wall_us: u64,
+}
+
+impl CaptureTime {
+    pub fn now() -> Self {
+        let wall_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        CaptureTime {
+            mono: Instant::now(),
+            wall_us,
+        }
+    }
+}
+
+/// Memory holding the three planes of a YUV 4:2:0 image, read in place by the encoder.
+/// Dropping it gives the memory back to its owner (a buffer pool, a camera request).
+pub trait Yuv420Buffer: Send {
+    /// Y, U and V planes; each at least `stride * rows` bytes (rows halved for U and V).
+    fn planes(&self) -> [&[u8]; 3];
+    /// Bytes per row of each plane, which may exceed the visible width (camera padding).
+    fn strides(&self) -> [usize; 3];
+}
+
+/// What a frame carries.
+pub enum Payload {
+    /// Raw planes for the encoder pool.
+    Yuv420(Box<dyn Yuv420Buffer>),
+    /// An already-encoded JPEG (USB MJPEG cameras, upstream MJPEG) that skips the encoders.
+    Jpeg(Bytes),
+}
+
+/// One captured image on its way to the encoders.
+pub struct Frame {
+    /// Strictly increasing for the life of the process (across source restarts).
+    pub seq: u64,
+    pub captured: CaptureTime,
+    pub width: u32,
+    pub height: u32,
+    /// A placeholder shown while the real source is down (flag in the wire header).
+    pub no_signal: bool,
+    pub payload: Payload,
+}
+
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Frame")
+            .field("seq", &self.seq)
+            .field("size", &format_args!("{}x{}", self.width, self.height))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Static facts about a source, for `/state` and logs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SourceInfo {
+    /// Kind, as written in `--source` (`test`, later `libcamera`, `v4l2`, …).
+    pub kind: &'static str,
+    /// Human-readable name (camera model, URL, …).
+    pub name: String,
+}
+
+/// Why a source stopped; the supervisor logs it and restarts the source after a backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source device or stream failed: {0}")]
+    Failed(String),
+}
+
+/// A producer of frames. `run` blocks on the source's own thread until the source fails or
+/// [`SourceContext::wait_for_demand`] reports shutdown.
+pub trait Source: Send + 'static {
+    fn info(&self) -> SourceInfo;
+    fn run(&mut self, ctx: &mut SourceContext) -> Result<(), SourceError>;
+}
+
+/// What a running source may do: wait for viewers, stamp frames, hand them on.
+pub struct SourceContext {
+    hub: Hub,
+    encoders: EncoderPool,
+    shutdown: Shutdown,
+    next_seq: u64,
+}
+
+impl SourceContext {
+    pub fn new(hub: Hub, encoders: EncoderPool, shutdown: Shutdown) -> Self {
+        SourceContext {
+            hub,
+            encoders,
+            shutdown,
+            next_seq: 1,
+        }
+    }
+
+    /// Blocks while nobody watches. Returns `false` when the process is shutting down, in
+    /// which case the source must return from `run`.
+    pub fn wait_for_demand(&self) -> bool {
+        self.hub.wait_for_demand(&self.shutdown)
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// The sequence number for the next frame.
+    pub fn next_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    /// Hands a frame to the encoders without blocking; a frame they cannot take is dropped.
+    pub fn emit(&self, frame: Frame) {
+        self.hub.stats().note_captured();
+        self.encoders.submit(frame);
+    }
+
+    pub fn set_state(&self, state: SourceState) {
+        self.hub.set_source_state(state);
+    }
+}
+
+/// First and longest wait between restarts of a failed source.
+const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(250);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Runs `source` on a thread named `src-<kind>`, restarting it with exponential backoff until
+/// shutdown.
+pub fn spawn(
+    mut source: Box<dyn Source>,
+    mut ctx: SourceContext,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let info = source.info();
+    std::thread::Builder::new()
+        .name(format!("src-{}", info.kind))
+        .spawn(move || {
+            let mut backoff = RESTART_BACKOFF_MIN;
+            loop {
+                ctx.set_state(SourceState::Starting);
+                let started = Instant::now();
+                match source.run(&mut ctx) {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(source = info.kind, error = %e, "source failed; restarting in {backoff:?}");
+                        ctx.set_state(SourceState::Error(e.to_string()));
+                    }
+                }
+                // A source that ran for a while before failing starts over with a short wait.
+                if started.elapsed() > RESTART_BACKOFF_MAX * 3 {
+                    backoff = RESTART_BACKOFF_MIN;
+                }
+                if ctx.shutdown.sleep_blocking(backoff) {
+                    break;
+                }
+                backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+            }
+            ctx.set_state(SourceState::Stopped);
+            tracing::debug!(source = info.kind, "source thread finished");
+        })
+}
