@@ -76,7 +76,7 @@ impl TestPattern {
         let bar_w = (w / 64).max(2) & !1;
         let x = ((seq % period) as usize * (w - bar_w) / period as usize) & !1;
         img.fill(x, 0, bar_w, h, (Y_WHITE, C_NEUTRAL, C_NEUTRAL));
-        // A box bouncing off the edges; its colour cycles so consecutive frames differ in hue.
+        // A box bouncing off the edges; its colour changes every second.
         let side = (h / 6).max(4) & !1;
         let bounce = |pos: u64, span: usize| {
             let span = span.max(1) as u64;
@@ -86,7 +86,7 @@ impl TestPattern {
         let step = (h / 120).max(1) as u64;
         let bx = bounce(seq * step * 3, w - side);
         let by = bounce(seq * step * 2, h - side);
-        let hue = (seq % 6) as usize;
+        let hue = (seq / self.fps.max(1) as u64 % 6) as usize;
         let colours = [
             (81, 90, 240),  // red
             (145, 54, 34),  // green

@@ -1,0 +1,164 @@
+//! Command line, config file, status endpoints and shutdown.
+
+mod common;
+
+use std::io::Write;
+use std::process::Command;
+
+use common::Picamd;
+
+fn picamd(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_picamd"))
+        .args(args)
+        .output()
+        .expect("run picamd")
+}
+
+fn config_file(text: &str) -> tempfile_path::TempPath {
+    tempfile_path::TempPath::with(text)
+}
+
+/// A file under the target directory that is removed on drop.
+mod tempfile_path {
+    pub struct TempPath(pub std::path::PathBuf);
+    impl TempPath {
+        pub fn with(text: &str) -> TempPath {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+            let path = dir.join(format!(
+                "picamd-test-{}-{}.toml",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::write(&path, text).unwrap();
+            TempPath(path)
+        }
+        pub fn as_str(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+#[test]
+fn help_lists_the_flags() {
+    let out = picamd(&["--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--config", "--listen", "--size", "--fps", "--quality", "--workers", "--source"] {
+        assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
+    }
+}
+
+#[test]
+fn invalid_flags_name_the_key_and_exit_non_zero() {
+    for (args, key) in [
+        (&["--fps", "0"][..], "`fps`"),
+        (&["--quality", "101"][..], "`quality`"),
+        (&["--size", "1280"][..], "`size`"),
+        (&["--listen", "nowhere"][..], "`listen`"),
+        (&["--source", "webcam9"][..], "`source`"),
+    ] {
+        let out = picamd(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.contains(key), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn invalid_config_files_are_clear_errors() {
+    let bad_value = config_file("fps = 30\nquality = 0\n");
+    let out = picamd(&["--config", bad_value.as_str()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("`quality`") && err.contains(bad_value.as_str()), "{err}");
+
+    let unknown_key = config_file("fsp = 30\n");
+    let out = picamd(&["--config", unknown_key.as_str()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("fsp"), "{err}");
+
+    let wrong_type = config_file("fps = \"fast\"\n");
+    let out = picamd(&["--config", wrong_type.as_str()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fps"));
+
+    let out = picamd(&["--config", "/nonexistent/picamd.toml"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/picamd.toml"));
+}
+
+#[tokio::test]
+async fn config_file_values_apply_and_flags_override_them() {
+    let file = config_file("size = \"320x240\"\nfps = 12\nquality = 60\nworkers = 1\n");
+    let p = Picamd::start(&["--config", file.as_str(), "--fps", "15"]);
+    let s = p.state().await;
+    assert_eq!(s["resolution"]["width"], 320);
+    assert_eq!(s["fps"]["configured"], 15);
+    assert_eq!(s["encoder"]["quality"], 60);
+    assert_eq!(s["encoder"]["workers"], 1);
+}
+
+#[tokio::test]
+async fn status_endpoints() {
+    let p = Picamd::start(&["--size", "320x240"]);
+    let h = p.get("/healthz").await;
+    assert_eq!((h.status, h.body.as_slice()), (200, &b"ok\n"[..]));
+
+    p.get("/snapshot").await;
+    let m = p.get("/metrics").await;
+    assert_eq!(m.status, 200);
+    assert!(m.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    let text = String::from_utf8(m.body).unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(value("picamd_frames_encoded_total") >= 1.0);
+    assert_eq!(value("picamd_fps_configured"), 30.0);
+    assert!(text.contains("picamd_viewers{output=\"mjpeg\"} 0"));
+
+    let s = p.state().await;
+    for key in ["source", "resolution", "fps", "viewers", "encoder", "frames"] {
+        assert!(s.get(key).is_some(), "/state lacks {key}: {s}");
+    }
+
+    assert_eq!(p.get("/nope").await.status, 404);
+    assert_eq!(p.get("/?action=explode").await.status, 400);
+    let page = p.get("/").await;
+    assert_eq!(page.status, 200);
+    assert!(String::from_utf8_lossy(&page.body).contains("/stream"));
+}
+
+#[tokio::test]
+async fn viewer_limit_answers_503() {
+    let p = Picamd::start(&["--size", "320x240", "--max-viewers", "1"]);
+    let first = common::open(p.addr, "/stream").await;
+    assert_eq!(first.status, 200);
+    let second = p.get("/stream").await;
+    assert_eq!(second.status, 503);
+    assert!(second.header("retry-after").is_some());
+    drop(first);
+}
+
+#[tokio::test]
+async fn sigterm_with_open_streams_exits_cleanly() {
+    let mut p = Picamd::start(&["--size", "320x240"]);
+    let mut r = common::MjpegReader::new(common::open(p.addr, "/stream").await).await;
+    r.next_part().await.unwrap();
+    let status = p.stop();
+    assert!(status.success(), "exit status {status}");
+    // The stream ends rather than hanging.
+    while r.next_part().await.is_some() {}
+    let _ = std::io::stdout().flush();
+}
