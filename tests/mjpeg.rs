@@ -78,8 +78,8 @@ async fn a_client_that_never_reads_slows_nobody_and_costs_bounded_memory() {
     let rss_after = p.rss_kib();
     let state = p.state().await;
     assert_eq!(state["viewers"]["mjpeg"], 6, "stalled clients are still connected");
-    // The stalled clients have had ~6 s × 30 fps of ~200 KB frames offered to them (~36 MB
-    // each); if the server queued them, memory would show it.
+    // The stalled clients have had ~6 s × 30 fps of ~60 KB frames offered to them (~10 MB
+    // each, ~50 MB in all); a server that queued them would show it here.
     let grown_kib = rss_after.saturating_sub(rss_before);
     assert!(grown_kib < 24 * 1024, "RSS grew by {grown_kib} KiB with stalled clients");
     // The reading client keeps receiving at (most of) the configured rate.
