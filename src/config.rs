@@ -326,12 +326,17 @@ mod tests {
             ..Default::default()
         };
         let e = ConfigLayer::resolve(None, flags).unwrap_err().to_string();
-        assert!(e.contains("`size`") && e.contains("--size") && e.contains("odd"), "{e}");
+        assert!(
+            e.contains("`size`") && e.contains("--size") && e.contains("odd"),
+            "{e}"
+        );
     }
 
     #[test]
     fn unknown_keys_are_rejected() {
-        let e = toml::from_str::<ConfigLayer>("fsp = 3").unwrap_err().to_string();
+        let e = toml::from_str::<ConfigLayer>("fsp = 3")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("fsp"), "{e}");
     }
 

@@ -406,7 +406,14 @@ mod tests {
     }
 
     fn frame(seq: u64) -> EncodedFrame {
-        EncodedFrame::new(seq, CaptureTime::now(), 16, 16, false, &[0xFF, 0xD8, 0xFF, 0xD9])
+        EncodedFrame::new(
+            seq,
+            CaptureTime::now(),
+            16,
+            16,
+            false,
+            &[0xFF, 0xD8, 0xFF, 0xD9],
+        )
     }
 
     #[test]
@@ -419,7 +426,10 @@ mod tests {
         assert_eq!(h.stats().dropped_late.load(Ordering::Relaxed), 2);
         h.publish(frame(3));
         assert_eq!(h.latest().unwrap().seq, 3);
-        assert_eq!(h.latest().unwrap().jpeg(), Bytes::from_static(&[0xFF, 0xD8, 0xFF, 0xD9]));
+        assert_eq!(
+            h.latest().unwrap().jpeg(),
+            Bytes::from_static(&[0xFF, 0xD8, 0xFF, 0xD9])
+        );
     }
 
     #[test]

@@ -124,7 +124,10 @@ fn run(config: Config) -> anyhow::Result<()> {
 
 /// First SIGINT/SIGTERM: graceful shutdown. A second one, or the deadline: exit at once.
 async fn handle_signals(shutdown: Shutdown) {
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };

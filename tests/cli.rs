@@ -50,7 +50,15 @@ fn help_lists_the_flags() {
     let out = picamd(&["--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--config", "--listen", "--size", "--fps", "--quality", "--workers", "--source"] {
+    for flag in [
+        "--config",
+        "--listen",
+        "--size",
+        "--fps",
+        "--quality",
+        "--workers",
+        "--source",
+    ] {
         assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
     }
 }
@@ -77,7 +85,10 @@ fn invalid_config_files_are_clear_errors() {
     let out = picamd(&["--config", bad_value.as_str()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("`quality`") && err.contains(bad_value.as_str()), "{err}");
+    assert!(
+        err.contains("`quality`") && err.contains(bad_value.as_str()),
+        "{err}"
+    );
 
     let unknown_key = config_file("fsp = 30\n");
     let out = picamd(&["--config", unknown_key.as_str()]);
@@ -115,7 +126,10 @@ async fn status_endpoints() {
     p.get("/snapshot").await;
     let m = p.get("/metrics").await;
     assert_eq!(m.status, 200);
-    assert!(m.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(m
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
     let text = String::from_utf8(m.body).unwrap();
     let value = |name: &str| -> f64 {
         text.lines()
@@ -129,7 +143,14 @@ async fn status_endpoints() {
     assert!(text.contains("picamd_viewers{output=\"mjpeg\"} 0"));
 
     let s = p.state().await;
-    for key in ["source", "resolution", "fps", "viewers", "encoder", "frames"] {
+    for key in [
+        "source",
+        "resolution",
+        "fps",
+        "viewers",
+        "encoder",
+        "frames",
+    ] {
         assert!(s.get(key).is_some(), "/state lacks {key}: {s}");
     }
 

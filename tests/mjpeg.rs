@@ -8,7 +8,11 @@ use common::{decode, header, open, parse_x_timestamp, MjpegReader, Picamd};
 use tokio::net::TcpSocket;
 
 /// Reads parts for `dur` and returns how many arrived, checking each one fully.
-async fn count_parts(reader: &mut MjpegReader<tokio::net::TcpStream>, dur: Duration, size: (usize, usize)) -> usize {
+async fn count_parts(
+    reader: &mut MjpegReader<tokio::net::TcpStream>,
+    dur: Duration,
+    size: (usize, usize),
+) -> usize {
     let end = Instant::now() + dur;
     let mut n = 0;
     let mut last_seq = 0;
@@ -77,13 +81,22 @@ async fn a_client_that_never_reads_slows_nobody_and_costs_bounded_memory() {
     let n = count_parts(&mut good, Duration::from_secs(4), (1280, 720)).await;
     let rss_after = p.rss_kib();
     let state = p.state().await;
-    assert_eq!(state["viewers"]["mjpeg"], 6, "stalled clients are still connected");
+    assert_eq!(
+        state["viewers"]["mjpeg"], 6,
+        "stalled clients are still connected"
+    );
     // The stalled clients have had ~6 s × 30 fps of ~60 KB frames offered to them (~10 MB
     // each, ~50 MB in all); a server that queued them would show it here.
     let grown_kib = rss_after.saturating_sub(rss_before);
-    assert!(grown_kib < 24 * 1024, "RSS grew by {grown_kib} KiB with stalled clients");
+    assert!(
+        grown_kib < 24 * 1024,
+        "RSS grew by {grown_kib} KiB with stalled clients"
+    );
     // The reading client keeps receiving at (most of) the configured rate.
-    assert!(n >= (4 * fps) / 2, "only {n} frames in 4 s next to stalled clients");
+    assert!(
+        n >= (4 * fps) / 2,
+        "only {n} frames in 4 s next to stalled clients"
+    );
     drop(stalled);
 }
 

@@ -14,7 +14,8 @@ async fn snapshot_is_a_jpeg_of_the_configured_size() {
         assert_eq!(r.status, 200, "{path}");
         assert_eq!(r.header("content-type"), Some("image/jpeg"), "{path}");
         assert_eq!(
-            r.header("content-length").map(|v| v.parse::<usize>().unwrap()),
+            r.header("content-length")
+                .map(|v| v.parse::<usize>().unwrap()),
             Some(r.body.len())
         );
         assert!(r.header("cache-control").unwrap().contains("no-store"));
@@ -60,7 +61,10 @@ async fn snapshot_after_idle_is_captured_after_the_request() {
     let r = p.get("/snapshot").await;
     assert_eq!(r.status, 200);
     let captured = parse_x_timestamp(r.header("x-timestamp").unwrap());
-    assert!(captured >= asked, "captured {captured} before the request {asked}");
+    assert!(
+        captured >= asked,
+        "captured {captured} before the request {asked}"
+    );
     // Within a few frame intervals (10 fps → 100 ms each), with room for a busy machine.
     assert!(captured - asked < 2_000_000, "took {} µs", captured - asked);
     let (_, _, seq) = decode(&r.body);

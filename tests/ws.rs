@@ -9,7 +9,9 @@ use futures_util::{SinkExt, StreamExt};
 use picamd::wire::{FrameHeader, FLAG_NO_SIGNAL, HEADER_LEN, TYPE_JPEG, VERSION};
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue, Message};
 
-async fn connect(p: &Picamd) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+async fn connect(
+    p: &Picamd,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
     let (ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", p.addr))
         .await
         .expect("websocket handshake");
@@ -26,7 +28,10 @@ async fn frames_have_a_correct_header_and_decodable_payload() {
     let hello: serde_json::Value = serde_json::from_str(hello.to_text().unwrap()).unwrap();
     assert_eq!(hello["type"], "hello");
     assert_eq!(hello["header_len"], HEADER_LEN);
-    assert_eq!((hello["width"].as_u64(), hello["height"].as_u64()), (Some(640), Some(360)));
+    assert_eq!(
+        (hello["width"].as_u64(), hello["height"].as_u64()),
+        (Some(640), Some(360))
+    );
 
     let mut last_seq = 0;
     let mut frames = 0;
@@ -58,7 +63,9 @@ async fn frames_have_a_correct_header_and_decodable_payload() {
 async fn ping_is_answered_with_pong_and_junk_with_an_error() {
     let p = Picamd::start(&["--size", "320x240", "--fps", "5"]);
     let mut ws = connect(&p).await;
-    ws.send(Message::text(r#"{"type":"ping","id":42,"t":1234.5}"#)).await.unwrap();
+    ws.send(Message::text(r#"{"type":"ping","id":42,"t":1234.5}"#))
+        .await
+        .unwrap();
     ws.send(Message::text("not json")).await.unwrap();
     let mut pong = None;
     let mut error = None;

@@ -244,7 +244,12 @@ mod tests {
         fn new(stride: usize, h: usize) -> Self {
             let y = (0..stride * h).map(|i| (i % 251) as u8).collect();
             let c = vec![128u8; (stride / 2) * (h / 2)];
-            Planes { y, u: c.clone(), v: c, stride }
+            Planes {
+                y,
+                u: c.clone(),
+                v: c,
+                stride,
+            }
         }
     }
 
@@ -263,7 +268,10 @@ mod tests {
         let (w, h, stride) = (64usize, 48usize, 96usize);
         let planes = Planes::new(stride, h);
         let mut enc = JpegEncoder::new(80).unwrap();
-        let jpeg = enc.encode(&planes, w as u32, h as u32, 80).unwrap().to_vec();
+        let jpeg = enc
+            .encode(&planes, w as u32, h as u32, 80)
+            .unwrap()
+            .to_vec();
         assert_eq!(&jpeg[..2], &[0xFF, 0xD8]);
         let header = turbojpeg::read_header(&jpeg).unwrap();
         assert_eq!((header.width, header.height), (w, h));

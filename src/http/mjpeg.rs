@@ -57,10 +57,7 @@ pub async fn stream(State(state): State<AppState>) -> Response {
     let body = futures_util::StreamExt::chain(opening, frames);
     let mut resp = (StatusCode::OK, Body::from_stream(body)).into_response();
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(CONTENT_TYPE),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     h.extend(no_cache_headers());
     resp
 }

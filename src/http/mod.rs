@@ -76,11 +76,7 @@ struct RootQuery {
     action: Option<String>,
 }
 
-async fn root(
-    State(state): State<AppState>,
-    Query(q): Query<RootQuery>,
-    req: Request,
-) -> Response {
+async fn root(State(state): State<AppState>, Query(q): Query<RootQuery>, req: Request) -> Response {
     match q.action.as_deref() {
         None => page::index().await,
         Some("stream") => mjpeg::stream(State(state)).await,

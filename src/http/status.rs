@@ -153,9 +153,24 @@ impl Snapshot {
             }
         };
         let f = &self.frames;
-        metric("frames_captured_total", "counter", "Frames produced by the source.", &[("", f.captured as f64)]);
-        metric("frames_encoded_total", "counter", "Frames encoded to JPEG.", &[("", f.encoded as f64)]);
-        metric("frames_published_total", "counter", "Frames delivered to the hub.", &[("", f.published as f64)]);
+        metric(
+            "frames_captured_total",
+            "counter",
+            "Frames produced by the source.",
+            &[("", f.captured as f64)],
+        );
+        metric(
+            "frames_encoded_total",
+            "counter",
+            "Frames encoded to JPEG.",
+            &[("", f.encoded as f64)],
+        );
+        metric(
+            "frames_published_total",
+            "counter",
+            "Frames delivered to the hub.",
+            &[("", f.published as f64)],
+        );
         metric(
             "frames_dropped_total",
             "counter",
@@ -165,10 +180,30 @@ impl Snapshot {
                 ("{reason=\"late\"}", f.dropped_late as f64),
             ],
         );
-        metric("encode_errors_total", "counter", "Frames the encoder failed on.", &[("", self.encoder.errors as f64)]);
-        metric("encode_mean_seconds", "gauge", "Mean JPEG encode time per frame.", &[("", self.encoder.mean_ms / 1000.0)]);
-        metric("fps_configured", "gauge", "Frame rate asked of the source.", &[("", self.fps.configured as f64)]);
-        metric("fps_measured", "gauge", "Frames published per second, last 2 s.", &[("", self.fps.measured)]);
+        metric(
+            "encode_errors_total",
+            "counter",
+            "Frames the encoder failed on.",
+            &[("", self.encoder.errors as f64)],
+        );
+        metric(
+            "encode_mean_seconds",
+            "gauge",
+            "Mean JPEG encode time per frame.",
+            &[("", self.encoder.mean_ms / 1000.0)],
+        );
+        metric(
+            "fps_configured",
+            "gauge",
+            "Frame rate asked of the source.",
+            &[("", self.fps.configured as f64)],
+        );
+        metric(
+            "fps_measured",
+            "gauge",
+            "Frames published per second, last 2 s.",
+            &[("", self.fps.measured)],
+        );
         let v = &self.viewers;
         metric(
             "viewers",
@@ -180,11 +215,35 @@ impl Snapshot {
                 ("{output=\"snapshot\"}", v.snapshot as f64),
             ],
         );
-        metric("viewers_refused_total", "counter", "Viewers refused at the limit.", &[("", v.refused as f64)]);
-        metric("latest_frame_bytes", "gauge", "Size of the newest JPEG.", &[("", f.latest_bytes as f64)]);
-        let streaming = if self.source.state == "streaming" { 1.0 } else { 0.0 };
-        metric("source_streaming", "gauge", "1 while the source produces frames.", &[("", streaming)]);
-        metric("uptime_seconds", "gauge", "Seconds since start.", &[("", self.uptime_s)]);
+        metric(
+            "viewers_refused_total",
+            "counter",
+            "Viewers refused at the limit.",
+            &[("", v.refused as f64)],
+        );
+        metric(
+            "latest_frame_bytes",
+            "gauge",
+            "Size of the newest JPEG.",
+            &[("", f.latest_bytes as f64)],
+        );
+        let streaming = if self.source.state == "streaming" {
+            1.0
+        } else {
+            0.0
+        };
+        metric(
+            "source_streaming",
+            "gauge",
+            "1 while the source produces frames.",
+            &[("", streaming)],
+        );
+        metric(
+            "uptime_seconds",
+            "gauge",
+            "Seconds since start.",
+            &[("", self.uptime_s)],
+        );
         out
     }
 }

@@ -191,9 +191,15 @@ mod tests {
         let mut h = HeaderMap::new();
         assert!(same_origin(&h));
         h.insert(header::HOST, HeaderValue::from_static("pi.local:8080"));
-        h.insert(header::ORIGIN, HeaderValue::from_static("http://pi.local:8080"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://pi.local:8080"),
+        );
         assert!(same_origin(&h));
-        h.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
         assert!(!same_origin(&h));
     }
 }

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::font::{self, GLYPH_H, GLYPH_W};
-use super::{CaptureTime, Frame, Payload, Source, SourceContext, SourceError, SourceInfo, Yuv420Buffer};
+use super::{
+    CaptureTime, Frame, Payload, Source, SourceContext, SourceError, SourceInfo, Yuv420Buffer,
+};
 
 /// Bits of the frame number drawn as cells along the top edge.
 pub const SEQ_BITS: u32 = 32;
@@ -88,11 +90,11 @@ impl TestPattern {
         let by = bounce(seq * step * 2, h - side);
         let hue = (seq / self.fps.max(1) as u64 % 6) as usize;
         let colours = [
-            (81, 90, 240),  // red
-            (145, 54, 34),  // green
-            (41, 240, 110), // blue
-            (210, 16, 146), // yellow
-            (170, 166, 16), // cyan
+            (81, 90, 240),   // red
+            (145, 54, 34),   // green
+            (41, 240, 110),  // blue
+            (210, 16, 146),  // yellow
+            (170, 166, 16),  // cyan
             (106, 202, 222), // magenta
         ];
         img.fill(bx, by, side, side, colours[hue]);
@@ -104,7 +106,13 @@ impl TestPattern {
         for bit in 0..SEQ_BITS {
             let on = lo >> (SEQ_BITS - 1 - bit) & 1 == 1;
             let y = if on { Y_WHITE } else { Y_BLACK };
-            img.fill(bit as usize * cell, 0, cell, cell, (y, C_NEUTRAL, C_NEUTRAL));
+            img.fill(
+                bit as usize * cell,
+                0,
+                cell,
+                cell,
+                (y, C_NEUTRAL, C_NEUTRAL),
+            );
         }
     }
 

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader,
+};
 use tokio::net::TcpStream;
 
 /// A running `picamd`; SIGTERM on drop, and the exit must be clean.
@@ -144,7 +146,10 @@ pub async fn send_request<S: AsyncRead + tokio::io::AsyncWrite + Unpin>(
     path: &str,
 ) -> BodyReader<S> {
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(req.as_bytes()).await.expect("send request");
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .expect("send request");
     let mut reader = TokioBufReader::new(stream);
     let status_line = read_line(&mut reader).await.expect("status line");
     let status = status_line
@@ -298,9 +303,16 @@ pub struct MjpegReader<S> {
 impl<S: AsyncRead + Unpin> MjpegReader<S> {
     pub async fn new(mut body: BodyReader<S>) -> Self {
         assert_eq!(body.status, 200);
-        let ct = header(&body.headers, "content-type").expect("content-type").to_owned();
+        let ct = header(&body.headers, "content-type")
+            .expect("content-type")
+            .to_owned();
         assert!(ct.starts_with("multipart/x-mixed-replace"), "{ct}");
-        let boundary = ct.split("boundary=").nth(1).expect("boundary").trim().to_owned();
+        let boundary = ct
+            .split("boundary=")
+            .nth(1)
+            .expect("boundary")
+            .trim()
+            .to_owned();
         let first = body.read_body_line().await.expect("opening boundary");
         assert_eq!(first, format!("--{boundary}"));
         MjpegReader { body, boundary }
@@ -345,7 +357,10 @@ pub fn decode(jpeg: &[u8]) -> (usize, usize, u32) {
 
 /// Microseconds since the Unix epoch now.
 pub fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
 }
 
 /// Parses an `X-Timestamp` (`seconds.micros`) into microseconds.
