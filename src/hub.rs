@@ -18,7 +18,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::shutdown::Shutdown;
-use crate::source::{CaptureTime, SourceInfo};
+use crate::source::{CaptureTime, Frame, SourceInfo};
 use crate::wire::{self, FrameHeader};
 
 /// A JPEG ready to send, with the WebSocket header in front of it in the same buffer.
@@ -65,6 +65,18 @@ impl EncodedFrame {
             no_signal,
             wire: Bytes::from(buf),
         }
+    }
+
+    /// The encoded form of `frame`, whose JPEG is `jpeg`.
+    pub fn for_frame(frame: &Frame, jpeg: &[u8]) -> Self {
+        Self::new(
+            frame.seq,
+            frame.captured,
+            frame.width,
+            frame.height,
+            frame.no_signal,
+            jpeg,
+        )
     }
 
     /// The JPEG alone (shares memory with [`Self::wire`]).

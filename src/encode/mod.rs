@@ -78,15 +78,7 @@ impl EncoderPool {
     /// Hands `frame` to an idle worker, or drops it if all are busy. Never blocks.
     pub fn submit(&self, frame: Frame) {
         if let Payload::Jpeg(jpeg) = &frame.payload {
-            let encoded = EncodedFrame::new(
-                frame.seq,
-                frame.captured,
-                frame.width,
-                frame.height,
-                frame.no_signal,
-                jpeg,
-            );
-            self.hub.publish(encoded);
+            self.hub.publish(EncodedFrame::for_frame(&frame, jpeg));
             return;
         }
         match self.tx.try_send(frame) {
@@ -139,14 +131,7 @@ fn worker(rx: Arc<Mutex<Receiver<Frame>>>, hub: Hub, quality: Arc<AtomicU8>) {
                 stats
                     .encode_us_total
                     .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
-                let encoded = EncodedFrame::new(
-                    frame.seq,
-                    frame.captured,
-                    frame.width,
-                    frame.height,
-                    frame.no_signal,
-                    jpeg,
-                );
+                let encoded = EncodedFrame::for_frame(&frame, jpeg);
                 // Give the planes back to their owner before publishing.
                 drop(frame);
                 hub.publish(encoded);

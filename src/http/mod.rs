@@ -1,13 +1,13 @@
 //! The HTTP server: accept loop, routing, and the error → status mapping.
 //!
-//! One file per output (`mjpeg`, `snapshot`, `ws`, `status`, `page`). Connections are served
+//! One file per output (`mjpeg`, `snapshot`, `ws`, `status`, `assets`). Connections are served
 //! by hyper's HTTP/1 server with upgrades (for `/ws`), each in its own task tracked for
 //! graceful shutdown. Every socket has a write timeout, so a client that stops reading is
 //! disconnected after [`WRITE_STALL_TIMEOUT`] instead of being kept forever; it never slows
 //! the others, since each output only ever holds the newest frame.
 
+mod assets;
 mod mjpeg;
-mod page;
 mod snapshot;
 mod status;
 mod ws;
@@ -67,6 +67,8 @@ pub fn router(state: AppState) -> Router {
         .route("/state", get(status::state))
         .route("/metrics", get(status::metrics))
         .route("/healthz", get(status::healthz))
+        // The player's modules and styles.
+        .route("/assets/{name}", get(assets::asset))
         .fallback(not_found)
         .with_state(state)
 }
@@ -78,7 +80,7 @@ struct RootQuery {
 
 async fn root(State(state): State<AppState>, Query(q): Query<RootQuery>, req: Request) -> Response {
     match q.action.as_deref() {
-        None => page::index().await,
+        None => assets::serve("index.html"),
         Some("stream") => mjpeg::stream(State(state)).await,
         Some("snapshot") => snapshot::snapshot(State(state)).await,
         Some(other) => HttpError::BadRequest(format!(
