@@ -1,0 +1,173 @@
+// The web player in real headless Chromium against the real picamd binary on 127.0.0.1.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  Picamd, freePort, launch, openPlayer, stats, waitForStats, sleep,
+} from './harness.mjs';
+
+const SIZE = ['--size', '640x360', '--fps', '30'];
+let browser;
+
+before(async () => {
+  browser = await launch();
+});
+after(async () => {
+  await browser?.close();
+});
+
+/** Reads the test pattern's frame-number cells and a few bar colours back from the canvas. */
+async function readCanvas(page) {
+  return page.evaluate(() => {
+    const host = document.querySelector('picam-player');
+    const canvas = document.querySelector('canvas') ?? host?.shadowRoot?.querySelector('canvas');
+    const ctx = canvas.getContext('2d', { willReadFrequently: true });
+    const { width, height } = canvas;
+    const px = (x, y) => Array.from(ctx.getImageData(Math.floor(x), Math.floor(y), 1, 1).data.slice(0, 3));
+    // Cells along the top edge spell the frame number, MSB first (see README).
+    const cell = Math.max(2, Math.floor(width / 64)) & ~1;
+    let seq = 0;
+    for (let bit = 0; bit < 32; bit++) {
+      const [r, g, b] = px(bit * cell + cell / 2, cell / 2);
+      seq = seq * 2 + ((r + g + b) / 3 > 128 ? 1 : 0);
+    }
+    // The rightmost colour bar (blue) at three heights; the moving box covers at most one.
+    const blue = [0.3, 0.45, 0.6].map((f) => px(width * 0.93, height * f));
+    return { width, height, seq, blue };
+  });
+}
+
+test('frames reach the canvas and match the test pattern', async () => {
+  const server = await new Picamd(await freePort(), SIZE).start();
+  const { page, context, errors } = await openPlayer(browser, `${server.origin}/?source=ws`);
+  try {
+    const s = await waitForStats(page, (s) => s.drawn >= 30, '30 drawn frames');
+    assert.equal(s.source, 'ws');
+    assert.equal(s.state, 'live');
+    assert.ok(s.received >= s.drawn);
+    const c = await readCanvas(page);
+    assert.deepEqual([c.width, c.height], [640, 360]);
+    const now = await stats(page);
+    assert.ok(c.seq >= 1 && c.seq <= now.lastSeq, `canvas shows frame ${c.seq}, last ${now.lastSeq}`);
+    // 75 % blue is about (16, 16, 180) after JPEG; allow for compression and colour maths.
+    const blueish = c.blue.filter(([r, g, b]) => b > 140 && r < 70 && g < 70);
+    assert.ok(blueish.length >= 2, `blue bar pixels ${JSON.stringify(c.blue)}`);
+    assert.ok(Number.isFinite(now.latencyMs) && now.latencyMs < 2000, `latency ${now.latencyMs}`);
+    assert.deepEqual(errors, []);
+  } finally {
+    await context.close();
+    await server.stop();
+  }
+});
+
+test('the page recovers by itself after the server is killed and restarted', async () => {
+  const port = await freePort();
+  let server = await new Picamd(port, SIZE).start();
+  const { page, context, errors } = await openPlayer(browser, `${server.origin}/?source=ws`);
+  try {
+    await waitForStats(page, (s) => s.drawn >= 10 && s.state === 'live', 'live');
+    await server.signal('SIGKILL');
+    const down = await waitForStats(
+      page, (s) => ['reconnecting', 'connecting', 'stalled'].includes(s.state), 'a reconnecting state');
+    await sleep(1500);
+    server = await new Picamd(port, SIZE).start();
+    const back = await waitForStats(
+      page, (s) => s.state === 'live' && s.drawn >= down.drawn + 10, 'live frames again', 15000);
+    assert.ok(back.reconnects >= 1);
+    assert.equal(await page.evaluate(() => window.__notReloaded), true, 'the page was not reloaded');
+    assert.deepEqual(errors, []);
+  } finally {
+    await context.close();
+    await server.stop();
+  }
+});
+
+test('a socket that stays open but sends nothing is reopened by the watchdog', async () => {
+  const server = await new Picamd(await freePort(), SIZE).start();
+  const { page, context } = await openPlayer(browser, `${server.origin}/?source=ws&stall=2000`);
+  try {
+    const live = await waitForStats(page, (s) => s.drawn >= 10 && s.state === 'live', 'live');
+    // A stopped process keeps its sockets open but sends nothing.
+    await server.signal('SIGSTOP');
+    await waitForStats(page, (s) => s.state !== 'live', 'the stall to be noticed', 8000);
+    await waitForStats(page, (s) => s.reconnects > live.reconnects, 'a reconnect attempt', 10000);
+    await server.signal('SIGCONT');
+    await waitForStats(page, (s) => s.state === 'live' && s.drawn >= live.drawn + 10, 'live again', 15000);
+  } finally {
+    await context.close();
+    await server.stop();
+  }
+});
+
+test('the MJPEG fallback shows frames and recovers from a restart', async () => {
+  const port = await freePort();
+  let server = await new Picamd(port, SIZE).start();
+  const { page, context } = await openPlayer(browser, `${server.origin}/?source=mjpeg&stall=2000`);
+  try {
+    const first = await waitForStats(page, (s) => s.drawn >= 10, 'MJPEG frames drawn');
+    assert.equal(first.source, 'mjpeg');
+    const c = await readCanvas(page);
+    assert.ok(c.seq >= 1, `canvas frame number ${c.seq}`);
+    await server.signal('SIGKILL');
+    await sleep(3000);
+    const during = await stats(page);
+    server = await new Picamd(port, SIZE).start();
+    await waitForStats(page, (s) => s.drawn >= during.drawn + 10, 'MJPEG frames after restart', 20000);
+    assert.equal(await page.evaluate(() => window.__notReloaded), true);
+  } finally {
+    await context.close();
+    await server.stop();
+  }
+});
+
+test('the local camera is drawn on a secure origin and explained on an insecure one', async () => {
+  const server = await new Picamd(await freePort(), SIZE).start();
+  const camBrowser = await launch([
+    '--use-fake-device-for-media-stream',
+    '--use-fake-ui-for-media-stream',
+    // picamd.test resolves to 127.0.0.1 but, unlike localhost, is not a secure origin.
+    '--host-resolver-rules=MAP picamd.test 127.0.0.1',
+  ]);
+  try {
+    const secure = await openPlayer(camBrowser, `http://localhost:${server.port}/?source=camera`);
+    const s = await waitForStats(secure.page, (s) => s.source === 'camera' && s.drawn >= 10, 'camera frames');
+    assert.ok(s.drawn >= 10);
+    await secure.context.close();
+
+    const insecure = await openPlayer(camBrowser, `http://picamd.test:${server.port}/?source=camera`);
+    assert.equal(await insecure.page.evaluate(() => window.isSecureContext), false);
+    const text = await insecure.page.evaluate(() => {
+      const host = document.querySelector('picam-player');
+      return document.body.innerText + (host?.shadowRoot?.textContent ?? '');
+    });
+    assert.match(text, /HTTPS/);
+    assert.match(text, /localhost/);
+    await insecure.context.close();
+  } finally {
+    await camBrowser.close();
+    await server.stop();
+  }
+});
+
+test('a minute of streaming keeps open bitmaps bounded', async () => {
+  const server = await new Picamd(await freePort(), SIZE).start();
+  const { page, context, errors } = await openPlayer(browser, `${server.origin}/?source=ws`);
+  try {
+    await waitForStats(page, (s) => s.drawn >= 10, 'frames');
+    let maxOpen = 0;
+    const end = Date.now() + 60_000;
+    while (Date.now() < end) {
+      maxOpen = Math.max(maxOpen, (await stats(page)).openBitmaps);
+      await sleep(250);
+    }
+    const s = await stats(page);
+    assert.ok(s.drawn > 600, `only ${s.drawn} frames drawn in a minute`);
+    assert.ok(maxOpen <= 4, `up to ${maxOpen} bitmaps open at once`);
+    const heap = await page.evaluate(() => performance.memory?.usedJSHeapSize ?? 0);
+    assert.ok(heap < 64 * 1024 * 1024, `JS heap ${heap} bytes`);
+    assert.deepEqual(errors, []);
+  } finally {
+    await context.close();
+    await server.stop();
+  }
+});
