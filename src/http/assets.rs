@@ -9,13 +9,45 @@ use axum::response::{IntoResponse, Response};
 
 /// Every embedded file: name under `/assets/`, content type, bytes.
 pub const ASSETS: &[(&str, &str, &[u8])] = &[
+    ("backoff.js", JS, include_bytes!("../web/backoff.js")),
+    (
+        "camera-source.js",
+        JS,
+        include_bytes!("../web/camera-source.js"),
+    ),
+    (
+        "canvas-renderer.js",
+        JS,
+        include_bytes!("../web/canvas-renderer.js"),
+    ),
+    ("clock.js", JS, include_bytes!("../web/clock.js")),
+    (
+        "frame-header.js",
+        JS,
+        include_bytes!("../web/frame-header.js"),
+    ),
     ("index.html", HTML, include_bytes!("../web/index.html")),
+    ("main.js", JS, include_bytes!("../web/main.js")),
+    (
+        "mjpeg-source.js",
+        JS,
+        include_bytes!("../web/mjpeg-source.js"),
+    ),
+    ("options.js", JS, include_bytes!("../web/options.js")),
+    (
+        "player-state.js",
+        JS,
+        include_bytes!("../web/player-state.js"),
+    ),
+    ("player.css", CSS, include_bytes!("../web/player.css")),
+    ("player.js", JS, include_bytes!("../web/player.js")),
+    ("rate.js", JS, include_bytes!("../web/rate.js")),
+    ("ui.js", JS, include_bytes!("../web/ui.js")),
+    ("ws-source.js", JS, include_bytes!("../web/ws-source.js")),
 ];
 
 const HTML: &str = "text/html; charset=utf-8";
-#[allow(dead_code)]
 const JS: &str = "text/javascript; charset=utf-8";
-#[allow(dead_code)]
 const CSS: &str = "text/css; charset=utf-8";
 
 /// The bytes of an embedded file.

@@ -1,0 +1,20 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { formatState, formatMetrics } from '../../src/web/ui.js';
+
+test('state texts', () => {
+  assert.equal(formatState({ state: 'connecting' }, 0), 'Connecting…');
+  assert.equal(formatState({ state: 'live' }, 0), 'Live');
+  assert.equal(formatState({ state: 'live', noSignal: true }, 0), 'Live · no signal');
+  assert.equal(formatState({ state: 'stalled' }, 0), 'Stalled · reopening');
+  assert.equal(formatState({ state: 'reconnecting', nextAttemptAt: 3200 }, 0), 'Reconnecting in 4 s');
+  assert.equal(formatState({ state: 'reconnecting', nextAttemptAt: 100 }, 0), 'Reconnecting in 1 s');
+  assert.equal(formatState({ state: 'reconnecting', nextAttemptAt: null }, 0), 'Reconnecting…');
+  assert.equal(formatState({ state: 'fallback-mjpeg' }, 0), 'MJPEG fallback');
+  assert.equal(formatState({ state: 'paused' }, 0), 'Paused');
+});
+
+test('metrics', () => {
+  assert.deepEqual(formatMetrics({ fpsReceived: 29.97, fpsDrawn: 4.44, latencyMs: 41.6 }), { received: '30', drawn: '4.4', latency: '42' });
+  assert.deepEqual(formatMetrics({ fpsReceived: 0, fpsDrawn: 0, latencyMs: null }), { received: '0', drawn: '0', latency: '–' });
+});
