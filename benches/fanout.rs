@@ -7,14 +7,18 @@
 //! window from `PICAMD_FANOUT_SECS` (default 10) after a 2 s warm-up. Each N is preceded by a
 //! one-client baseline on the same server. Prints figures only; nothing is asserted about speed.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BytesMut};
+
+// The same way the integration tests start and stop the real binary.
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::Picamd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -39,7 +43,7 @@ fn main() {
     let fd_limit = raise_fd_limit();
     let ticks = clock_ticks();
 
-    let mut server = Server::start(&[
+    let mut server = Picamd::start(&[
         "--size",
         SIZE,
         "--fps",
@@ -173,94 +177,10 @@ fn cpu_ticks(pid: &str) -> u64 {
     field(11) + field(12)
 }
 
-/// Resident memory in KiB from `/proc/<pid>/status`.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
-}
-
-// ---------------------------------------------------------------------------------------
-// The server process
-
-struct Server {
-    child: Option<Child>,
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_picamd"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            // Keep the server's info logs out of the report; warnings still show.
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn picamd");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Keeps draining stdout for the life of the server.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(addr.trim().parse::<SocketAddr>());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(Ok(addr)) => addr,
-            other => {
-                let _ = child.kill();
-                panic!("picamd did not report a listening address: {other:?}");
-            }
-        };
-        Server {
-            child: Some(child),
-            addr,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait for picamd") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return child.wait().expect("wait for picamd");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -334,7 +254,7 @@ struct ClientLog {
     error: Option<String>,
 }
 
-async fn measure(server: &Server, n: usize, window: Duration, ticks: f64) -> Row {
+async fn measure(server: &Picamd, n: usize, window: Duration, ticks: f64) -> Row {
     let ready = Arc::new(AtomicUsize::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (window_tx, window_rx) = watch::channel(None::<(Instant, Instant)>);
@@ -362,7 +282,7 @@ async fn measure(server: &Server, n: usize, window: Duration, ticks: f64) -> Row
     tokio::time::sleep(window).await;
     let end = Instant::now();
     let (server1, self1) = (cpu_ticks(&pid), cpu_ticks("self"));
-    let rss = rss_kib(server.pid());
+    let rss = server.rss_kib();
     let _ = stop_tx.send(true);
 
     let mut logs = Vec::with_capacity(n);

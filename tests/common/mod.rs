@@ -25,6 +25,11 @@ impl Picamd {
         let mut child = Command::new(env!("CARGO_BIN_EXE_picamd"))
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
+            // Info logs would drown the test output; warnings and errors still show.
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
