@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use picamd::encode::{EncoderPool, JpegEncoder};
 use picamd::hub::{Hub, PipelineInfo};
-use picamd::source::test_pattern::{PooledPlanes, TestPattern};
+use picamd::source::i420::PooledI420;
+use picamd::source::test_pattern::TestPattern;
 use picamd::source::{CaptureTime, Frame, Payload, SourceInfo, Yuv420Buffer};
 
 const SIZES: [(u32, u32); 2] = [(1280, 720), (1920, 1080)];
@@ -223,7 +224,7 @@ impl Comparison {
     }
 }
 
-fn render_frames(w: u32, h: u32) -> Vec<PooledPlanes> {
+fn render_frames(w: u32, h: u32) -> Vec<PooledI420> {
     let tp = TestPattern::new(w, h, 30);
     (1..=FRAMES)
         .map(|seq| tp.render(seq, CaptureTime::now()))
@@ -257,7 +258,7 @@ impl Single {
     }
 }
 
-fn bench_single(frames: &[PooledPlanes], w: u32, h: u32, phase: Duration) -> Single {
+fn bench_single(frames: &[PooledI420], w: u32, h: u32, phase: Duration) -> Single {
     let mut enc = JpegEncoder::new(QUALITY).expect("JPEG compressor");
     let warm_until = Instant::now() + WARMUP;
     let mut i = 0usize;
@@ -307,7 +308,7 @@ struct TjResult {
 /// Runs `tjbench` on frame `planes` written as a PPM and reports its compress-from-YUV time.
 fn tjbench(
     dir: &Path,
-    planes: &PooledPlanes,
+    planes: &PooledI420,
     w: u32,
     h: u32,
     phase: Duration,
@@ -436,7 +437,7 @@ fn parse_tjbench(stdout: &str) -> TjParsed {
 }
 
 /// Writes the frame as a binary PPM, converting BT.601 limited-range YUV to full-range RGB.
-fn write_ppm(path: &Path, planes: &PooledPlanes, w: usize, h: usize) -> std::io::Result<()> {
+fn write_ppm(path: &Path, planes: &PooledI420, w: usize, h: usize) -> std::io::Result<()> {
     let [yp, up, vp] = planes.planes();
     let [ys, us, vs] = planes.strides();
     let mut out = format!("P6\n{w} {h}\n255\n").into_bytes();
@@ -503,7 +504,7 @@ impl Yuv420Buffer for SharedPlanes {
     }
 }
 
-fn shared_frames(frames: &[PooledPlanes], w: u32, h: u32) -> Vec<Arc<Vec<u8>>> {
+fn shared_frames(frames: &[PooledI420], w: u32, h: u32) -> Vec<Arc<Vec<u8>>> {
     let (w, h) = (w as usize, h as usize);
     frames
         .iter()

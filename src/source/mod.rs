@@ -9,6 +9,7 @@
 //! Encoding and fan-out do not belong here.
 
 mod font;
+pub mod i420;
 pub mod test_pattern;
 
 use std::fmt;

@@ -7,21 +7,14 @@
 //! from a decoded JPEG. Frames are paced on an absolute schedule, so the rate does not drift
 //! with render time, and rendered into pooled buffers, so steady state allocates nothing.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::font::{self, GLYPH_H, GLYPH_W};
-use super::{
-    CaptureTime, Frame, Payload, Source, SourceContext, SourceError, SourceInfo, Yuv420Buffer,
-};
+use super::font::{GLYPH_H, GLYPH_W};
+use super::i420::{format_utc, BufferPool, Canvas, PooledI420, C_NEUTRAL, Y_BLACK, Y_WHITE};
+use super::{CaptureTime, Frame, Payload, Source, SourceContext, SourceError, SourceInfo};
 
 /// Bits of the frame number drawn as cells along the top edge.
 pub const SEQ_BITS: u32 = 32;
-
-/// Luma and chroma values (BT.601 limited range).
-const Y_BLACK: u8 = 16;
-const Y_WHITE: u8 = 235;
-const C_NEUTRAL: u8 = 128;
 
 pub struct TestPattern {
     width: usize,
@@ -41,29 +34,20 @@ impl TestPattern {
             height,
             interval: Duration::from_secs_f64(1.0 / fps as f64),
             fps,
-            pool: BufferPool::new(template.len()),
+            pool: BufferPool::new(width, height),
             template,
         }
     }
 
     /// Draws frame `seq` captured at `captured` into a pooled buffer.
-    pub fn render(&self, seq: u64, captured: CaptureTime) -> PooledPlanes {
-        let mut buf = self.pool.take();
-        buf.copy_from_slice(&self.template);
-        let mut img = Canvas {
-            buf: &mut buf,
-            w: self.width,
-            h: self.height,
-        };
+    pub fn render(&self, seq: u64, captured: CaptureTime) -> PooledI420 {
+        let mut frame = self.pool.take();
+        frame.as_mut_slice().copy_from_slice(&self.template);
+        let mut img = frame.canvas();
         self.draw_motion(&mut img, seq);
         self.draw_seq_cells(&mut img, seq);
         self.draw_text(&mut img, seq, captured);
-        PooledPlanes {
-            buf: Some(buf),
-            width: self.width,
-            height: self.height,
-            pool: self.pool.clone(),
-        }
+        frame
     }
 
     fn unit(&self) -> usize {
@@ -197,35 +181,6 @@ pub fn read_seq_cells(luma: &[u8], stride: usize, width: usize) -> u32 {
     })
 }
 
-/// `YYYY-MM-DD HH:MM:SS.mmm UTC` from microseconds since the Unix epoch.
-pub fn format_utc(wall_us: u64) -> String {
-    let secs = wall_us / 1_000_000;
-    let ms = (wall_us / 1000) % 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{ms:03} UTC",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-/// Proleptic Gregorian date of a day count since 1970-01-01 (the era-based method: 400-year
-/// eras of 146 097 days, years starting in March so leap days fall last).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 /// Bars in the top two thirds, a left-to-right luma ramp below.
 fn render_background(w: usize, h: usize) -> Vec<u8> {
     let mut buf = vec![0u8; w * h * 3 / 2];
@@ -257,126 +212,10 @@ fn render_background(w: usize, h: usize) -> Vec<u8> {
     buf
 }
 
-/// A contiguous I420 image (Y, then U, then V, no padding) to draw on.
-struct Canvas<'a> {
-    buf: &'a mut [u8],
-    w: usize,
-    h: usize,
-}
-
-impl Canvas<'_> {
-    /// Fills a rectangle (clipped; even coordinates keep chroma exact).
-    fn fill(&mut self, x: usize, y: usize, rw: usize, rh: usize, (yv, uv, vv): (u8, u8, u8)) {
-        let (w, h) = (self.w, self.h);
-        let (x1, y1) = ((x + rw).min(w), (y + rh).min(h));
-        if x >= x1 || y >= y1 {
-            return;
-        }
-        for row in y..y1 {
-            self.buf[row * w + x..row * w + x1].fill(yv);
-        }
-        let (cw, ch) = (w / 2, h / 2);
-        let (ux, uy, ux1, uy1) = (x / 2, y / 2, x1.div_ceil(2), y1.div_ceil(2).min(ch));
-        let (u_off, v_off) = (w * h, w * h + cw * ch);
-        for row in uy..uy1 {
-            self.buf[u_off + row * cw + ux..u_off + row * cw + ux1].fill(uv);
-            self.buf[v_off + row * cw + ux..v_off + row * cw + ux1].fill(vv);
-        }
-    }
-
-    /// Draws `text` in white luma with font pixels `unit` wide, top-left at (x, y).
-    fn text(&mut self, x: usize, y: usize, unit: usize, text: &str) {
-        for (i, c) in text.chars().enumerate() {
-            let gx = x + i * (GLYPH_W + 1) * unit;
-            for (row, bits) in font::glyph(c).iter().enumerate() {
-                for col in 0..GLYPH_W {
-                    if bits >> (GLYPH_W - 1 - col) & 1 == 1 {
-                        self.fill_luma(gx + col * unit, y + row * unit, unit, unit, Y_WHITE);
-                    }
-                }
-            }
-        }
-    }
-
-    fn fill_luma(&mut self, x: usize, y: usize, rw: usize, rh: usize, v: u8) {
-        let (x1, y1) = ((x + rw).min(self.w), (y + rh).min(self.h));
-        for row in y.min(y1)..y1 {
-            self.buf[row * self.w + x.min(x1)..row * self.w + x1].fill(v);
-        }
-    }
-}
-
-/// Recycles frame buffers: a frame's planes return here when the encoder drops them.
-#[derive(Clone)]
-struct BufferPool {
-    len: usize,
-    free: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-/// Buffers kept for reuse; more than the encoders can hold at once is never needed.
-const POOL_KEEP: usize = 8;
-
-impl BufferPool {
-    fn new(len: usize) -> Self {
-        BufferPool {
-            len,
-            free: Arc::new(Mutex::new(Vec::new())),
-        }
-    }
-
-    fn take(&self) -> Vec<u8> {
-        let reused = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        reused.unwrap_or_else(|| vec![0; self.len])
-    }
-}
-
-/// One rendered I420 frame; its buffer goes back to the pool on drop.
-pub struct PooledPlanes {
-    buf: Option<Vec<u8>>,
-    width: usize,
-    height: usize,
-    pool: BufferPool,
-}
-
-impl Yuv420Buffer for PooledPlanes {
-    fn planes(&self) -> [&[u8]; 3] {
-        let buf = self.buf.as_deref().expect("present until drop");
-        let ysz = self.width * self.height;
-        let csz = (self.width / 2) * (self.height / 2);
-        let (y, rest) = buf.split_at(ysz);
-        let (u, v) = rest.split_at(csz);
-        [y, u, v]
-    }
-
-    fn strides(&self) -> [usize; 3] {
-        [self.width, self.width / 2, self.width / 2]
-    }
-}
-
-impl Drop for PooledPlanes {
-    fn drop(&mut self) {
-        if let Some(buf) = self.buf.take() {
-            let mut free = self.pool.free.lock().unwrap_or_else(|p| p.into_inner());
-            if free.len() < POOL_KEEP {
-                free.push(buf);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utc_formatting() {
-        assert_eq!(format_utc(0), "1970-01-01 00:00:00.000 UTC");
-        // 2024-02-29 12:34:56.789 (a leap day).
-        assert_eq!(
-            format_utc(1_709_210_096_789_000),
-            "2024-02-29 12:34:56.789 UTC"
-        );
-    }
+    use crate::source::Yuv420Buffer;
 
     #[test]
     fn frames_differ_and_carry_their_number() {
@@ -388,16 +227,6 @@ mod tests {
         assert_eq!(read_seq_cells(a.planes()[0], 320, 320), 1);
         let c = tp.render(0xDEAD_BEEF, t);
         assert_eq!(read_seq_cells(c.planes()[0], 320, 320), 0xDEAD_BEEF);
-    }
-
-    #[test]
-    fn buffers_are_reused() {
-        let tp = TestPattern::new(64, 32, 30);
-        let t = CaptureTime::now();
-        let first = tp.render(1, t);
-        let ptr = first.planes()[0].as_ptr();
-        drop(first);
-        assert_eq!(tp.render(2, t).planes()[0].as_ptr(), ptr);
     }
 
     #[test]
