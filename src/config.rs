@@ -12,6 +12,8 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
+use crate::source::faults::FaultSchedule;
+
 /// A validated, complete configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -31,17 +33,26 @@ pub struct Config {
     pub max_viewers: usize,
 }
 
-/// Which source kind to run. Later issues add cameras and network sources here.
+/// Which source to run, read from the form of `--source`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceSpec {
-    /// The embedded moving test pattern.
-    TestPattern,
+    /// `test`: the embedded moving test pattern; `test:live=3,stall=2,fail=2` adds a
+    /// repeating fault schedule (see [`FaultSchedule`]).
+    TestPattern { faults: Option<FaultSchedule> },
+    /// `libcamera` or `libcamera:ID_OR_INDEX`: a Pi camera module (or any libcamera camera).
+    Libcamera { camera: Option<String> },
+    /// `v4l2:/dev/videoN` (or a `/dev/v4l/by-id/…` path): a USB webcam.
+    V4l2 { device: PathBuf },
 }
 
 impl fmt::Display for SourceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SourceSpec::TestPattern => f.write_str("test"),
+            SourceSpec::TestPattern { faults: None } => f.write_str("test"),
+            SourceSpec::TestPattern { faults: Some(s) } => write!(f, "test:{s}"),
+            SourceSpec::Libcamera { camera: None } => f.write_str("libcamera"),
+            SourceSpec::Libcamera { camera: Some(c) } => write!(f, "libcamera:{c}"),
+            SourceSpec::V4l2 { device } => write!(f, "v4l2:{}", device.display()),
         }
     }
 }
@@ -49,10 +60,41 @@ impl fmt::Display for SourceSpec {
 impl FromStr for SourceSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "test" | "test-pattern" => Ok(SourceSpec::TestPattern),
-            other => Err(format!(
-                "unknown source {other:?}: this build supports only \"test\" (the test pattern)"
+        let (kind, arg) = match s.split_once(':') {
+            Some((k, a)) => (k, Some(a)),
+            None => (s, None),
+        };
+        match (kind, arg) {
+            ("test" | "test-pattern", None) => Ok(SourceSpec::TestPattern { faults: None }),
+            ("test" | "test-pattern", Some(schedule)) => Ok(SourceSpec::TestPattern {
+                faults: Some(
+                    schedule
+                        .parse()
+                        .map_err(|e| format!("fault schedule: {e}"))?,
+                ),
+            }),
+            ("libcamera", None) => Ok(SourceSpec::Libcamera { camera: None }),
+            ("libcamera", Some("")) => {
+                Err("libcamera: needs a camera id or index after the colon".into())
+            }
+            ("libcamera", Some(c)) => Ok(SourceSpec::Libcamera {
+                camera: Some(c.to_owned()),
+            }),
+            ("v4l2", Some(path)) if path.starts_with('/') => Ok(SourceSpec::V4l2 {
+                device: PathBuf::from(path),
+            }),
+            ("v4l2", _) => Err("v4l2 needs a device path, e.g. v4l2:/dev/video0".into()),
+            (
+                "http" | "https" | "rtsp" | "rtsps" | "rtmp" | "rtmps" | "file" | "srt" | "udp",
+                Some(_),
+            ) => Err(format!(
+                "{kind}:// sources (network streams and files) are not available in this build yet"
+            )),
+            _ if s.starts_with('/') || s.starts_with("./") => {
+                Err("video files are not available as sources in this build yet".into())
+            }
+            _ => Err(format!(
+                "unknown source {s:?}: use test, libcamera[:ID_OR_INDEX] or v4l2:/dev/videoN"
             )),
         }
     }
@@ -233,7 +275,7 @@ impl ConfigLayer {
         let source = parsed(
             "source",
             pick(flags.source, file.source, "source", fp),
-            SourceSpec::TestPattern,
+            SourceSpec::TestPattern { faults: None },
         )?;
         let size = parsed(
             "size",

@@ -19,15 +19,21 @@ use crate::encode::EncoderPool;
 use crate::hub::{Hub, PipelineInfo};
 use crate::shutdown::Shutdown;
 use crate::source::test_pattern::TestPattern;
-use crate::source::{Source, SourceContext};
+use crate::source::{Source, SourceContext, SourceError};
 
-/// Builds the source a configuration asks for.
-pub fn make_source(config: &Config) -> Box<dyn Source> {
-    match config.source {
-        SourceSpec::TestPattern => Box::new(TestPattern::new(
-            config.size.width,
-            config.size.height,
-            config.fps,
+/// Builds the source a configuration asks for. Devices are opened by the source's `run`,
+/// not here, so a camera missing at start is a recoverable state, not a startup error.
+pub fn make_source(config: &Config) -> Result<Box<dyn Source>, SourceError> {
+    let (w, h, fps) = (config.size.width, config.size.height, config.fps);
+    match &config.source {
+        SourceSpec::TestPattern { faults } => Ok(Box::new(
+            TestPattern::new(w, h, fps).with_faults(faults.clone()),
+        )),
+        SourceSpec::Libcamera { .. } => Err(SourceError::Unavailable(
+            "this build has no libcamera support".into(),
+        )),
+        SourceSpec::V4l2 { .. } => Err(SourceError::Unavailable(
+            "this build has no V4L2 support".into(),
         )),
     }
 }
@@ -35,7 +41,7 @@ pub fn make_source(config: &Config) -> Box<dyn Source> {
 /// Runs the pipeline and the HTTP server on `listener` until `shutdown` fires, then stops
 /// every stage and waits for its threads.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> std::io::Result<()> {
-    let source = make_source(&config);
+    let source = make_source(&config).map_err(std::io::Error::other)?;
     let hub = Hub::new(PipelineInfo {
         source: source.info(),
         width: config.size.width,

@@ -8,6 +8,8 @@
 //!
 //! Encoding and fan-out do not belong here.
 
+pub mod controls;
+pub mod faults;
 mod font;
 pub mod i420;
 pub mod test_pattern;
@@ -93,8 +95,12 @@ pub struct SourceInfo {
 /// Why a source stopped; the supervisor logs it and restarts the source after a backoff.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("source device or stream failed: {0}")]
+    /// The device or stream failed; worth retrying.
+    #[error("{0}")]
     Failed(String),
+    /// This source cannot run in this build or on this machine at all.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A producer of frames. `run` blocks on the source's own thread until the source fails or
@@ -102,6 +108,12 @@ pub enum SourceError {
 pub trait Source: Send + 'static {
     fn info(&self) -> SourceInfo;
     fn run(&mut self, ctx: &mut SourceContext) -> Result<(), SourceError>;
+    /// Runtime controls (`GET`/`POST /controls`), for sources whose device has any. The
+    /// handle must stay valid across `run` restarts (controls set while the camera is away
+    /// are applied when it comes back).
+    fn controls(&self) -> Option<std::sync::Arc<dyn controls::CameraControls>> {
+        None
+    }
 }
 
 /// What a running source may do: wait for viewers, stamp frames, hand them on.
@@ -130,6 +142,11 @@ impl SourceContext {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown.is_cancelled()
+    }
+
+    /// Sleeps up to `dur`, waking early on shutdown; returns `true` if shutting down.
+    pub fn sleep(&self, dur: Duration) -> bool {
+        self.shutdown.sleep_blocking(dur)
     }
 
     /// The sequence number for the next frame.

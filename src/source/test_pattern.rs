@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::faults::{FaultSchedule, Phase};
 use super::font::{GLYPH_H, GLYPH_W};
 use super::i420::{format_utc, BufferPool, Canvas, PooledI420, C_NEUTRAL, Y_BLACK, Y_WHITE};
 use super::{CaptureTime, Frame, Payload, Source, SourceContext, SourceError, SourceInfo};
@@ -23,6 +24,8 @@ pub struct TestPattern {
     fps: u32,
     template: Vec<u8>,
     pool: BufferPool,
+    /// Optional fault schedule, timed from construction so it runs on across restarts.
+    faults: Option<(FaultSchedule, Instant)>,
 }
 
 impl TestPattern {
@@ -35,7 +38,34 @@ impl TestPattern {
             interval: Duration::from_secs_f64(1.0 / fps as f64),
             fps,
             pool: BufferPool::new(width, height),
+            faults: None,
             template,
+        }
+    }
+
+    /// Adds a repeating fault schedule (stalls and failures) to the pattern.
+    pub fn with_faults(mut self, faults: Option<FaultSchedule>) -> Self {
+        self.faults = faults.map(|f| (f, Instant::now()));
+        self
+    }
+
+    /// Acts out the fault schedule: `Ok(true)` to render a frame now, `Ok(false)` after
+    /// stalling (check demand and shutdown again), `Err` while failing.
+    fn act_out_faults(&self, ctx: &SourceContext) -> Result<bool, SourceError> {
+        let Some((schedule, epoch)) = &self.faults else {
+            return Ok(true);
+        };
+        match schedule.phase_at(epoch.elapsed()) {
+            (Phase::Live, _) => Ok(true),
+            (Phase::Stall, left) => {
+                // Hang like a wedged driver, but stay responsive to shutdown.
+                ctx.sleep(left.min(Duration::from_millis(100)));
+                Ok(false)
+            }
+            (Phase::Fail, left) => Err(SourceError::Failed(format!(
+                "test fault: camera gone for another {:.1} s",
+                left.as_secs_f64()
+            ))),
         }
     }
 
@@ -137,6 +167,9 @@ impl Source for TestPattern {
         loop {
             if !ctx.wait_for_demand() {
                 return Ok(());
+            }
+            if !self.act_out_faults(ctx)? {
+                continue;
             }
             let now = Instant::now();
             if now < next {
