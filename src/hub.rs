@@ -107,7 +107,9 @@ pub enum SourceState {
     /// Waiting for a viewer; nothing is captured.
     Idle,
     Streaming,
-    /// Failed; the supervisor will retry.
+    /// Running, but no frame for longer than the stall timeout; viewers see "no signal".
+    Stalled(String),
+    /// Failed; the supervisor will retry. Viewers see "no signal" with this reason.
     Error(String),
     Stopped,
 }
@@ -118,6 +120,7 @@ impl SourceState {
             SourceState::Starting => "starting",
             SourceState::Idle => "idle",
             SourceState::Streaming => "streaming",
+            SourceState::Stalled(_) => "stalled",
             SourceState::Error(_) => "error",
             SourceState::Stopped => "stopped",
         }
@@ -143,12 +146,10 @@ pub struct Stats {
     pub encode_us_total: AtomicU64,
     /// Viewers refused because `max_viewers` was reached.
     pub viewers_refused: AtomicU64,
-}
-
-impl Stats {
-    pub fn note_captured(&self) {
-        self.captured.fetch_add(1, Ordering::Relaxed);
-    }
+    /// "No signal" frames published while the source was down or stalled.
+    pub no_signal_frames: AtomicU64,
+    /// Times the source failed and was restarted.
+    pub source_restarts: AtomicU64,
 }
 
 /// Configured facts shown beside the measurements.
@@ -187,6 +188,10 @@ struct Shared {
     stats: Stats,
     publish_times: Mutex<VecDeque<Instant>>,
     source_state: Mutex<SourceState>,
+    /// When the source last produced a frame.
+    last_captured: Mutex<Option<Instant>>,
+    /// Sequence numbers for every frame, real or "no signal", so they interleave in order.
+    next_seq: AtomicU64,
     info: PipelineInfo,
     started: Instant,
 }
@@ -217,6 +222,8 @@ impl Hub {
                 stats: Stats::default(),
                 publish_times: Mutex::new(VecDeque::with_capacity(FPS_WINDOW_FRAMES)),
                 source_state: Mutex::new(SourceState::Starting),
+                last_captured: Mutex::new(None),
+                next_seq: AtomicU64::new(1),
                 info,
                 started: Instant::now(),
             }),
@@ -229,6 +236,31 @@ impl Hub {
 
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
+    }
+
+    /// The next frame sequence number (strictly increasing for the life of the process).
+    pub fn next_seq(&self) -> u64 {
+        self.shared.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Records that the source produced a frame; a stalled source is streaming again.
+    pub fn note_captured(&self) {
+        self.shared.stats.captured.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.shared.last_captured) = Some(Instant::now());
+        let mut state = lock(&self.shared.source_state);
+        if !matches!(*state, SourceState::Streaming) {
+            *state = SourceState::Streaming;
+        }
+    }
+
+    /// When the source last produced a frame, if ever.
+    pub fn last_captured(&self) -> Option<Instant> {
+        *lock(&self.shared.last_captured)
+    }
+
+    /// Stream and snapshot viewers right now.
+    pub fn total_viewers(&self) -> usize {
+        lock(&self.shared.demand).viewers
     }
 
     pub fn uptime(&self) -> Duration {

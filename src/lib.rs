@@ -54,7 +54,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> s
     let (encoders, encoder_threads) =
         EncoderPool::start(config.workers, config.quality, hub.clone())?;
     let ctx = SourceContext::new(hub.clone(), encoders, shutdown.clone());
-    let source_thread = source::spawn(source, ctx)?;
+    let source_threads = source::spawn(source, ctx)?;
 
     http::serve(
         listener,
@@ -69,7 +69,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> s
     // when it exits, which ends the encoder threads.
     shutdown.trigger();
     tokio::task::spawn_blocking(move || {
-        let _ = source_thread.join();
+        source_threads.join();
         encoder_threads.join();
     })
     .await

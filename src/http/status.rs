@@ -33,10 +33,13 @@ pub struct Snapshot {
 pub struct SourceState {
     pub kind: &'static str,
     pub name: String,
-    /// `starting`, `idle` (nobody watching), `streaming`, `error`, `stopped`.
+    /// `starting`, `idle` (nobody watching), `streaming`, `stalled`, `error`, `stopped`.
     pub state: &'static str,
+    /// Why the source is stalled or failing (what the "no signal" frame shows).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Times the source failed and was restarted.
+    pub restarts: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -84,6 +87,8 @@ pub struct Frames {
     pub latest_seq: u64,
     /// Bytes of the newest JPEG.
     pub latest_bytes: usize,
+    /// "No signal" frames sent while the source was down or stalled.
+    pub no_signal: u64,
 }
 
 impl Snapshot {
@@ -99,9 +104,12 @@ impl Snapshot {
                 name: info.source.name.clone(),
                 state: state.as_str(),
                 error: match state {
-                    crate::hub::SourceState::Error(e) => Some(e),
+                    crate::hub::SourceState::Error(e) | crate::hub::SourceState::Stalled(e) => {
+                        Some(e)
+                    }
                     _ => None,
                 },
+                restarts: s.source_restarts.load(Ordering::Relaxed),
             },
             resolution: Resolution {
                 width: info.width,
@@ -137,6 +145,7 @@ impl Snapshot {
                 dropped_late: s.dropped_late.load(Ordering::Relaxed),
                 latest_seq: latest.as_ref().map_or(0, |f| f.seq),
                 latest_bytes: latest.as_ref().map_or(0, |f| f.jpeg().len()),
+                no_signal: s.no_signal_frames.load(Ordering::Relaxed),
             },
             uptime_s: (hub.uptime().as_secs_f64() * 10.0).round() / 10.0,
         }
@@ -226,6 +235,25 @@ impl Snapshot {
             "gauge",
             "Size of the newest JPEG.",
             &[("", f.latest_bytes as f64)],
+        );
+        metric(
+            "no_signal_frames_total",
+            "counter",
+            "No-signal frames sent while the source was down or stalled.",
+            &[("", f.no_signal as f64)],
+        );
+        metric(
+            "source_restarts_total",
+            "counter",
+            "Times the source failed and was restarted.",
+            &[("", self.source.restarts as f64)],
+        );
+        let down = matches!(self.source.state, "stalled" | "error");
+        metric(
+            "source_down",
+            "gauge",
+            "1 while the source is failing or stalled (viewers see no signal).",
+            &[("", if down { 1.0 } else { 0.0 })],
         );
         let streaming = if self.source.state == "streaming" {
             1.0

@@ -146,24 +146,23 @@ impl Canvas<'_> {
         }
     }
 
-    /// Draws `text` in white luma with font pixels `unit` wide, top-left at (x, y).
+    /// Draws `text` in white with font pixels `unit` wide, top-left at (x, y).
     pub fn text(&mut self, x: usize, y: usize, unit: usize, text: &str) {
         for (i, c) in text.chars().enumerate() {
             let gx = x + i * (GLYPH_W + 1) * unit;
             for (row, bits) in font::glyph(c).iter().enumerate() {
                 for col in 0..GLYPH_W {
                     if bits >> (GLYPH_W - 1 - col) & 1 == 1 {
-                        self.fill_luma(gx + col * unit, y + row * unit, unit, unit, Y_WHITE);
+                        self.fill(
+                            gx + col * unit,
+                            y + row * unit,
+                            unit,
+                            unit,
+                            (Y_WHITE, C_NEUTRAL, C_NEUTRAL),
+                        );
                     }
                 }
             }
-        }
-    }
-
-    pub fn fill_luma(&mut self, x: usize, y: usize, rw: usize, rh: usize, v: u8) {
-        let (x1, y1) = ((x + rw).min(self.w), (y + rh).min(self.h));
-        for row in y.min(y1)..y1 {
-            self.buf[row * self.w + x.min(x1)..row * self.w + x1].fill(v);
         }
     }
 }

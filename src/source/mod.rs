@@ -12,6 +12,7 @@ pub mod controls;
 pub mod faults;
 mod font;
 pub mod i420;
+pub mod no_signal;
 pub mod test_pattern;
 
 use std::fmt;
@@ -19,9 +20,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::encode::EncoderPool;
-use crate::hub::{Hub, SourceState};
+use std::sync::atomic::Ordering;
+
+use crate::encode::{EncoderPool, JpegEncoder};
+use crate::hub::{EncodedFrame, Hub, SourceState};
 use crate::shutdown::Shutdown;
+use no_signal::NoSignal;
 
 /// When a frame was captured, on both clocks: monotonic for intervals and freshness checks,
 /// wall clock for clients (the `X-Timestamp` header and the WebSocket header).
@@ -121,7 +125,8 @@ pub struct SourceContext {
     hub: Hub,
     encoders: EncoderPool,
     shutdown: Shutdown,
-    next_seq: u64,
+    /// Frames emitted by the current `run`; a run that produced frames resets the backoff.
+    emitted: u64,
 }
 
 impl SourceContext {
@@ -130,7 +135,7 @@ impl SourceContext {
             hub,
             encoders,
             shutdown,
-            next_seq: 1,
+            emitted: 0,
         }
     }
 
@@ -151,14 +156,13 @@ impl SourceContext {
 
     /// The sequence number for the next frame.
     pub fn next_seq(&mut self) -> u64 {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        seq
+        self.hub.next_seq()
     }
 
     /// Hands a frame to the encoders without blocking; a frame they cannot take is dropped.
-    pub fn emit(&self, frame: Frame) {
-        self.hub.stats().note_captured();
+    pub fn emit(&mut self, frame: Frame) {
+        self.emitted += 1;
+        self.hub.note_captured();
         self.encoders.submit(frame);
     }
 
@@ -170,38 +174,145 @@ impl SourceContext {
 /// First and longest wait between restarts of a failed source.
 const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(250);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How often the watchdog looks at the source.
+const WATCHDOG_TICK: Duration = Duration::from_millis(200);
+/// "No signal" frames go out at this interval while the source is down: enough to show the
+/// time ticking and to answer snapshots, little enough to cost nothing.
+const NO_SIGNAL_INTERVAL: Duration = Duration::from_secs(1);
+/// A source is stalled after this many frame intervals without a frame (at least 2 s).
+const STALL_INTERVALS: u32 = 5;
+const STALL_MIN: Duration = Duration::from_secs(2);
+
+/// The source's supervisor thread and its watchdog.
+pub struct SourceThreads {
+    supervisor: std::thread::JoinHandle<()>,
+    watchdog: std::thread::JoinHandle<()>,
+}
+
+impl SourceThreads {
+    pub fn join(self) {
+        let _ = self.supervisor.join();
+        let _ = self.watchdog.join();
+    }
+}
 
 /// Runs `source` on a thread named `src-<kind>`, restarting it with exponential backoff until
-/// shutdown.
+/// shutdown, and a watchdog thread (`src-watch`) that shows viewers a "no signal" frame
+/// while the source is failing or stalled.
 pub fn spawn(
     mut source: Box<dyn Source>,
     mut ctx: SourceContext,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+) -> std::io::Result<SourceThreads> {
     let info = source.info();
-    std::thread::Builder::new()
+    let watchdog = {
+        let (hub, shutdown) = (ctx.hub.clone(), ctx.shutdown.clone());
+        std::thread::Builder::new()
+            .name("src-watch".into())
+            .spawn(move || watch(hub, shutdown))?
+    };
+    let supervisor = std::thread::Builder::new()
         .name(format!("src-{}", info.kind))
         .spawn(move || {
             let mut backoff = RESTART_BACKOFF_MIN;
+            ctx.set_state(SourceState::Starting);
             loop {
-                ctx.set_state(SourceState::Starting);
-                let started = Instant::now();
+                ctx.emitted = 0;
                 match source.run(&mut ctx) {
                     Ok(()) => break,
+                    Err(SourceError::Unavailable(why)) => {
+                        tracing::error!(source = info.kind, "source unavailable: {why}");
+                        ctx.set_state(SourceState::Error(why));
+                        // Nothing to retry; keep serving the "no signal" frame until shutdown.
+                        while !ctx.sleep(Duration::from_secs(3600)) {}
+                        break;
+                    }
                     Err(e) => {
                         tracing::warn!(source = info.kind, error = %e, "source failed; restarting in {backoff:?}");
+                        ctx.hub.stats().source_restarts.fetch_add(1, Ordering::Relaxed);
+                        // The state stays Error (the reason viewers see) until a frame arrives.
                         ctx.set_state(SourceState::Error(e.to_string()));
                     }
                 }
-                // A source that ran for a while before failing starts over with a short wait.
-                if started.elapsed() > RESTART_BACKOFF_MAX * 3 {
+                // A run that delivered frames was a working camera that then failed: retry soon.
+                if ctx.emitted > 0 {
                     backoff = RESTART_BACKOFF_MIN;
                 }
-                if ctx.shutdown.sleep_blocking(backoff) {
+                if ctx.sleep(backoff) {
                     break;
                 }
                 backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
             }
             ctx.set_state(SourceState::Stopped);
             tracing::debug!(source = info.kind, "source thread finished");
-        })
+        })?;
+    Ok(SourceThreads {
+        supervisor,
+        watchdog,
+    })
+}
+
+/// Watches the source while anyone watches the stream: marks it stalled when frames stop,
+/// and publishes "no signal" frames (with the reason) while it is stalled or failing.
+fn watch(hub: Hub, shutdown: Shutdown) {
+    let info = hub.info().clone();
+    let interval = Duration::from_secs_f64(1.0 / info.fps.max(1) as f64);
+    let stall_after = (interval * STALL_INTERVALS).max(STALL_MIN);
+    let picture = NoSignal::new(info.width, info.height);
+    let mut encoder = match JpegEncoder::new(info.quality) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "no JPEG encoder for the no-signal frame");
+            return;
+        }
+    };
+    let mut demand_since: Option<Instant> = None;
+    let mut last_sent: Option<Instant> = None;
+    while !shutdown.sleep_blocking(WATCHDOG_TICK) {
+        if hub.total_viewers() == 0 {
+            demand_since = None;
+            continue;
+        }
+        let now = Instant::now();
+        // Frames are only expected since someone started watching.
+        let since = *demand_since.get_or_insert(now);
+        let reference = hub.last_captured().map_or(since, |t| t.max(since));
+        let reason = match hub.source_state() {
+            SourceState::Error(why) | SourceState::Stalled(why) => Some(why),
+            SourceState::Starting | SourceState::Streaming if now - reference > stall_after => {
+                let why = match hub.last_captured() {
+                    Some(_) => format!(
+                        "no frame from the source for {:.0} s",
+                        (now - reference).as_secs_f64()
+                    ),
+                    None => "waiting for the source to start".to_owned(),
+                };
+                tracing::warn!(source = info.source.kind, "source stalled: {why}");
+                hub.set_source_state(SourceState::Stalled(why.clone()));
+                Some(why)
+            }
+            _ => None,
+        };
+        let due = last_sent.is_none_or(|t| now - t >= NO_SIGNAL_INTERVAL);
+        let Some(reason) = reason.filter(|_| due) else {
+            continue;
+        };
+        let captured = CaptureTime::now();
+        let frame = picture.render(&reason, captured.wall_us);
+        match encoder.encode(&frame, info.width, info.height, info.quality) {
+            Ok(jpeg) => {
+                let seq = hub.next_seq();
+                hub.publish(EncodedFrame::new(
+                    seq,
+                    captured,
+                    info.width,
+                    info.height,
+                    true,
+                    jpeg,
+                ));
+                hub.stats().no_signal_frames.fetch_add(1, Ordering::Relaxed);
+                last_sent = Some(now);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot encode the no-signal frame"),
+        }
+    }
 }
