@@ -12,6 +12,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
+use crate::source::controls::Controls;
 use crate::source::faults::FaultSchedule;
 
 /// A validated, complete configuration.
@@ -31,6 +32,8 @@ pub struct Config {
     pub workers: usize,
     /// Most concurrent stream viewers (MJPEG + WebSocket) before new ones get 503.
     pub max_viewers: usize,
+    /// Camera controls to apply at start (`[controls]` in the file).
+    pub controls: Controls,
 }
 
 /// Which source to run, read from the form of `--source`.
@@ -168,6 +171,9 @@ pub struct ConfigLayer {
     pub workers: Option<i64>,
     /// Maximum concurrent stream viewers, 1..=100000, default 200.
     pub max_viewers: Option<i64>,
+    /// `[controls]`: camera settings applied at start (file only; at runtime use
+    /// `POST /controls`).
+    pub controls: Option<Controls>,
 }
 
 /// A configuration error: always names the key and where the bad value came from.
@@ -304,6 +310,12 @@ impl ConfigLayer {
             1..=100_000,
             200,
         )?;
+        let controls = file.controls.unwrap_or_default();
+        controls.validate().map_err(|e| ConfigError::Invalid {
+            key: "controls",
+            origin: format!("in {}", file_path.as_deref().unwrap_or("config file")),
+            message: e.to_string(),
+        })?;
         // The ranges above make these conversions lossless.
         Ok(Config {
             listen,
@@ -313,6 +325,7 @@ impl ConfigLayer {
             quality: quality as u8,
             workers: workers as usize,
             max_viewers: max_viewers as usize,
+            controls,
         })
     }
 }

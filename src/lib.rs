@@ -53,6 +53,13 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> s
     });
     let (encoders, encoder_threads) =
         EncoderPool::start(config.workers, config.quality, hub.clone())?;
+    let controls = source.controls();
+    if let (Some(handle), false) = (&controls, config.controls.is_empty()) {
+        // Validated with the rest of the config; support depends on the camera.
+        if let Err(e) = handle.apply(&config.controls) {
+            tracing::warn!(error = %e, "controls from the config file were not applied");
+        }
+    }
     let ctx = SourceContext::new(hub.clone(), encoders, shutdown.clone());
     let source_threads = source::spawn(source, ctx)?;
 
@@ -61,6 +68,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> s
         http::AppState {
             hub,
             shutdown: shutdown.clone(),
+            controls,
         },
     )
     .await;

@@ -57,6 +57,7 @@ impl Cli {
             quality: self.quality,
             workers: self.workers,
             max_viewers: self.max_viewers,
+            controls: None,
         };
         ConfigLayer::resolve(file, flags)
     }

@@ -7,6 +7,7 @@
 //! the others, since each output only ever holds the newest frame.
 
 mod assets;
+mod controls;
 mod mjpeg;
 mod snapshot;
 mod status;
@@ -14,6 +15,7 @@ mod ws;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, Request, State};
@@ -29,6 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::hub::{Hub, ViewerLimit};
 use crate::shutdown::Shutdown;
+use crate::source::controls::CameraControls;
 
 /// A client whose socket accepts no bytes for this long is disconnected.
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(20);
@@ -47,6 +50,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 pub struct AppState {
     pub hub: Hub,
     pub shutdown: Shutdown,
+    /// The source's runtime controls, if it has any.
+    pub controls: Option<Arc<dyn CameraControls>>,
 }
 
 /// The routes. Legacy URLs are exact, as OctoPrint, crowsnest, Home Assistant and go2rtc
@@ -67,6 +72,11 @@ pub fn router(state: AppState) -> Router {
         .route("/state", get(status::state))
         .route("/metrics", get(status::metrics))
         .route("/healthz", get(status::healthz))
+        // Camera settings: JSON report, JSON changes.
+        .route(
+            "/controls",
+            get(controls::get_controls).post(controls::set_controls),
+        )
         // The player's modules and styles.
         .route("/assets/{name}", get(assets::asset))
         .fallback(not_found)

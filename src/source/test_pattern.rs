@@ -7,8 +7,10 @@
 //! from a decoded JPEG. Frames are paced on an absolute schedule, so the rate does not drift
 //! with render time, and rendered into pooled buffers, so steady state allocates nothing.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::controls::{self, CameraControls, ControlError, Controls};
 use super::faults::{FaultSchedule, Phase};
 use super::font::{GLYPH_H, GLYPH_W};
 use super::i420::{format_utc, BufferPool, Canvas, PooledI420, C_NEUTRAL, Y_BLACK, Y_WHITE};
@@ -22,7 +24,9 @@ pub struct TestPattern {
     height: usize,
     interval: Duration,
     fps: u32,
-    template: Vec<u8>,
+    /// The static background, adjusted for brightness and contrast; rebuilt when they change.
+    template: Mutex<(u64, Vec<u8>)>,
+    controls: Arc<PatternControls>,
     pool: BufferPool,
     /// Optional fault schedule, timed from construction so it runs on across restarts.
     faults: Option<(FaultSchedule, Instant)>,
@@ -31,7 +35,7 @@ pub struct TestPattern {
 impl TestPattern {
     pub fn new(width: u32, height: u32, fps: u32) -> Self {
         let (width, height) = (width as usize, height as usize);
-        let template = render_background(width, height);
+        let template = Mutex::new((0, render_background(width, height)));
         TestPattern {
             width,
             height,
@@ -40,6 +44,7 @@ impl TestPattern {
             pool: BufferPool::new(width, height),
             faults: None,
             template,
+            controls: Arc::new(PatternControls::default()),
         }
     }
 
@@ -72,12 +77,35 @@ impl TestPattern {
     /// Draws frame `seq` captured at `captured` into a pooled buffer.
     pub fn render(&self, seq: u64, captured: CaptureTime) -> PooledI420 {
         let mut frame = self.pool.take();
-        frame.as_mut_slice().copy_from_slice(&self.template);
+        {
+            let mut template = self.template.lock().unwrap_or_else(|p| p.into_inner());
+            let (generation, wanted) = self.controls.snapshot();
+            if template.0 != generation {
+                *template = (generation, self.adjusted_background(&wanted));
+            }
+            frame.as_mut_slice().copy_from_slice(&template.1);
+        }
         let mut img = frame.canvas();
         self.draw_motion(&mut img, seq);
         self.draw_seq_cells(&mut img, seq);
         self.draw_text(&mut img, seq, captured);
         frame
+    }
+
+    /// The background with brightness and contrast applied to its luma.
+    fn adjusted_background(&self, c: &Controls) -> Vec<u8> {
+        let mut bg = render_background(self.width, self.height);
+        let (brightness, contrast) = (c.brightness.unwrap_or(0.0), c.contrast.unwrap_or(1.0));
+        let lut: Vec<u8> = (0..=255u8)
+            .map(|y| {
+                let v = (y as f32 - 128.0) * contrast + 128.0 + brightness * 110.0;
+                v.clamp(Y_BLACK as f32, Y_WHITE as f32) as u8
+            })
+            .collect();
+        for y in &mut bg[..self.width * self.height] {
+            *y = lut[*y as usize];
+        }
+        bg
     }
 
     fn unit(&self) -> usize {
@@ -161,6 +189,10 @@ impl Source for TestPattern {
         }
     }
 
+    fn controls(&self) -> Option<Arc<dyn CameraControls>> {
+        Some(self.controls.clone())
+    }
+
     fn run(&mut self, ctx: &mut SourceContext) -> Result<(), SourceError> {
         ctx.set_state(crate::hub::SourceState::Streaming);
         let mut next = Instant::now();
@@ -194,6 +226,40 @@ impl Source for TestPattern {
                 payload: Payload::Yuv420(Box::new(planes)),
             });
         }
+    }
+}
+
+/// The test pattern's controls: brightness and contrast of the background, so the control
+/// API can be exercised end to end without a camera.
+#[derive(Default)]
+struct PatternControls {
+    /// The values set so far and a generation bumped on each change.
+    state: Mutex<(u64, Controls)>,
+}
+
+const PATTERN_CONTROLS: &[&str] = &["brightness", "contrast"];
+
+impl PatternControls {
+    fn snapshot(&self) -> (u64, Controls) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl CameraControls for PatternControls {
+    fn supported(&self) -> Vec<&'static str> {
+        PATTERN_CONTROLS.to_vec()
+    }
+
+    fn apply(&self, wanted: &Controls) -> Result<(), ControlError> {
+        controls::check(wanted, PATTERN_CONTROLS)?;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.0 += 1;
+        state.1.merge(wanted);
+        Ok(())
+    }
+
+    fn current(&self) -> Controls {
+        self.snapshot().1
     }
 }
 
@@ -260,6 +326,25 @@ mod tests {
         assert_eq!(read_seq_cells(a.planes()[0], 320, 320), 1);
         let c = tp.render(0xDEAD_BEEF, t);
         assert_eq!(read_seq_cells(c.planes()[0], 320, 320), 0xDEAD_BEEF);
+    }
+
+    #[test]
+    fn brightness_control_changes_the_picture() {
+        let tp = TestPattern::new(320, 240, 30);
+        let t = CaptureTime::now();
+        // A point in the grey ramp, away from the moving parts and the text.
+        let at = |f: &PooledI420| f.planes()[0][200 * 320 + 160];
+        let before = at(&tp.render(1, t));
+        let c = tp.controls().unwrap();
+        c.apply(&serde_json::from_str(r#"{"brightness": 0.5}"#).unwrap())
+            .unwrap();
+        let after = at(&tp.render(2, t));
+        assert!(after > before + 30, "{before} → {after}");
+        assert!(matches!(
+            c.apply(&serde_json::from_str(r#"{"hdr": "on"}"#).unwrap()),
+            Err(ControlError::Unsupported(_))
+        ));
+        assert_eq!(c.current().brightness, Some(0.5));
     }
 
     #[test]

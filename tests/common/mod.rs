@@ -139,6 +139,27 @@ pub async fn get(addr: SocketAddr, path: &str) -> Response {
     }
 }
 
+/// `POST path` with a JSON body, whole response read.
+pub async fn post_json(addr: SocketAddr, path: &str, json: &str) -> Response {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+        json.len()
+    );
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .expect("send request");
+    let mut r = read_response_head(stream).await;
+    let body = r.read_to_end().await;
+    Response {
+        status: r.status,
+        headers: r.headers,
+        body,
+    }
+}
+
 /// Sends a raw request and returns the reader positioned at the body.
 pub async fn open(addr: SocketAddr, path: &str) -> BodyReader<TcpStream> {
     let stream = TcpStream::connect(addr).await.expect("connect");
@@ -155,6 +176,11 @@ pub async fn send_request<S: AsyncRead + tokio::io::AsyncWrite + Unpin>(
         .write_all(req.as_bytes())
         .await
         .expect("send request");
+    read_response_head(stream).await
+}
+
+/// Reads a response's status line and headers; the reader is left at the body.
+async fn read_response_head<S: AsyncRead + Unpin>(stream: S) -> BodyReader<S> {
     let mut reader = TokioBufReader::new(stream);
     let status_line = read_line(&mut reader).await.expect("status line");
     let status = status_line
