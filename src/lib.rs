@@ -29,12 +29,22 @@ pub fn make_source(config: &Config) -> Result<Box<dyn Source>, SourceError> {
         SourceSpec::TestPattern { faults } => Ok(Box::new(
             TestPattern::new(w, h, fps).with_faults(faults.clone()),
         )),
+        #[cfg(feature = "libcamera")]
+        SourceSpec::Libcamera { camera } => Ok(Box::new(
+            source::libcamera::LibcameraSource::new(camera.clone(), w, h, fps)
+                // Enough buffers that every encoder can hold one while two stay queued.
+                .with_buffer_count(config.workers as u32 + 2),
+        )),
+        #[cfg(not(feature = "libcamera"))]
         SourceSpec::Libcamera { .. } => Err(SourceError::Unavailable(
             "this build has no libcamera support".into(),
         )),
-        SourceSpec::V4l2 { .. } => Err(SourceError::Unavailable(
-            "this build has no V4L2 support".into(),
-        )),
+        SourceSpec::V4l2 { device } => Ok(Box::new(source::v4l2::V4l2Source::new(
+            device.clone(),
+            w,
+            h,
+            fps,
+        ))),
     }
 }
 

@@ -12,8 +12,12 @@ pub mod controls;
 pub mod faults;
 mod font;
 pub mod i420;
+pub mod jpeg;
+#[cfg(feature = "libcamera")]
+pub mod libcamera;
 pub mod no_signal;
 pub mod test_pattern;
+pub mod v4l2;
 
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
