@@ -41,6 +41,10 @@ struct Cli {
     /// Most concurrent stream viewers (MJPEG + WebSocket) [default: 200].
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     max_viewers: Option<i64>,
+    /// List the cameras this machine has (V4L2 devices, and libcamera cameras when built with
+    /// the `libcamera` feature), then exit; non-zero when there is none.
+    #[arg(long)]
+    list_cameras: bool,
 }
 
 impl Cli {
@@ -75,6 +79,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if cli.list_cameras {
+        return list_cameras();
+    }
     let config = match cli.config() {
         Ok(c) => c,
         Err(e) => {
@@ -121,6 +128,40 @@ fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// `--list-cameras`: what each camera stack sees. Exit status 1 when no camera was found.
+fn list_cameras() -> ExitCode {
+    let mut found = 0;
+    let v4l2 = picamd::source::v4l2::list_devices();
+    found += v4l2.len();
+    println!("V4L2 (USB webcams; use --source v4l2:PATH):");
+    println!("{}", picamd::source::v4l2::describe_devices(&v4l2));
+    #[cfg(feature = "libcamera")]
+    {
+        use picamd::source::libcamera;
+        println!(
+            "libcamera {} (Pi camera modules; use --source libcamera[:ID_OR_INDEX]):",
+            libcamera::libcamera_version()
+        );
+        match libcamera::list_cameras() {
+            Ok(cams) if cams.is_empty() => println!("  no libcamera cameras found"),
+            Ok(cams) => {
+                found += cams.len();
+                for (i, cam) in cams.iter().enumerate() {
+                    println!("  [{i}] {cam}");
+                }
+            }
+            Err(e) => println!("  libcamera failed: {e}"),
+        }
+    }
+    #[cfg(not(feature = "libcamera"))]
+    println!("libcamera: not in this build (build with --features libcamera)");
+    if found == 0 {
+        eprintln!("picamd: no cameras found");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }
 
 /// First SIGINT/SIGTERM: graceful shutdown. A second one, or the deadline: exit at once.

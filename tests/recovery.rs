@@ -139,3 +139,19 @@ fn unavailable_sources_are_clear_at_startup() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`source`") && err.contains("rtsp"), "{err}");
 }
+
+#[tokio::test]
+async fn a_missing_webcam_is_a_no_signal_frame_with_the_reason_not_a_crash() {
+    let p = Picamd::start(&["--size", "320x240", "--source", "v4l2:/dev/video-picamd-missing"]);
+    // A viewer makes the source try to open the device.
+    let r = p.get("/snapshot").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(decode(&r.body).0, 320);
+    let s = p.state().await;
+    assert_eq!(s["source"]["state"], "error", "{s}");
+    assert!(
+        s["source"]["error"].as_str().unwrap().contains("/dev/video-picamd-missing"),
+        "{s}"
+    );
+    assert_eq!(p.get("/healthz").await.status, 200);
+}

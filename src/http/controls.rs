@@ -55,7 +55,18 @@ pub async fn set_controls(State(state): State<AppState>, body: Bytes) -> Respons
     if wanted.is_empty() {
         return error(StatusCode::BAD_REQUEST, "no controls named");
     }
-    match handle.apply(&wanted) {
+    // Applying may wait for the camera thread to write the values: keep it off the runtime.
+    let (h, w) = (handle.clone(), wanted.clone());
+    let applied = match tokio::task::spawn_blocking(move || h.apply(&w)).await {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("controls task failed: {e}"),
+            )
+        }
+    };
+    match applied {
         Ok(()) => {
             tracing::info!(controls = ?wanted.names(), "controls applied");
             Json(handle.report()).into_response()
