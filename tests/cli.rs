@@ -187,7 +187,10 @@ async fn sigterm_with_open_streams_exits_cleanly() {
 #[test]
 fn list_cameras_without_cameras_says_so_and_fails() {
     let has_video = std::fs::read_dir("/dev")
-        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("video")))
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("video"))
+        })
         .unwrap_or(false);
     let out = picamd(&["--list-cameras"]);
     let text = String::from_utf8_lossy(&out.stdout);
