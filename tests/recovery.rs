@@ -142,7 +142,12 @@ fn unavailable_sources_are_clear_at_startup() {
 
 #[tokio::test]
 async fn a_missing_webcam_is_a_no_signal_frame_with_the_reason_not_a_crash() {
-    let p = Picamd::start(&["--size", "320x240", "--source", "v4l2:/dev/video-picamd-missing"]);
+    let p = Picamd::start(&[
+        "--size",
+        "320x240",
+        "--source",
+        "v4l2:/dev/video-picamd-missing",
+    ]);
     // A viewer makes the source try to open the device.
     let r = p.get("/snapshot").await;
     assert_eq!(r.status, 200);
@@ -150,7 +155,10 @@ async fn a_missing_webcam_is_a_no_signal_frame_with_the_reason_not_a_crash() {
     let s = p.state().await;
     assert_eq!(s["source"]["state"], "error", "{s}");
     assert!(
-        s["source"]["error"].as_str().unwrap().contains("/dev/video-picamd-missing"),
+        s["source"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("/dev/video-picamd-missing"),
         "{s}"
     );
     assert_eq!(p.get("/healthz").await.status, 200);
