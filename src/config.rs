@@ -34,6 +34,11 @@ pub struct Config {
     pub max_viewers: usize,
     /// Camera controls to apply at start (`[controls]` in the file).
     pub controls: Controls,
+    /// Picture orientation asked of the camera: clockwise rotation in degrees (0, 90, 180,
+    /// 270) after the flips.
+    pub rotation: u32,
+    pub hflip: bool,
+    pub vflip: bool,
 }
 
 /// Which source to run, read from the form of `--source`.
@@ -174,6 +179,12 @@ pub struct ConfigLayer {
     /// `[controls]`: camera settings applied at start (file only; at runtime use
     /// `POST /controls`).
     pub controls: Option<Controls>,
+    /// Rotation in degrees applied by the camera: 0, 90, 180 or 270 (libcamera only).
+    pub rotation: Option<i64>,
+    /// Mirror left-right in the camera (libcamera only).
+    pub hflip: Option<bool>,
+    /// Flip upside down in the camera (libcamera only).
+    pub vflip: Option<bool>,
 }
 
 /// A configuration error: always names the key and where the bad value came from.
@@ -310,6 +321,19 @@ impl ConfigLayer {
             1..=100_000,
             200,
         )?;
+        let rotation = match pick(flags.rotation, file.rotation, "rotation", fp) {
+            None => 0,
+            Some((r @ (0 | 90 | 180 | 270), _)) => r as u32,
+            Some((r, origin)) => {
+                return Err(invalid(
+                    "rotation",
+                    origin,
+                    format!("{r} is not 0, 90, 180 or 270"),
+                ))
+            }
+        };
+        let hflip = flags.hflip.or(file.hflip).unwrap_or(false);
+        let vflip = flags.vflip.or(file.vflip).unwrap_or(false);
         let controls = file.controls.unwrap_or_default();
         controls.validate().map_err(|e| ConfigError::Invalid {
             key: "controls",
@@ -326,6 +350,9 @@ impl ConfigLayer {
             workers: workers as usize,
             max_viewers: max_viewers as usize,
             controls,
+            rotation,
+            hflip,
+            vflip,
         })
     }
 }

@@ -25,6 +25,15 @@ use crate::source::{Source, SourceContext, SourceError};
 /// not here, so a camera missing at start is a recoverable state, not a startup error.
 pub fn make_source(config: &Config) -> Result<Box<dyn Source>, SourceError> {
     let (w, h, fps) = (config.size.width, config.size.height, config.fps);
+    let oriented = config.rotation != 0 || config.hflip || config.vflip;
+    if oriented && !matches!(config.source, SourceSpec::Libcamera { .. }) {
+        // Said once and loudly rather than ignored: only libcamera cameras can do this.
+        tracing::warn!(
+            "rotation/hflip/vflip apply to libcamera cameras only; the {} source ignores them \
+             (the web player can rotate and mirror the view)",
+            config.source
+        );
+    }
     match &config.source {
         SourceSpec::TestPattern { faults } => Ok(Box::new(
             TestPattern::new(w, h, fps).with_faults(faults.clone()),
@@ -33,7 +42,9 @@ pub fn make_source(config: &Config) -> Result<Box<dyn Source>, SourceError> {
         SourceSpec::Libcamera { camera } => Ok(Box::new(
             source::libcamera::LibcameraSource::new(camera.clone(), w, h, fps)
                 // Enough buffers that every encoder can hold one while two stay queued.
-                .with_buffer_count(config.workers as u32 + 2),
+                .with_buffer_count(config.workers as u32 + 2)
+                .with_orientation(config.rotation, config.hflip, config.vflip)
+                .map_err(|e| SourceError::Unavailable(e.to_string()))?,
         )),
         #[cfg(not(feature = "libcamera"))]
         SourceSpec::Libcamera { .. } => Err(SourceError::Unavailable(

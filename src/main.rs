@@ -41,6 +41,15 @@ struct Cli {
     /// Most concurrent stream viewers (MJPEG + WebSocket) [default: 200].
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     max_viewers: Option<i64>,
+    /// Rotation the camera applies, 0, 90, 180 or 270 degrees (libcamera) [default: 0].
+    #[arg(long, value_name = "DEG", allow_negative_numbers = true)]
+    rotation: Option<i64>,
+    /// Mirror the picture left-right in the camera (libcamera).
+    #[arg(long)]
+    hflip: bool,
+    /// Flip the picture upside down in the camera (libcamera).
+    #[arg(long)]
+    vflip: bool,
     /// List the cameras this machine has (V4L2 devices, and libcamera cameras when built with
     /// the `libcamera` feature), then exit; non-zero when there is none.
     #[arg(long)]
@@ -62,6 +71,10 @@ impl Cli {
             workers: self.workers,
             max_viewers: self.max_viewers,
             controls: None,
+            rotation: self.rotation,
+            // A flag can only switch a flip on; the file may set either.
+            hflip: self.hflip.then_some(true),
+            vflip: self.vflip.then_some(true),
         };
         ConfigLayer::resolve(file, flags)
     }

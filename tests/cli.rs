@@ -71,6 +71,7 @@ fn invalid_flags_name_the_key_and_exit_non_zero() {
         (&["--size", "1280"][..], "`size`"),
         (&["--listen", "nowhere"][..], "`listen`"),
         (&["--source", "webcam9"][..], "`source`"),
+        (&["--rotation", "45"][..], "`rotation`"),
     ] {
         let out = picamd(args);
         let err = String::from_utf8_lossy(&out.stderr);
