@@ -200,6 +200,26 @@ impl Controls {
             hdr
         );
     }
+
+    /// Clears every control whose name `keep` rejects.
+    pub fn retain(&mut self, keep: impl Fn(&'static str) -> bool) {
+        macro_rules! clear {
+            ($($f:ident),*) => { $( if !keep(stringify!($f)) { self.$f = None; } )* };
+        }
+        clear!(
+            autofocus,
+            lens_position,
+            exposure,
+            exposure_time_us,
+            analogue_gain,
+            awb,
+            brightness,
+            contrast,
+            saturation,
+            sharpness,
+            hdr
+        );
+    }
 }
 
 /// What a camera offers, for `GET /controls`: each control's support and current value.
@@ -331,5 +351,7 @@ mod tests {
         a.merge(&parse(r#"{"contrast": 2}"#));
         assert_eq!(a, parse(r#"{"brightness": 0.2, "contrast": 2}"#));
         assert_eq!(a.names(), vec!["brightness", "contrast"]);
+        a.retain(|n| n != "contrast");
+        assert_eq!(a.names(), vec!["brightness"]);
     }
 }

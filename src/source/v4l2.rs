@@ -733,23 +733,7 @@ fn unrealizable(c: &Controls, supported: &[&'static str]) -> Vec<String> {
 
 /// Removes from `c` what this camera cannot realize.
 fn retain_realizable(c: &mut Controls, supported: &[&'static str]) {
-    let keep = |n: &str| supported.contains(&n);
-    macro_rules! clear {
-        ($($f:ident),*) => { $( if !keep(stringify!($f)) { c.$f = None; } )* };
-    }
-    clear!(
-        autofocus,
-        lens_position,
-        exposure,
-        exposure_time_us,
-        analogue_gain,
-        awb,
-        brightness,
-        contrast,
-        saturation,
-        sharpness,
-        hdr
-    );
+    c.retain(|n| supported.contains(&n));
     if c.autofocus == Some(AfMode::Auto) {
         c.autofocus = None;
     }
