@@ -44,8 +44,12 @@ pub struct SourceState {
 
 #[derive(Debug, Serialize)]
 pub struct Resolution {
+    /// What the newest frame has (a camera may deliver another size than asked), else the
+    /// configured size.
     pub width: u32,
     pub height: u32,
+    /// The size asked for in the configuration.
+    pub configured: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -111,9 +115,16 @@ impl Snapshot {
                 },
                 restarts: s.source_restarts.load(Ordering::Relaxed),
             },
-            resolution: Resolution {
-                width: info.width,
-                height: info.height,
+            resolution: {
+                let (width, height) = latest
+                    .as_ref()
+                    .filter(|f| !f.no_signal)
+                    .map_or((info.width, info.height), |f| (f.width, f.height));
+                Resolution {
+                    width,
+                    height,
+                    configured: format!("{}x{}", info.width, info.height),
+                }
             },
             fps: Fps {
                 configured: info.fps,
