@@ -149,6 +149,44 @@ test('the local camera is drawn on a secure origin and explained on an insecure 
   }
 });
 
+test('a hidden page stops drawing, lets the socket go after the grace period, and resumes when visible', async () => {
+  const server = await new Picamd(await freePort(), SIZE).start();
+  const { page, context } = await openPlayer(browser, `${server.origin}/?source=ws&hiddenGrace=1000`);
+  const wsViewers = async () => {
+    const r = await fetch(`${server.origin}/state`);
+    return (await r.json()).viewers.ws;
+  };
+  const setHidden = (hidden) => page.evaluate((h) => {
+    Object.defineProperty(document, 'hidden', { configurable: true, get: () => h });
+    Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => (h ? 'hidden' : 'visible') });
+    document.dispatchEvent(new Event('visibilitychange'));
+  }, hidden);
+  try {
+    await waitForStats(page, (s) => s.drawn >= 10 && s.state === 'live', 'live');
+    assert.equal(await wsViewers(), 1);
+    await setHidden(true);
+    await sleep(300);
+    const hidden = await stats(page);
+    await sleep(1500);
+    const later = await stats(page);
+    assert.ok(later.drawn - hidden.drawn <= 1, `drew ${later.drawn - hidden.drawn} frames while hidden`);
+    // After the 1 s grace the socket is closed: the server counts no WebSocket viewer.
+    let viewers = await wsViewers();
+    for (let i = 0; i < 20 && viewers !== 0; i++) {
+      await sleep(100);
+      viewers = await wsViewers();
+    }
+    assert.equal(viewers, 0, 'the socket stayed open while hidden');
+    await setHidden(false);
+    await waitForStats(page, (s) => s.state === 'live' && s.drawn >= later.drawn + 10, 'live again when visible', 10000);
+    assert.equal(await wsViewers(), 1);
+    assert.equal(await page.evaluate(() => window.__notReloaded), true);
+  } finally {
+    await context.close();
+    await server.stop();
+  }
+});
+
 test('a minute of streaming keeps open bitmaps bounded', async () => {
   const server = await new Picamd(await freePort(), SIZE).start();
   const { page, context, errors } = await openPlayer(browser, `${server.origin}/?source=ws`);
