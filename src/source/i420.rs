@@ -19,6 +19,33 @@ pub fn i420_len(width: usize, height: usize) -> usize {
     width * height + 2 * (width / 2) * (height / 2)
 }
 
+/// Splits interleaved UV rows (NV12's chroma plane, `uv_stride` bytes apart) into separate
+/// U and V planes of `cw` × `ch` samples, rows packed. Stops early, without panicking, where
+/// the input or output is short.
+pub fn deinterleave_uv(
+    uv: &[u8],
+    uv_stride: usize,
+    (cw, ch): (usize, usize),
+    u: &mut [u8],
+    v: &mut [u8],
+) {
+    for ((row, u), v) in uv
+        .chunks(uv_stride.max(1))
+        .take(ch)
+        .zip(u.chunks_mut(cw.max(1)))
+        .zip(v.chunks_mut(cw.max(1)))
+    {
+        for ((pair, u), v) in row[..row.len().min(2 * cw)]
+            .chunks_exact(2)
+            .zip(u.iter_mut())
+            .zip(v.iter_mut())
+        {
+            *u = pair[0];
+            *v = pair[1];
+        }
+    }
+}
+
 /// Recycles I420 buffers of one size: a frame's buffer returns here when the encoder drops
 /// it. Cheap to clone.
 #[derive(Clone)]
@@ -208,6 +235,22 @@ mod tests {
             format_utc(1_709_210_096_789_000),
             "2024-02-29 12:34:56.789 UTC"
         );
+    }
+
+    #[test]
+    fn uv_rows_are_split_with_their_stride() {
+        // 4x2 chroma samples, rows 10 bytes apart (2 bytes of padding each).
+        let uv = [
+            1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 11, 12, 13, 14, 15, 16, 17, 18, 0, 0,
+        ];
+        let (mut u, mut v) = ([0u8; 8], [0u8; 8]);
+        deinterleave_uv(&uv, 10, (4, 2), &mut u, &mut v);
+        assert_eq!(u, [1, 3, 5, 7, 11, 13, 15, 17]);
+        assert_eq!(v, [2, 4, 6, 8, 12, 14, 16, 18]);
+        // Short input: what is there is split, nothing panics.
+        let (mut u, mut v) = ([0u8; 8], [0u8; 8]);
+        deinterleave_uv(&uv[..5], 10, (4, 2), &mut u, &mut v);
+        assert_eq!(&u[..2], &[1, 3]);
     }
 
     #[test]

@@ -50,6 +50,7 @@ use libcamera::stream::{Stream, StreamRole};
 use super::controls::{
     self, AfMode, AwbMode, CameraControls, ControlError, Controls, ExposureMode, HdrMode,
 };
+use super::i420::deinterleave_uv;
 use super::{
     CaptureTime, Frame, Payload, Source, SourceContext, SourceError, SourceInfo, Yuv420Buffer,
 };
@@ -803,17 +804,7 @@ impl Layout {
 /// Splits interleaved UV rows into a U plane followed by a V plane in `out`.
 fn deinterleave(uv: &[u8], uv_stride: usize, (cw, ch): (usize, usize), out: &mut [u8]) {
     let (u, v) = out.split_at_mut((cw * ch).min(out.len()));
-    for ((row, u), v) in uv
-        .chunks(uv_stride.max(1))
-        .take(ch)
-        .zip(u.chunks_mut(cw))
-        .zip(v.chunks_mut(cw))
-    {
-        for ((pair, u), v) in row.chunks_exact(2).zip(u.iter_mut()).zip(v.iter_mut()) {
-            *u = pair[0];
-            *v = pair[1];
-        }
-    }
+    deinterleave_uv(uv, uv_stride, (cw, ch), u, v);
 }
 
 /// Recycled U+V buffers for NV12 frames, so steady state allocates nothing.

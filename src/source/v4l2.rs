@@ -40,7 +40,7 @@ use super::controls::{
     check, AfMode, AwbMode, CameraControls, ControlError, Controls, ExposureMode, InvalidControl,
     ALL_CONTROLS,
 };
-use super::i420::BufferPool;
+use super::i420::{deinterleave_uv, BufferPool};
 use super::jpeg;
 use super::{CaptureTime, Frame, Payload, Source, SourceContext, SourceError, SourceInfo};
 use crate::hub::SourceState;
@@ -380,19 +380,7 @@ pub fn nv12_to_i420(
     ensure_len(src, uv_at + stride * (height / 2 - 1) + width)?;
     let [y, u, v] = dst;
     copy_plane(src, stride, y, width, height);
-    let cw = width / 2;
-    for row in 0..height / 2 {
-        let uv = &src[uv_at + row * stride..][..width];
-        let pairs = uv.chunks_exact(2).zip(
-            u[row * cw..][..cw]
-                .iter_mut()
-                .zip(v[row * cw..][..cw].iter_mut()),
-        );
-        for (p, (uo, vo)) in pairs {
-            *uo = p[0];
-            *vo = p[1];
-        }
-    }
+    deinterleave_uv(&src[uv_at..], stride, (width / 2, height / 2), u, v);
     Ok(())
 }
 
