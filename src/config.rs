@@ -39,7 +39,24 @@ pub struct Config {
     pub rotation: u32,
     pub hflip: bool,
     pub vflip: bool,
+    /// How network and file sources read their input.
+    pub input: InputOptions,
 }
+
+/// Settings for network streams and files (ignored by cameras and the test pattern).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputOptions {
+    /// Files: start again at the end instead of showing "no signal".
+    pub looping: bool,
+    /// ffmpeg inputs that already are MJPEG: copy the JPEGs through, no decode/re-encode.
+    pub passthrough: bool,
+    /// Largest JPEG accepted from an upstream; a bigger one is an error and a reconnect.
+    pub max_frame_bytes: usize,
+}
+
+/// Default [`InputOptions::max_frame_bytes`]: far above any real frame (a 4K JPEG at
+/// quality 100 is ~5 MiB), far below what would hurt a Pi.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
 
 /// Which source to run, read from the form of `--source`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +68,27 @@ pub enum SourceSpec {
     Libcamera { camera: Option<String> },
     /// `v4l2:/dev/videoN` (or a `/dev/v4l/by-id/…` path): a USB webcam.
     V4l2 { device: PathBuf },
+    /// `http://…` (or `mjpeg:http://…`): another streamer's multipart MJPEG, its JPEGs passed
+    /// through as they are.
+    MjpegHttp { url: String },
+    /// Anything ffmpeg reads: `rtsp://`, `rtmp://`, `srt://`, HLS (`….m3u8`), HTTP-FLV
+    /// (`….flv`), a file path, or `ffmpeg:INPUT` for any other input ffmpeg accepts.
+    Ffmpeg { input: String },
+}
+
+/// URL path endings that mean a container or playlist (for ffmpeg), not multipart MJPEG.
+const FFMPEG_HTTP_SUFFIXES: &[&str] = &[
+    ".m3u8", ".flv", ".ts", ".mp4", ".mkv", ".webm", ".mov", ".mpd", ".m4v",
+];
+
+/// Whether an `http(s)://` URL names something for ffmpeg rather than an MJPEG stream.
+fn http_needs_ffmpeg(url: &str) -> bool {
+    let path = url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(url)
+        .to_ascii_lowercase();
+    FFMPEG_HTTP_SUFFIXES.iter().any(|s| path.ends_with(s))
 }
 
 impl fmt::Display for SourceSpec {
@@ -61,6 +99,8 @@ impl fmt::Display for SourceSpec {
             SourceSpec::Libcamera { camera: None } => f.write_str("libcamera"),
             SourceSpec::Libcamera { camera: Some(c) } => write!(f, "libcamera:{c}"),
             SourceSpec::V4l2 { device } => write!(f, "v4l2:{}", device.display()),
+            SourceSpec::MjpegHttp { url } => f.write_str(url),
+            SourceSpec::Ffmpeg { input } => write!(f, "ffmpeg:{input}"),
         }
     }
 }
@@ -92,17 +132,38 @@ impl FromStr for SourceSpec {
                 device: PathBuf::from(path),
             }),
             ("v4l2", _) => Err("v4l2 needs a device path, e.g. v4l2:/dev/video0".into()),
+            ("mjpeg", Some(url)) => {
+                crate::source::mjpeg_http::check_url(url)?;
+                Ok(SourceSpec::MjpegHttp {
+                    url: url.to_owned(),
+                })
+            }
+            ("ffmpeg", Some(input)) if !input.is_empty() => Ok(SourceSpec::Ffmpeg {
+                input: input.to_owned(),
+            }),
+            ("ffmpeg", _) => Err("ffmpeg: needs an input after the colon".into()),
+            ("http", Some(_)) if !http_needs_ffmpeg(s) => {
+                crate::source::mjpeg_http::check_url(s)?;
+                Ok(SourceSpec::MjpegHttp { url: s.to_owned() })
+            }
+            // HTTPS MJPEG goes through ffmpeg too: picamd's own HTTP client speaks plain HTTP.
             (
-                "http" | "https" | "rtsp" | "rtsps" | "rtmp" | "rtmps" | "file" | "srt" | "udp",
-                Some(_),
-            ) => Err(format!(
-                "{kind}:// sources (network streams and files) are not available in this build yet"
-            )),
-            _ if s.starts_with('/') || s.starts_with("./") => {
-                Err("video files are not available as sources in this build yet".into())
+                "http" | "https" | "rtsp" | "rtsps" | "rtmp" | "rtmps" | "srt" | "udp" | "rtp",
+                Some(rest),
+            ) if rest.starts_with("//") && rest.len() > 2 => Ok(SourceSpec::Ffmpeg {
+                input: s.to_owned(),
+            }),
+            ("file", Some(path)) if !path.is_empty() => Ok(SourceSpec::Ffmpeg {
+                input: path.strip_prefix("//").unwrap_or(path).to_owned(),
+            }),
+            _ if s.starts_with('/') || s.starts_with("./") || s.starts_with("../") => {
+                Ok(SourceSpec::Ffmpeg {
+                    input: s.to_owned(),
+                })
             }
             _ => Err(format!(
-                "unknown source {s:?}: use test, libcamera[:ID_OR_INDEX] or v4l2:/dev/videoN"
+                "unknown source {s:?}: use test, libcamera[:ID_OR_INDEX], v4l2:/dev/videoN, \
+                 an http:// MJPEG URL, an rtsp://, rtmp:// or other stream URL, or a file path"
             )),
         }
     }
@@ -185,6 +246,13 @@ pub struct ConfigLayer {
     pub hflip: Option<bool>,
     /// Flip upside down in the camera (libcamera only).
     pub vflip: Option<bool>,
+    /// File sources: loop at the end (default false).
+    #[serde(rename = "loop")]
+    pub looping: Option<bool>,
+    /// ffmpeg sources whose input is MJPEG: pass the JPEGs through (default false).
+    pub passthrough: Option<bool>,
+    /// Largest upstream JPEG in bytes, 65536..=268435456, default 16 MiB.
+    pub max_frame_size: Option<i64>,
 }
 
 /// A configuration error: always names the key and where the bad value came from.
@@ -334,6 +402,22 @@ impl ConfigLayer {
         };
         let hflip = flags.hflip.or(file.hflip).unwrap_or(false);
         let vflip = flags.vflip.or(file.vflip).unwrap_or(false);
+        let max_frame_bytes = ranged(
+            "max_frame_size",
+            pick(
+                flags.max_frame_size,
+                file.max_frame_size,
+                "max-frame-size",
+                fp,
+            ),
+            65_536..=268_435_456,
+            DEFAULT_MAX_FRAME_BYTES as i64,
+        )? as usize;
+        let input = InputOptions {
+            looping: flags.looping.or(file.looping).unwrap_or(false),
+            passthrough: flags.passthrough.or(file.passthrough).unwrap_or(false),
+            max_frame_bytes,
+        };
         let controls = file.controls.unwrap_or_default();
         controls.validate().map_err(|e| ConfigError::Invalid {
             key: "controls",
@@ -353,6 +437,7 @@ impl ConfigLayer {
             rotation,
             hflip,
             vflip,
+            input,
         })
     }
 }
@@ -420,6 +505,48 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("fsp"), "{e}");
+    }
+
+    #[test]
+    fn source_forms() {
+        let parse = |s: &str| s.parse::<SourceSpec>();
+        assert!(matches!(
+            parse("http://cam.local:8080/?action=stream"),
+            Ok(SourceSpec::MjpegHttp { .. })
+        ));
+        assert!(matches!(
+            parse("mjpeg:http://10.0.0.2/stream"),
+            Ok(SourceSpec::MjpegHttp { .. })
+        ));
+        for ff in [
+            "rtsp://10.0.0.3:554/stream1",
+            "rtmp://127.0.0.1/live/cam",
+            "http://10.0.0.4/live/cam.flv",
+            "https://example.com/hls/index.m3u8?x=1",
+            "https://cam.example/stream.mjpg",
+            "/var/lib/picamd/loop.mp4",
+            "./clip.mkv",
+            "file:/tmp/a.mp4",
+            "ffmpeg:anullsrc",
+        ] {
+            assert!(matches!(parse(ff), Ok(SourceSpec::Ffmpeg { .. })), "{ff}");
+        }
+        assert_eq!(
+            parse("file:///tmp/a.mp4").unwrap(),
+            SourceSpec::Ffmpeg {
+                input: "/tmp/a.mp4".into()
+            }
+        );
+        for bad in [
+            "mjpeg:rtsp://x/",
+            "ffmpeg:",
+            "rtsp:",
+            "rtsp://",
+            "gopher://x/",
+            "http:x",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

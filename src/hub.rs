@@ -343,6 +343,14 @@ impl Hub {
         self.viewers(Output::Mjpeg) + self.viewers(Output::WebSocket)
     }
 
+    /// Whether capture should go on right now (a viewer, or the linger after the last one).
+    /// Never blocks: for sources that must notice the end of demand between frames, such as
+    /// a child process to stop.
+    pub fn has_demand(&self) -> bool {
+        let d = lock(&self.shared.demand);
+        d.viewers > 0 || d.last_left.is_some_and(|t| t.elapsed() < IDLE_LINGER)
+    }
+
     /// Blocks the calling (source) thread until someone watches. Returns `false` on shutdown.
     /// Keeps returning `true` for [`IDLE_LINGER`] after the last viewer leaves.
     pub fn wait_for_demand(&self, shutdown: &Shutdown) -> bool {

@@ -56,6 +56,26 @@ pub fn make_source(config: &Config) -> Result<Box<dyn Source>, SourceError> {
             h,
             fps,
         ))),
+        SourceSpec::MjpegHttp { url } => Ok(Box::new(
+            source::mjpeg_http::MjpegHttpSource::new(
+                url,
+                source::mjpeg_http::MjpegHttpOptions {
+                    max_frame_bytes: config.input.max_frame_bytes,
+                },
+            )
+            .map_err(SourceError::Unavailable)?,
+        )),
+        SourceSpec::Ffmpeg { input } => Ok(Box::new(source::ffmpeg::FfmpegSource::new(
+            input.clone(),
+            source::ffmpeg::FfmpegOptions {
+                width: w,
+                height: h,
+                fps,
+                looping: config.input.looping,
+                passthrough: config.input.passthrough,
+                max_frame_bytes: config.input.max_frame_bytes,
+            },
+        ))),
     }
 }
 

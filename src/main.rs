@@ -23,7 +23,8 @@ struct Cli {
     /// Address and port to listen on [default: 0.0.0.0:8080].
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<String>,
-    /// Video source: `test` (the built-in test pattern) [default: test].
+    /// Video source: `test`, `libcamera[:ID]`, `v4l2:/dev/videoN`, an `http://` MJPEG URL,
+    /// `rtsp://…`, `rtmp://…`, an HLS or FLV URL, a file, or `ffmpeg:INPUT` [default: test].
     #[arg(long, value_name = "SOURCE")]
     source: Option<String>,
     /// Frame size [default: 1280x720].
@@ -50,6 +51,15 @@ struct Cli {
     /// Flip the picture upside down in the camera (libcamera).
     #[arg(long)]
     vflip: bool,
+    /// Files: start again at the end instead of showing "no signal".
+    #[arg(long = "loop")]
+    looping: bool,
+    /// ffmpeg inputs that already are MJPEG: pass the JPEGs through without re-encoding.
+    #[arg(long)]
+    passthrough: bool,
+    /// Largest JPEG accepted from an upstream, in bytes [default: 16777216].
+    #[arg(long, value_name = "BYTES", allow_negative_numbers = true)]
+    max_frame_size: Option<i64>,
     /// List the cameras this machine has (V4L2 devices, and libcamera cameras when built with
     /// the `libcamera` feature), then exit; non-zero when there is none.
     #[arg(long)]
@@ -75,6 +85,9 @@ impl Cli {
             // A flag can only switch a flip on; the file may set either.
             hflip: self.hflip.then_some(true),
             vflip: self.vflip.then_some(true),
+            looping: self.looping.then_some(true),
+            passthrough: self.passthrough.then_some(true),
+            max_frame_size: self.max_frame_size,
         };
         ConfigLayer::resolve(file, flags)
     }

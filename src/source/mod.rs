@@ -10,11 +10,14 @@
 
 pub mod controls;
 pub mod faults;
+pub mod ffmpeg;
 mod font;
 pub mod i420;
 pub mod jpeg;
 #[cfg(feature = "libcamera")]
 pub mod libcamera;
+pub mod mjpeg_http;
+pub mod multipart;
 pub mod no_signal;
 pub mod test_pattern;
 pub mod v4l2;
@@ -147,6 +150,11 @@ impl SourceContext {
     /// which case the source must return from `run`.
     pub fn wait_for_demand(&self) -> bool {
         self.hub.wait_for_demand(&self.shutdown)
+    }
+
+    /// Whether anyone still wants frames; never blocks (see [`Hub::has_demand`]).
+    pub fn has_demand(&self) -> bool {
+        self.hub.has_demand()
     }
 
     pub fn is_shutting_down(&self) -> bool {
