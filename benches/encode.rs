@@ -544,6 +544,7 @@ fn bench_pool(
     phase: Duration,
 ) -> PoolResult {
     let hub = Hub::new(PipelineInfo {
+        name: "main".into(),
         source: SourceInfo {
             kind: "bench",
             name: "pre-rendered test pattern".into(),

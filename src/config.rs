@@ -20,6 +20,23 @@ use crate::source::faults::FaultSchedule;
 pub struct Config {
     /// Address and port the HTTP server binds.
     pub listen: SocketAddr,
+    /// The streams, in the order written; the first is the default one, which also answers
+    /// the root URLs (`/stream`, `/snapshot`, `/ws`, …).
+    pub streams: Vec<StreamConfig>,
+}
+
+impl Config {
+    /// The stream behind the root URLs.
+    pub fn default_stream(&self) -> &StreamConfig {
+        &self.streams[0]
+    }
+}
+
+/// One stream: a source and how its frames are encoded and served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamConfig {
+    /// URL-safe name: the stream's URLs are `/cam/<name>/…`.
+    pub name: String,
     /// Which source produces frames.
     pub source: SourceSpec,
     /// Frame size in pixels.
@@ -41,6 +58,27 @@ pub struct Config {
     pub vflip: bool,
     /// How network and file sources read their input.
     pub input: InputOptions,
+}
+
+/// Name of the stream when the configuration lists none.
+pub const DEFAULT_STREAM_NAME: &str = "main";
+/// Most streams one instance runs; each costs threads and, while watched, CPU.
+pub const MAX_STREAMS: usize = 16;
+
+/// Checks a stream name: it becomes part of URLs, so 1..=32 of `A-Z a-z 0-9 _ -`.
+pub fn check_stream_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 32 {
+        return Err(format!("{name:?} must have 1 to 32 characters"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(format!(
+            "{name:?} contains {c:?}; use letters, digits, `_` and `-` only"
+        ));
+    }
+    Ok(())
 }
 
 /// Settings for network streams and files (ignored by cameras and the test pattern).
@@ -218,13 +256,19 @@ impl fmt::Display for Size {
     }
 }
 
-/// One layer of settings, from the file or from the command line. Every key is optional;
-/// values stay as written until [`ConfigLayer::resolve`] checks them.
+/// One layer of settings, from the file, from one `[[stream]]` table of the file, or from the
+/// command line. Every key is optional; values stay as written until [`ConfigLayer::resolve`]
+/// checks them. The top level's stream keys are the defaults of every `[[stream]]`.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigLayer {
-    /// `ADDR:PORT` to listen on, default `0.0.0.0:8080`.
+    /// `ADDR:PORT` to listen on, default `0.0.0.0:8080` (top level only).
     pub listen: Option<String>,
+    /// The stream's name (in a `[[stream]]` table; at the top level it names the single
+    /// stream), default `main`.
+    pub name: Option<String>,
+    /// `[[stream]]` tables, one per stream (top level only).
+    pub stream: Option<Vec<ConfigLayer>>,
     /// Source: `test` (default).
     pub source: Option<String>,
     /// Frame size `WxH`, default `1280x720`.
@@ -288,158 +332,250 @@ impl ConfigLayer {
     }
 
     /// Validates the merge of `file` (lower priority) and `flags` (higher priority).
+    ///
+    /// Each stream takes a key from, in order: the flag, its `[[stream]]` table, the file's
+    /// top level, the built-in default. Flags therefore apply to every stream; `--stream`
+    /// flags replace the file's stream list.
     pub fn resolve(
         file: Option<(&Path, ConfigLayer)>,
         flags: ConfigLayer,
     ) -> Result<Config, ConfigError> {
-        let (file_path, file) = match file {
-            Some((p, l)) => (Some(p.display().to_string()), l),
-            None => (None, ConfigLayer::default()),
+        let (file_path, mut file) = match file {
+            Some((p, l)) => (p.display().to_string(), l),
+            None => ("config file".to_owned(), ConfigLayer::default()),
         };
-        // Picks the flag if given, else the file's value, and says which for error messages.
-        fn pick<T>(
-            flag: Option<T>,
-            file: Option<T>,
-            flag_name: &str,
-            file_path: &Option<String>,
-        ) -> Option<(T, String)> {
-            match (flag, file) {
-                (Some(v), _) => Some((v, format!("flag --{flag_name}"))),
-                (None, Some(v)) => Some((
-                    v,
-                    format!("in {}", file_path.as_deref().unwrap_or("config file")),
-                )),
-                (None, None) => None,
-            }
-        }
-        fn invalid(key: &'static str, origin: String, message: impl Into<String>) -> ConfigError {
-            ConfigError::Invalid {
-                key,
-                origin,
-                message: message.into(),
-            }
-        }
-        fn ranged(
-            key: &'static str,
-            v: Option<(i64, String)>,
-            range: std::ops::RangeInclusive<i64>,
-            default: i64,
-        ) -> Result<i64, ConfigError> {
-            match v {
-                None => Ok(default),
-                Some((n, _)) if range.contains(&n) => Ok(n),
-                Some((n, origin)) => Err(invalid(
-                    key,
-                    origin,
-                    format!("{n} is outside {}..={}", range.start(), range.end()),
-                )),
-            }
-        }
-        fn parsed<T: FromStr>(
-            key: &'static str,
-            v: Option<(String, String)>,
-            default: T,
-        ) -> Result<T, ConfigError>
-        where
-            T::Err: fmt::Display,
-        {
-            match v {
-                None => Ok(default),
-                Some((s, origin)) => s
-                    .parse::<T>()
-                    .map_err(|e| invalid(key, origin, format!("{s:?}: {e}"))),
-            }
-        }
+        let file_origin = format!("in {file_path}");
+        let listen = match (&flags.listen, &file.listen) {
+            (Some(v), _) => Some((v.clone(), "flag --listen".to_owned())),
+            (None, Some(v)) => Some((v.clone(), file_origin.clone())),
+            _ => None,
+        };
+        let listen = parsed("listen", listen, SocketAddr::from(([0, 0, 0, 0], 8080)))?;
 
-        let fp = &file_path;
-        let listen = parsed(
-            "listen",
-            pick(flags.listen, file.listen, "listen", fp),
-            SocketAddr::from(([0, 0, 0, 0], 8080)),
-        )?;
-        let source = parsed(
-            "source",
-            pick(flags.source, file.source, "source", fp),
-            SourceSpec::TestPattern { faults: None },
-        )?;
-        let size = parsed(
-            "size",
-            pick(flags.size, file.size, "size", fp),
-            Size {
-                width: 1280,
-                height: 720,
-            },
-        )?;
-        let fps = ranged("fps", pick(flags.fps, file.fps, "fps", fp), 1..=120, 30)?;
-        let quality = ranged(
-            "quality",
-            pick(flags.quality, file.quality, "quality", fp),
-            1..=100,
-            80,
-        )?;
-        let workers = ranged(
-            "workers",
-            pick(flags.workers, file.workers, "workers", fp),
-            1..=16,
-            default_workers() as i64,
-        )?;
-        let max_viewers = ranged(
-            "max_viewers",
-            pick(flags.max_viewers, file.max_viewers, "max-viewers", fp),
-            1..=100_000,
-            200,
-        )?;
-        let rotation = match pick(flags.rotation, file.rotation, "rotation", fp) {
-            None => 0,
-            Some((r @ (0 | 90 | 180 | 270), _)) => r as u32,
-            Some((r, origin)) => {
+        let (tables, tables_origin) = match (flags.stream.clone(), file.stream.take()) {
+            (Some(t), _) => (t, "flag --stream".to_owned()),
+            (None, Some(t)) => (t, file_origin.clone()),
+            (None, None) => (Vec::new(), file_origin.clone()),
+        };
+        if tables.len() > MAX_STREAMS {
+            return Err(invalid(
+                "stream",
+                tables_origin,
+                format!("{} streams; at most {MAX_STREAMS}", tables.len()),
+            ));
+        }
+        if tables.len() > 1 {
+            if flags.source.is_some() {
                 return Err(invalid(
-                    "rotation",
-                    origin,
-                    format!("{r} is not 0, 90, 180 or 270"),
-                ))
+                    "source",
+                    "flag --source".into(),
+                    format!(
+                        "applies to a single stream, and {} are configured ({tables_origin}); \
+                         set each stream's source in the file or with --stream NAME=SOURCE",
+                        tables.len()
+                    ),
+                ));
             }
-        };
-        let hflip = flags.hflip.or(file.hflip).unwrap_or(false);
-        let vflip = flags.vflip.or(file.vflip).unwrap_or(false);
-        let max_frame_bytes = ranged(
-            "max_frame_size",
-            pick(
-                flags.max_frame_size,
-                file.max_frame_size,
-                "max-frame-size",
-                fp,
-            ),
-            65_536..=268_435_456,
-            DEFAULT_MAX_FRAME_BYTES as i64,
-        )? as usize;
-        let input = InputOptions {
-            looping: flags.looping.or(file.looping).unwrap_or(false),
-            passthrough: flags.passthrough.or(file.passthrough).unwrap_or(false),
-            max_frame_bytes,
-        };
-        let controls = file.controls.unwrap_or_default();
-        controls.validate().map_err(|e| ConfigError::Invalid {
-            key: "controls",
-            origin: format!("in {}", file_path.as_deref().unwrap_or("config file")),
-            message: e.to_string(),
-        })?;
-        // The ranges above make these conversions lossless.
-        Ok(Config {
-            listen,
-            source,
-            size,
-            fps: fps as u32,
-            quality: quality as u8,
-            workers: workers as usize,
-            max_viewers: max_viewers as usize,
-            controls,
-            rotation,
-            hflip,
-            vflip,
-            input,
-        })
+            if flags.name.is_some() {
+                return Err(invalid(
+                    "name",
+                    "flag --name".into(),
+                    "names the single stream; the configured streams have their own names",
+                ));
+            }
+        }
+        let mut streams = Vec::new();
+        if tables.is_empty() {
+            streams.push(resolve_stream(&flags, None, &file, &file_origin)?);
+        }
+        for (i, table) in tables.iter().enumerate() {
+            let origin = match &table.name {
+                Some(n) => format!("{tables_origin}, stream {n:?}"),
+                None => format!("{tables_origin}, stream #{}", i + 1),
+            };
+            for (key, set) in [
+                ("listen", table.listen.is_some()),
+                ("stream", table.stream.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(key, origin, "cannot be set per stream"));
+                }
+            }
+            if table.name.is_none() {
+                return Err(invalid("name", origin, "every [[stream]] needs a name"));
+            }
+            if table.source.is_none() && file.source.is_none() && flags.source.is_none() {
+                return Err(invalid("source", origin, "every [[stream]] needs a source"));
+            }
+            let stream = resolve_stream(&flags, Some((table, &origin)), &file, &file_origin)?;
+            if streams.iter().any(|s: &StreamConfig| s.name == stream.name) {
+                return Err(invalid(
+                    "name",
+                    origin,
+                    format!("{:?} names two streams", stream.name),
+                ));
+            }
+            streams.push(stream);
+        }
+        Ok(Config { listen, streams })
     }
+}
+
+fn invalid(key: &'static str, origin: String, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        origin,
+        message: message.into(),
+    }
+}
+
+fn ranged(
+    key: &'static str,
+    v: Option<(i64, String)>,
+    range: std::ops::RangeInclusive<i64>,
+    default: i64,
+) -> Result<i64, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some((n, _)) if range.contains(&n) => Ok(n),
+        Some((n, origin)) => Err(invalid(
+            key,
+            origin,
+            format!("{n} is outside {}..={}", range.start(), range.end()),
+        )),
+    }
+}
+
+fn parsed<T: FromStr>(
+    key: &'static str,
+    v: Option<(String, String)>,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    match v {
+        None => Ok(default),
+        Some((s, origin)) => s
+            .parse::<T>()
+            .map_err(|e| invalid(key, origin, format!("{s:?}: {e}"))),
+    }
+}
+
+/// Resolves one stream's keys: flag, then its `[[stream]]` table (if any), then the file's
+/// top level, then the default.
+fn resolve_stream(
+    flags: &ConfigLayer,
+    table: Option<(&ConfigLayer, &String)>,
+    file: &ConfigLayer,
+    file_origin: &str,
+) -> Result<StreamConfig, ConfigError> {
+    // Picks a key's value and says where it came from, for error messages.
+    let pick = |get: &dyn Fn(&ConfigLayer) -> Option<String>, flag_name: &str| {
+        if let Some(v) = get(flags) {
+            return Some((v, format!("flag --{flag_name}")));
+        }
+        if let Some((t, origin)) = table {
+            if let Some(v) = get(t) {
+                return Some((v, origin.clone()));
+            }
+        }
+        get(file).map(|v| (v, file_origin.to_owned()))
+    };
+    let pick_int = |get: &dyn Fn(&ConfigLayer) -> Option<i64>, flag_name: &str| {
+        pick(&|l| get(l).map(|n| n.to_string()), flag_name)
+            .map(|(v, o)| (v.parse::<i64>().expect("formatted above"), o))
+    };
+    let pick_bool = |get: &dyn Fn(&ConfigLayer) -> Option<bool>| {
+        get(flags)
+            .or_else(|| table.and_then(|(t, _)| get(t)))
+            .or_else(|| get(file))
+            .unwrap_or(false)
+    };
+
+    let name = match pick(&|l| l.name.clone(), "name") {
+        None => DEFAULT_STREAM_NAME.to_owned(),
+        Some((n, origin)) => {
+            check_stream_name(&n).map_err(|e| invalid("name", origin, e))?;
+            n
+        }
+    };
+    let source = parsed(
+        "source",
+        pick(&|l| l.source.clone(), "source"),
+        SourceSpec::TestPattern { faults: None },
+    )?;
+    let size = parsed(
+        "size",
+        pick(&|l| l.size.clone(), "size"),
+        Size {
+            width: 1280,
+            height: 720,
+        },
+    )?;
+    let fps = ranged("fps", pick_int(&|l| l.fps, "fps"), 1..=120, 30)?;
+    let quality = ranged("quality", pick_int(&|l| l.quality, "quality"), 1..=100, 80)?;
+    let workers = ranged(
+        "workers",
+        pick_int(&|l| l.workers, "workers"),
+        1..=16,
+        default_workers() as i64,
+    )?;
+    let max_viewers = ranged(
+        "max_viewers",
+        pick_int(&|l| l.max_viewers, "max-viewers"),
+        1..=100_000,
+        200,
+    )?;
+    let rotation = match pick_int(&|l| l.rotation, "rotation") {
+        None => 0,
+        Some((r @ (0 | 90 | 180 | 270), _)) => r as u32,
+        Some((r, origin)) => {
+            return Err(invalid(
+                "rotation",
+                origin,
+                format!("{r} is not 0, 90, 180 or 270"),
+            ))
+        }
+    };
+    let max_frame_bytes = ranged(
+        "max_frame_size",
+        pick_int(&|l| l.max_frame_size, "max-frame-size"),
+        65_536..=268_435_456,
+        DEFAULT_MAX_FRAME_BYTES as i64,
+    )? as usize;
+    let input = InputOptions {
+        looping: pick_bool(&|l| l.looping),
+        passthrough: pick_bool(&|l| l.passthrough),
+        max_frame_bytes,
+    };
+    // Controls come from the file only; a stream's table replaces the top level's.
+    let (controls, controls_origin) = match table.and_then(|(t, o)| Some((t.controls.clone()?, o)))
+    {
+        Some((c, origin)) => (c, origin.clone()),
+        None => (
+            file.controls.clone().unwrap_or_default(),
+            file_origin.to_owned(),
+        ),
+    };
+    controls
+        .validate()
+        .map_err(|e| invalid("controls", controls_origin, e.to_string()))?;
+    // The ranges above make these conversions lossless.
+    Ok(StreamConfig {
+        name,
+        source,
+        size,
+        fps: fps as u32,
+        quality: quality as u8,
+        workers: workers as usize,
+        max_viewers: max_viewers as usize,
+        controls,
+        rotation,
+        hflip: pick_bool(&|l| l.hflip),
+        vflip: pick_bool(&|l| l.vflip),
+        input,
+    })
 }
 
 /// One encoder per core, at most 4: beyond that the source, not the encoder, is the limit.
@@ -462,8 +598,11 @@ mod tests {
 
     #[test]
     fn defaults_match_the_documented_ones() {
-        let c = Config::default();
-        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        let config = Config::default();
+        assert_eq!(config.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(config.streams.len(), 1);
+        let c = config.default_stream();
+        assert_eq!(c.name, "main");
         assert_eq!(c.size.to_string(), "1280x720");
         assert_eq!((c.fps, c.quality), (30, 80));
         assert!((1..=4).contains(&c.workers));
@@ -477,6 +616,7 @@ mod tests {
             ..Default::default()
         };
         let c = ConfigLayer::resolve(Some((Path::new("x.toml"), file)), flags).unwrap();
+        let c = c.default_stream();
         assert_eq!((c.fps, c.quality), (25, 50));
     }
 
@@ -505,6 +645,88 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("fsp"), "{e}");
+    }
+
+    fn resolve_file(text: &str, flags: ConfigLayer) -> Result<Config, ConfigError> {
+        let file: ConfigLayer = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "s.toml".into(),
+            message: e.to_string(),
+        })?;
+        ConfigLayer::resolve(Some((Path::new("s.toml"), file)), flags)
+    }
+
+    #[test]
+    fn streams_take_the_top_level_as_defaults() {
+        let c = resolve_file(
+            r#"
+            fps = 10
+            quality = 60
+            [[stream]]
+            name = "printer"
+            source = "test"
+            [[stream]]
+            name = "door"
+            source = "rtsp://10.0.0.3/s1"
+            fps = 5
+            size = "640x480"
+            loop = true
+            "#,
+            ConfigLayer::default(),
+        )
+        .unwrap();
+        let [a, b] = &c.streams[..] else {
+            panic!("{:?}", c.streams)
+        };
+        assert_eq!((a.name.as_str(), a.fps, a.quality), ("printer", 10, 60));
+        assert_eq!((b.name.as_str(), b.fps, b.quality), ("door", 5, 60));
+        assert_eq!(b.size.to_string(), "640x480");
+        assert!(b.input.looping && !a.input.looping);
+        assert_eq!(c.default_stream().name, "printer");
+
+        // A flag applies to every stream.
+        let flags = ConfigLayer {
+            fps: Some(2),
+            ..Default::default()
+        };
+        let c = resolve_file(
+            "[[stream]]\nname='a'\nsource='test'\nfps=9\n[[stream]]\nname='b'\nsource='test'",
+            flags,
+        )
+        .unwrap();
+        assert!(c.streams.iter().all(|s| s.fps == 2));
+    }
+
+    #[test]
+    fn stream_errors_name_the_stream() {
+        let e = |text: &str, flags: ConfigLayer| resolve_file(text, flags).unwrap_err().to_string();
+        let m = e(
+            "[[stream]]\nname='a'\nsource='test'\n[[stream]]\nname='b'\nsource='test'\nfps=0",
+            Default::default(),
+        );
+        assert!(m.contains("`fps`") && m.contains("stream \"b\""), "{m}");
+        let m = e(
+            "[[stream]]\nname='a'\nsource='test'\n[[stream]]\nname='a'\nsource='test'",
+            Default::default(),
+        );
+        assert!(m.contains("names two streams"), "{m}");
+        let m = e("[[stream]]\nname='a b'\nsource='test'", Default::default());
+        assert!(m.contains("`name`") && m.contains("' '"), "{m}");
+        let m = e("[[stream]]\nsource='test'", Default::default());
+        assert!(m.contains("needs a name"), "{m}");
+        let m = e("[[stream]]\nname='a'", Default::default());
+        assert!(m.contains("needs a source"), "{m}");
+        let m = e(
+            "[[stream]]\nname='a'\nsource='test'\nlisten='0.0.0.0:1'",
+            Default::default(),
+        );
+        assert!(m.contains("`listen`") && m.contains("per stream"), "{m}");
+        let two = "[[stream]]\nname='a'\nsource='test'\n[[stream]]\nname='b'\nsource='test'";
+        let flags = ConfigLayer {
+            source: Some("test".into()),
+            ..Default::default()
+        };
+        let m = e(two, flags);
+        assert!(m.contains("--source") && m.contains("single stream"), "{m}");
     }
 
     #[test]

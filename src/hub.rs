@@ -155,6 +155,8 @@ pub struct Stats {
 /// Configured facts shown beside the measurements.
 #[derive(Debug, Clone)]
 pub struct PipelineInfo {
+    /// The stream's name (its URLs are `/cam/<name>/…`).
+    pub name: String,
     pub source: SourceInfo,
     pub width: u32,
     pub height: u32,
@@ -444,6 +446,7 @@ mod tests {
 
     fn hub(max_viewers: usize) -> Hub {
         Hub::new(PipelineInfo {
+            name: "main".into(),
             source: SourceInfo {
                 kind: "test",
                 name: "unit".into(),

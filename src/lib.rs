@@ -14,7 +14,7 @@ pub mod wire;
 
 use tokio::net::TcpListener;
 
-use crate::config::{Config, SourceSpec};
+use crate::config::{Config, SourceSpec, StreamConfig};
 use crate::encode::EncoderPool;
 use crate::hub::{Hub, PipelineInfo};
 use crate::shutdown::Shutdown;
@@ -23,7 +23,7 @@ use crate::source::{Source, SourceContext, SourceError};
 
 /// Builds the source a configuration asks for. Devices are opened by the source's `run`,
 /// not here, so a camera missing at start is a recoverable state, not a startup error.
-pub fn make_source(config: &Config) -> Result<Box<dyn Source>, SourceError> {
+pub fn make_source(config: &StreamConfig) -> Result<Box<dyn Source>, SourceError> {
     let (w, h, fps) = (config.size.width, config.size.height, config.fps);
     let oriented = config.rotation != 0 || config.hflip || config.vflip;
     if oriented && !matches!(config.source, SourceSpec::Libcamera { .. }) {
@@ -79,11 +79,19 @@ pub fn make_source(config: &Config) -> Result<Box<dyn Source>, SourceError> {
     }
 }
 
-/// Runs the pipeline and the HTTP server on `listener` until `shutdown` fires, then stops
-/// every stage and waits for its threads.
-pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> std::io::Result<()> {
-    let source = make_source(&config).map_err(std::io::Error::other)?;
+/// One stream's running stages.
+struct Pipeline {
+    state: http::AppState,
+    source_threads: source::SourceThreads,
+    encoder_threads: encode::EncoderThreads,
+}
+
+/// Starts one stream: its source, encoder pool and hub.
+fn start_pipeline(config: &StreamConfig, shutdown: &Shutdown) -> std::io::Result<Pipeline> {
+    let source = make_source(config)
+        .map_err(|e| std::io::Error::other(format!("stream {:?}: {e}", config.name)))?;
     let hub = Hub::new(PipelineInfo {
+        name: config.name.clone(),
         source: source.info(),
         width: config.size.width,
         height: config.size.height,
@@ -98,30 +106,53 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> s
     if let (Some(handle), false) = (&controls, config.controls.is_empty()) {
         // Validated with the rest of the config; support depends on the camera.
         if let Err(e) = handle.apply(&config.controls) {
-            tracing::warn!(error = %e, "controls from the config file were not applied");
+            tracing::warn!(stream = %config.name, error = %e, "controls from the config file were not applied");
         }
     }
     let ctx = SourceContext::new(hub.clone(), encoders, shutdown.clone());
     let source_threads = source::spawn(source, ctx)?;
-
-    http::serve(
-        listener,
-        http::AppState {
+    Ok(Pipeline {
+        state: http::AppState {
             hub,
             shutdown: shutdown.clone(),
             controls,
         },
-    )
-    .await;
+        source_threads,
+        encoder_threads,
+    })
+}
 
-    // The server returns only on shutdown. The source thread drops the last encoder handle
-    // when it exits, which ends the encoder threads.
+/// Runs every stream's pipeline and the HTTP server on `listener` until `shutdown` fires,
+/// then stops every stage and waits for its threads.
+pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> std::io::Result<()> {
+    let mut pipelines = Vec::with_capacity(config.streams.len());
+    for stream in &config.streams {
+        match start_pipeline(stream, &shutdown) {
+            Ok(p) => pipelines.push(p),
+            Err(e) => {
+                // Stop what already started before reporting.
+                shutdown.trigger();
+                join_pipelines(pipelines).await?;
+                return Err(e);
+            }
+        }
+    }
+    let states = pipelines.iter().map(|p| p.state.clone()).collect();
+    http::serve(listener, states, shutdown.clone()).await;
+
+    // The server returns only on shutdown. Each source thread drops the last encoder handle
+    // when it exits, which ends its encoder threads.
     shutdown.trigger();
+    join_pipelines(pipelines).await
+}
+
+async fn join_pipelines(pipelines: Vec<Pipeline>) -> std::io::Result<()> {
     tokio::task::spawn_blocking(move || {
-        source_threads.join();
-        encoder_threads.join();
+        for p in pipelines {
+            p.source_threads.join();
+            p.encoder_threads.join();
+        }
     })
     .await
-    .map_err(std::io::Error::other)?;
-    Ok(())
+    .map_err(std::io::Error::other)
 }

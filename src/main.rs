@@ -27,6 +27,13 @@ struct Cli {
     /// `rtsp://…`, `rtmp://…`, an HLS or FLV URL, a file, or `ffmpeg:INPUT` [default: test].
     #[arg(long, value_name = "SOURCE")]
     source: Option<String>,
+    /// Add a stream NAME=SOURCE (repeatable; replaces the file's `[[stream]]` list). Every
+    /// other flag applies to all streams.
+    #[arg(long = "stream", value_name = "NAME=SOURCE")]
+    streams: Vec<String>,
+    /// Name of the single stream, used in its `/cam/<name>/` URLs [default: main].
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
     /// Frame size [default: 1280x720].
     #[arg(long, value_name = "WxH")]
     size: Option<String>,
@@ -72,8 +79,30 @@ impl Cli {
             Some(path) => Some((path.as_path(), ConfigLayer::from_file(path)?)),
             None => None,
         };
+        let streams = if self.streams.is_empty() {
+            None
+        } else {
+            let mut tables = Vec::new();
+            for s in &self.streams {
+                let Some((name, source)) = s.split_once('=') else {
+                    return Err(picamd::config::ConfigError::Invalid {
+                        key: "stream",
+                        origin: "flag --stream".into(),
+                        message: format!("{s:?} is not of the form NAME=SOURCE"),
+                    });
+                };
+                tables.push(ConfigLayer {
+                    name: Some(name.to_owned()),
+                    source: Some(source.to_owned()),
+                    ..Default::default()
+                });
+            }
+            Some(tables)
+        };
         let flags = ConfigLayer {
             listen: self.listen,
+            name: self.name,
+            stream: streams,
             source: self.source,
             size: self.size,
             fps: self.fps,
@@ -136,12 +165,26 @@ fn run(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let bound = listener.local_addr().context("reading the bound address")?;
+        let streams: Vec<String> = config
+            .streams
+            .iter()
+            .map(|s| format!("{} source {} @ {} fps", s.source, s.size, s.fps))
+            .collect();
+        let streams = match &streams[..] {
+            [one] => one.clone(),
+            many => {
+                let named: Vec<String> = config
+                    .streams
+                    .iter()
+                    .zip(many)
+                    .map(|(s, line)| format!("{}: {line}", s.name))
+                    .collect();
+                format!("{} streams ({})", many.len(), named.join("; "))
+            }
+        };
         println!(
-            "picamd {}: {} source {} @ {} fps, listening on {bound}",
+            "picamd {}: {streams}, listening on {bound}",
             env!("CARGO_PKG_VERSION"),
-            config.source,
-            config.size,
-            config.fps
         );
         for url in picamd::http::urls_for(bound) {
             println!("open {url}");

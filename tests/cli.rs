@@ -5,7 +5,7 @@ mod common;
 use std::io::Write;
 use std::process::Command;
 
-use common::Picamd;
+use common::{Picamd, TempFile};
 
 fn picamd(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_picamd"))
@@ -14,35 +14,8 @@ fn picamd(args: &[&str]) -> std::process::Output {
         .expect("run picamd")
 }
 
-fn config_file(text: &str) -> tempfile_path::TempPath {
-    tempfile_path::TempPath::with(text)
-}
-
-/// A file under the target directory that is removed on drop.
-mod tempfile_path {
-    pub struct TempPath(pub std::path::PathBuf);
-    impl TempPath {
-        pub fn with(text: &str) -> TempPath {
-            use std::sync::atomic::{AtomicU32, Ordering};
-            static N: AtomicU32 = AtomicU32::new(0);
-            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-            let path = dir.join(format!(
-                "picamd-test-{}-{}.toml",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::write(&path, text).unwrap();
-            TempPath(path)
-        }
-        pub fn as_str(&self) -> &str {
-            self.0.to_str().unwrap()
-        }
-    }
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
+fn config_file(text: &str) -> TempFile {
+    TempFile::with(text)
 }
 
 #[test]
@@ -139,9 +112,9 @@ async fn status_endpoints() {
             .parse()
             .unwrap()
     };
-    assert!(value("picamd_frames_encoded_total") >= 1.0);
-    assert_eq!(value("picamd_fps_configured"), 30.0);
-    assert!(text.contains("picamd_viewers{output=\"mjpeg\"} 0"));
+    assert!(value("picamd_frames_encoded_total{stream=\"main\"}") >= 1.0);
+    assert_eq!(value("picamd_fps_configured{stream=\"main\"}"), 30.0);
+    assert!(text.contains("picamd_viewers{stream=\"main\",output=\"mjpeg\"} 0"));
 
     let s = p.state().await;
     for key in [

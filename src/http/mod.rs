@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -45,7 +45,7 @@ const MAX_CONN_BUFFER: usize = 64 * 1024;
 /// How long graceful shutdown waits for connections to finish before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-/// Shared state every handler sees.
+/// What one stream's handlers see.
 #[derive(Clone)]
 pub struct AppState {
     pub hub: Hub,
@@ -54,32 +54,57 @@ pub struct AppState {
     pub controls: Option<Arc<dyn CameraControls>>,
 }
 
-/// The routes. Legacy URLs are exact, as OctoPrint, crowsnest, Home Assistant and go2rtc
-/// expect them from mjpg-streamer and ustreamer.
-pub fn router(state: AppState) -> Router {
+/// Every stream, in configuration order (the first is the default); for the handlers that
+/// cover them all (`/streams`, `/metrics`).
+pub type Streams = Arc<[AppState]>;
+
+/// The routes. The default stream answers the root URLs, which are exact as OctoPrint,
+/// crowsnest, Home Assistant and go2rtc expect them from mjpg-streamer and ustreamer; every
+/// stream, the default one included, also answers under `/cam/<name>/`.
+pub fn router(streams: Streams) -> Router {
+    let mut app = stream_routes("", streams[0].clone());
+    for s in streams.iter() {
+        let name = &s.hub.info().name;
+        app = app
+            .merge(stream_routes(&format!("/cam/{name}"), s.clone()))
+            .route(
+                &format!("/cam/{name}"),
+                get(Redirect::permanent(&format!("/cam/{name}/"))),
+            );
+    }
+    app.merge(
+        Router::new()
+            .route("/streams", get(status::streams))
+            .route("/metrics", get(status::metrics))
+            .with_state(streams),
+    )
+    .route("/healthz", get(status::healthz))
+    // The player's modules and styles.
+    .route("/assets/{name}", get(assets::asset))
+    .fallback(not_found)
+}
+
+/// One stream's URLs under `prefix` (empty for the root ones).
+fn stream_routes(prefix: &str, state: AppState) -> Router {
+    let at = |path: &str| format!("{prefix}{path}");
     Router::new()
-        // The page, or mjpg-streamer's `/?action=stream` and `/?action=snapshot`.
-        .route("/", get(root))
+        // The page, or mjpg-streamer's `?action=stream` and `?action=snapshot`.
+        .route(&at("/"), get(root))
         // multipart/x-mixed-replace MJPEG.
-        .route("/stream", get(mjpeg::stream))
-        .route("/stream.mjpg", get(mjpeg::stream))
+        .route(&at("/stream"), get(mjpeg::stream))
+        .route(&at("/stream.mjpg"), get(mjpeg::stream))
         // One fresh JPEG.
-        .route("/snapshot", get(snapshot::snapshot))
-        .route("/snapshot.jpg", get(snapshot::snapshot))
+        .route(&at("/snapshot"), get(snapshot::snapshot))
+        .route(&at("/snapshot.jpg"), get(snapshot::snapshot))
         // Binary frames (header + JPEG) and JSON control messages.
-        .route("/ws", get(ws::upgrade))
-        // JSON state, Prometheus metrics, liveness.
-        .route("/state", get(status::state))
-        .route("/metrics", get(status::metrics))
-        .route("/healthz", get(status::healthz))
+        .route(&at("/ws"), get(ws::upgrade))
+        // JSON state.
+        .route(&at("/state"), get(status::state))
         // Camera settings: JSON report, JSON changes.
         .route(
-            "/controls",
+            &at("/controls"),
             get(controls::get_controls).post(controls::set_controls),
         )
-        // The player's modules and styles.
-        .route("/assets/{name}", get(assets::asset))
-        .fallback(not_found)
         .with_state(state)
 }
 
@@ -166,11 +191,10 @@ pub(crate) fn x_timestamp(wall_us: u64) -> String {
     format!("{}.{:06}", wall_us / 1_000_000, wall_us % 1_000_000)
 }
 
-/// Serves `router(state)` on `listener` until shutdown, then waits up to [`SHUTDOWN_GRACE`]
+/// Serves `router(streams)` on `listener` until shutdown, then waits up to [`SHUTDOWN_GRACE`]
 /// for open connections.
-pub async fn serve(listener: TcpListener, state: AppState) {
-    let shutdown = state.shutdown.clone();
-    let app = router(state);
+pub async fn serve(listener: TcpListener, streams: Vec<AppState>, shutdown: Shutdown) {
+    let app = router(streams.into());
     let tracker = TaskTracker::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

@@ -14,12 +14,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-use super::{no_cache_headers, AppState};
+use super::{no_cache_headers, AppState, Streams};
 use crate::hub::{Hub, Output};
 
 /// The body of `/state`.
 #[derive(Debug, Serialize)]
 pub struct Snapshot {
+    /// The stream's name (its URLs are `/cam/<name>/…`).
+    pub stream: String,
     pub source: SourceState,
     pub resolution: Resolution,
     pub fps: Fps,
@@ -103,6 +105,7 @@ impl Snapshot {
         let encoded = s.encoded.load(Ordering::Relaxed);
         let latest = hub.latest();
         Snapshot {
+            stream: info.name.clone(),
             source: SourceState {
                 kind: info.source.kind,
                 name: info.source.name.clone(),
@@ -162,127 +165,145 @@ impl Snapshot {
         }
     }
 
-    /// Prometheus text exposition format 0.0.4.
-    pub fn to_prometheus(&self) -> String {
-        let mut out = String::with_capacity(2048);
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
-            let _ = writeln!(out, "# HELP picamd_{name} {help}");
-            let _ = writeln!(out, "# TYPE picamd_{name} {kind}");
-            for (labels, v) in samples {
-                let _ = writeln!(out, "picamd_{name}{labels} {v}");
-            }
-        };
-        let f = &self.frames;
+    /// Prometheus text exposition format 0.0.4, every stream's samples labelled with its
+    /// name.
+    pub fn to_prometheus(snapshots: &[Snapshot]) -> String {
+        let mut out = String::with_capacity(2048 * snapshots.len().max(1));
+        // One HELP/TYPE block per metric, then one sample per stream (and per extra label).
+        let mut metric =
+            |name: &str,
+             kind: &str,
+             help: &str,
+             samples: &dyn Fn(&Snapshot) -> Vec<(&'static str, f64)>| {
+                let _ = writeln!(out, "# HELP picamd_{name} {help}");
+                let _ = writeln!(out, "# TYPE picamd_{name} {kind}");
+                for snap in snapshots {
+                    for (label, v) in samples(snap) {
+                        let sep = if label.is_empty() { "" } else { "," };
+                        let _ = writeln!(
+                            out,
+                            "picamd_{name}{{stream=\"{}\"{sep}{label}}} {v}",
+                            snap.stream
+                        );
+                    }
+                }
+            };
         metric(
             "frames_captured_total",
             "counter",
             "Frames produced by the source.",
-            &[("", f.captured as f64)],
+            &|s| vec![("", s.frames.captured as f64)],
         );
         metric(
             "frames_encoded_total",
             "counter",
             "Frames encoded to JPEG.",
-            &[("", f.encoded as f64)],
+            &|s| vec![("", s.frames.encoded as f64)],
         );
         metric(
             "frames_published_total",
             "counter",
             "Frames delivered to the hub.",
-            &[("", f.published as f64)],
+            &|s| vec![("", s.frames.published as f64)],
         );
         metric(
             "frames_dropped_total",
             "counter",
             "Frames dropped, by reason.",
-            &[
-                ("{reason=\"encoders_busy\"}", f.dropped_busy as f64),
-                ("{reason=\"late\"}", f.dropped_late as f64),
-            ],
+            &|s| {
+                vec![
+                    ("reason=\"encoders_busy\"", s.frames.dropped_busy as f64),
+                    ("reason=\"late\"", s.frames.dropped_late as f64),
+                ]
+            },
         );
         metric(
             "encode_errors_total",
             "counter",
             "Frames the encoder failed on.",
-            &[("", self.encoder.errors as f64)],
+            &|s| vec![("", s.encoder.errors as f64)],
         );
         metric(
             "encode_mean_seconds",
             "gauge",
             "Mean JPEG encode time per frame.",
-            &[("", self.encoder.mean_ms / 1000.0)],
+            &|s| vec![("", s.encoder.mean_ms / 1000.0)],
         );
         metric(
             "fps_configured",
             "gauge",
             "Frame rate asked of the source.",
-            &[("", self.fps.configured as f64)],
+            &|s| vec![("", s.fps.configured as f64)],
         );
         metric(
             "fps_measured",
             "gauge",
             "Frames published per second, last 2 s.",
-            &[("", self.fps.measured)],
+            &|s| vec![("", s.fps.measured)],
         );
-        let v = &self.viewers;
         metric(
             "viewers",
             "gauge",
             "Clients receiving frames, by output.",
-            &[
-                ("{output=\"mjpeg\"}", v.mjpeg as f64),
-                ("{output=\"ws\"}", v.ws as f64),
-                ("{output=\"snapshot\"}", v.snapshot as f64),
-            ],
+            &|s| {
+                vec![
+                    ("output=\"mjpeg\"", s.viewers.mjpeg as f64),
+                    ("output=\"ws\"", s.viewers.ws as f64),
+                    ("output=\"snapshot\"", s.viewers.snapshot as f64),
+                ]
+            },
         );
         metric(
             "viewers_refused_total",
             "counter",
             "Viewers refused at the limit.",
-            &[("", v.refused as f64)],
+            &|s| vec![("", s.viewers.refused as f64)],
         );
         metric(
             "latest_frame_bytes",
             "gauge",
             "Size of the newest JPEG.",
-            &[("", f.latest_bytes as f64)],
+            &|s| vec![("", s.frames.latest_bytes as f64)],
         );
         metric(
             "no_signal_frames_total",
             "counter",
             "No-signal frames sent while the source was down or stalled.",
-            &[("", f.no_signal as f64)],
+            &|s| vec![("", s.frames.no_signal as f64)],
         );
         metric(
             "source_restarts_total",
             "counter",
             "Times the source failed and was restarted.",
-            &[("", self.source.restarts as f64)],
+            &|s| vec![("", s.source.restarts as f64)],
         );
-        let down = matches!(self.source.state, "stalled" | "error");
         metric(
             "source_down",
             "gauge",
             "1 while the source is failing or stalled (viewers see no signal).",
-            &[("", if down { 1.0 } else { 0.0 })],
+            &|s| {
+                let down = matches!(s.source.state, "stalled" | "error");
+                vec![("", if down { 1.0 } else { 0.0 })]
+            },
         );
-        let streaming = if self.source.state == "streaming" {
-            1.0
-        } else {
-            0.0
-        };
         metric(
             "source_streaming",
             "gauge",
             "1 while the source produces frames.",
-            &[("", streaming)],
+            &|s| {
+                vec![(
+                    "",
+                    if s.source.state == "streaming" {
+                        1.0
+                    } else {
+                        0.0
+                    },
+                )]
+            },
         );
-        metric(
-            "uptime_seconds",
-            "gauge",
-            "Seconds since start.",
-            &[("", self.uptime_s)],
-        );
+        metric("uptime_seconds", "gauge", "Seconds since start.", &|s| {
+            vec![("", s.uptime_s)]
+        });
         out
     }
 }
@@ -293,8 +314,9 @@ pub async fn state(State(state): State<AppState>) -> Response {
     resp
 }
 
-pub async fn metrics(State(state): State<AppState>) -> Response {
-    let mut resp = Snapshot::of(&state.hub).to_prometheus().into_response();
+pub async fn metrics(State(streams): State<Streams>) -> Response {
+    let snapshots: Vec<Snapshot> = streams.iter().map(|s| Snapshot::of(&s.hub)).collect();
+    let mut resp = Snapshot::to_prometheus(&snapshots).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -305,4 +327,67 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 /// Liveness: the process serves HTTP. Whether frames flow is in `/state`.
 pub async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// One line of `/streams`.
+#[derive(Debug, Serialize)]
+struct StreamEntry {
+    name: String,
+    /// Whether the root URLs (`/stream`, `/ws`, …) serve this stream.
+    default: bool,
+    source: SourceSummary,
+    width: u32,
+    height: u32,
+    fps: u32,
+    urls: StreamUrls,
+}
+
+#[derive(Debug, Serialize)]
+struct SourceSummary {
+    kind: &'static str,
+    name: String,
+    state: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct StreamUrls {
+    page: String,
+    stream: String,
+    snapshot: String,
+    ws: String,
+    state: String,
+}
+
+/// `/streams`: every stream, its source's state and its URLs, in configuration order.
+pub async fn streams(State(streams): State<Streams>) -> Response {
+    let list: Vec<StreamEntry> = streams
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let info = s.hub.info();
+            let base = format!("/cam/{}", info.name);
+            StreamEntry {
+                name: info.name.clone(),
+                default: i == 0,
+                source: SourceSummary {
+                    kind: info.source.kind,
+                    name: info.source.name.clone(),
+                    state: s.hub.source_state().as_str(),
+                },
+                width: info.width,
+                height: info.height,
+                fps: info.fps,
+                urls: StreamUrls {
+                    page: format!("{base}/"),
+                    stream: format!("{base}/stream"),
+                    snapshot: format!("{base}/snapshot"),
+                    ws: format!("{base}/ws"),
+                    state: format!("{base}/state"),
+                },
+            }
+        })
+        .collect();
+    let mut resp = Json(serde_json::json!({ "streams": list })).into_response();
+    resp.headers_mut().extend(no_cache_headers());
+    resp
 }

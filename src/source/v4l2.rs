@@ -2403,6 +2403,7 @@ mod tests {
         crate::encode::EncoderThreads,
     ) {
         let hub = crate::hub::Hub::new(crate::hub::PipelineInfo {
+            name: "main".into(),
             source: SourceInfo {
                 kind: "v4l2",
                 name: "test".into(),

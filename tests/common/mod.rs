@@ -399,3 +399,31 @@ pub fn parse_x_timestamp(v: &str) -> u64 {
     let (s, us) = v.split_once('.').expect("seconds.micros");
     s.parse::<u64>().unwrap() * 1_000_000 + us.parse::<u64>().unwrap()
 }
+
+/// A file under the target directory, removed on drop (config files for tests).
+pub struct TempFile(pub std::path::PathBuf);
+
+impl TempFile {
+    pub fn with(text: &str) -> TempFile {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let path = dir.join(format!(
+            "picamd-test-{}-{}.toml",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, text).expect("write the test file");
+        TempFile(path)
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().expect("UTF-8 path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
