@@ -130,6 +130,7 @@ const TEMPLATE = `
     <span class="pp-sr">Stream</span>
     <select class="pp-select" data-role="stream" title="Stream"></select>
   </label>
+  <span class="pp-grid-title"></span>
   <div class="pp-seg" role="radiogroup" aria-label="Source">
     <button type="button" role="radio" data-source="ws" title="The server's stream over a WebSocket (lowest latency)">WebSocket</button>
     <button type="button" role="radio" data-source="mjpeg" title="The server's stream as MJPEG (works through any HTTP proxy)">MJPEG</button>
@@ -185,6 +186,7 @@ export function createUi(root, options) {
   const streamPick = $('.pp-stream-pick');
   const streamSelect = $('[data-role="stream"]');
   const grid = $('.pp-grid');
+  const gridTitle = $('.pp-grid-title');
   const btn = (action) => root.querySelector(`.pp-tools [data-action="${action}"]`);
   const segButtons = [...root.querySelectorAll('.pp-seg [data-source]')];
   if (!options.hud) $('.pp-hud').hidden = true;
@@ -370,6 +372,7 @@ export function createUi(root, options) {
       streamSelect.append(o);
     }
     const several = list.length > 1;
+    setText(gridTitle, list.length === 1 ? '1 stream' : `${list.length} streams`);
     streamPick.hidden = !several;
     btn('grid').hidden = !several;
     setCurrentStream(current);
