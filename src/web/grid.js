@@ -94,7 +94,6 @@ export class StreamGrid {
     el.className = 'pp-tile';
     el.href = pageAddress({ stream: info.name, search });
     el.dataset.stream = info.name;
-    el.setAttribute('role', 'listitem');
     if (info.width && info.height) el.style.setProperty('--pp-ar', `${info.width} / ${info.height}`);
     el.innerHTML = `
       <canvas class="pp-tile-canvas"></canvas>

@@ -228,12 +228,15 @@ export class Player {
 
   /** Closes the connection and stops listening; the last picture stays. start() again to resume. */
   stop() {
+    // As far as stats tell, a stopped player is a paused one (not a frozen "live").
+    if (this.timer && !this.machine.paused) this.#apply(this.machine.dispatch('pause', epochNow()));
     clearInterval(this.timer);
     this.timer = 0;
     for (const off of this.listeners) off();
     this.listeners = [];
     this.#stopProbe();
     this.#closeSource();
+    this.#refresh();
   }
 
   /** Stops everything and releases the canvas' bitmaps. */

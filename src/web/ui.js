@@ -124,7 +124,7 @@ const TEMPLATE = `
     </div>
   </div>
 </div>
-<div class="pp-grid" role="list" aria-label="All streams" hidden></div>
+<div class="pp-grid" role="group" aria-label="All streams" hidden></div>
 <div class="pp-bar">
   <label class="pp-stream-pick" hidden>
     <span class="pp-sr">Stream</span>

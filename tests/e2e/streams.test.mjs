@@ -204,6 +204,7 @@ test('the grid shows every stream drawing, and a tile opens its stream', async (
     await page.locator('[data-action="grid"]').click();
     await waitTiles(page, (t) => t.a?.drawn >= 2 && t.b?.drawn >= 2, 'the grid again');
     assert.equal(await page.evaluate(() => location.pathname + location.search), '/?grid=1&source=ws');
+    assert.equal((await stats(page)).state, 'paused', 'the single view still claims to play');
     await page.locator('.pp-tile[data-stream="a"]').focus();
     await page.keyboard.press('Enter');
     const a = await waitForStats(page, (s) => s.stream === 'a' && s.drawn >= 5, 'a after Enter');
