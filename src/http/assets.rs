@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 
 /// Every embedded file: name under `/assets/`, content type, bytes.
 pub const ASSETS: &[(&str, &str, &[u8])] = &[
+    ("app.js", JS, include_bytes!("../web/app.js")),
     ("backoff.js", JS, include_bytes!("../web/backoff.js")),
     (
         "camera-source.js",
@@ -26,6 +27,7 @@ pub const ASSETS: &[(&str, &str, &[u8])] = &[
         JS,
         include_bytes!("../web/frame-header.js"),
     ),
+    ("grid.js", JS, include_bytes!("../web/grid.js")),
     ("index.html", HTML, include_bytes!("../web/index.html")),
     ("main.js", JS, include_bytes!("../web/main.js")),
     (
@@ -42,6 +44,7 @@ pub const ASSETS: &[(&str, &str, &[u8])] = &[
     ("player.css", CSS, include_bytes!("../web/player.css")),
     ("player.js", JS, include_bytes!("../web/player.js")),
     ("rate.js", JS, include_bytes!("../web/rate.js")),
+    ("streams.js", JS, include_bytes!("../web/streams.js")),
     ("ui.js", JS, include_bytes!("../web/ui.js")),
     ("ws-source.js", JS, include_bytes!("../web/ws-source.js")),
 ];

@@ -1,6 +1,7 @@
-// The player: a source feeds frames to the canvas renderer, the state machine
-// (player-state.js) decides when to reconnect, fall back or stop, and the <picam-player>
-// element puts the UI (ui.js) around it.
+// The player: a source feeds frames to the canvas renderer, and the state machine
+// (player-state.js) decides when to reconnect, fall back or stop. One Player shows one stream;
+// the <picam-player> element (app.js) puts the UI (ui.js) around one, and the grid (grid.js)
+// runs one per tile.
 //
 // ## The Source interface
 //
@@ -45,8 +46,8 @@ import { MjpegSource } from './mjpeg-source.js';
 import { parseOptions, stallTimeout } from './options.js';
 import { PlayerStateMachine } from './player-state.js';
 import { RateMeter } from './rate.js';
-import { createUi } from './ui.js';
-import { WsSource } from './ws-source.js';
+import { streamUrls } from './streams.js';
+import { WsSource, wsUrl } from './ws-source.js';
 
 /** How often deadlines are checked and the overlay refreshed, ms. */
 const TICK_MS = 200;
@@ -76,6 +77,7 @@ function storageSet(key, value) {
 
 /**
  * @typedef {object} PlayerStats  read by the overlay and by tests (window.picamd.stats)
+ * @property {string|null} stream      the stream shown (null: the default one, root URLs)
  * @property {string} state            see player-state.js
  * @property {"ws"|"mjpeg"|"camera"} source      the source in use
  * @property {"ws"|"mjpeg"|"camera"} preferredSource   the one the user chose
@@ -113,35 +115,61 @@ export class Player {
    * @param {HTMLCanvasElement} opts.canvas
    * @param {HTMLElement} [opts.host] element that holds the sources' invisible <img>/<video>
    * @param {import('./options.js').PlayerOptions} [opts.options]
+   * @param {string|null} [opts.stream] the stream to show; null: the default one at the root URLs
    */
-  constructor({ canvas, host, options }) {
+  constructor({ canvas, host, options, stream = null }) {
     this.options = options ?? parseOptions('');
     this.host = host ?? document.body;
+    this.canvas = canvas;
+    this.stream = stream;
+    this.urls = streamUrls(stream);
+    this.cameraId = this.options.cameraId;
+    this.renderer = null;
+    this.timer = 0;
+    this.listeners = [];
+    /** Called after the state or the figures changed (at most every TICK_MS for figures). */
+    this.onupdate = () => {};
+    this.#newSession(this.options.source);
+  }
+
+  /**
+   * Everything that belongs to one stream: state machine, renderer, clock, counters, stats.
+   * Made afresh on a stream switch so nothing measured on the old stream shows on the new.
+   */
+  #newSession(source) {
+    const old = this.renderer;
     this.clock = new ClockOffset();
     this.serverFps = null;
-    this.cameraId = this.options.cameraId;
     this.machine = new PlayerStateMachine({
-      source: this.options.source,
+      source,
       stallMs: stallTimeout(this.options.stallMs, null),
       hiddenGraceMs: this.options.hiddenGraceMs,
       probeIntervalMs: this.options.probeIntervalMs,
     });
-    this.renderer = new CanvasRenderer(canvas, { onDrawn: (f) => this.#drawn(f) });
-    const storedRotation = Number(storageGet(STORE_ROTATION));
-    this.renderer.setRotation(this.options.rotation ?? ([0, 90, 180, 270].includes(storedRotation) ? storedRotation : 0));
-    this.renderer.setMirror(this.options.mirror ?? storageGet(STORE_MIRROR) === '1');
+    const renderer = new CanvasRenderer(this.canvas, { onDrawn: (f) => this.#drawn(f) });
+    if (old) {
+      // The view's orientation is the user's, not the stream's.
+      renderer.setRotation(old.rotation);
+      renderer.setMirror(old.mirror);
+      old.destroy();
+      // The old picture must not stand in for the new stream while it connects.
+      renderer.ctx?.clearRect(0, 0, this.canvas.width, this.canvas.height);
+    } else {
+      const storedRotation = Number(storageGet(STORE_ROTATION));
+      renderer.setRotation(this.options.rotation ?? ([0, 90, 180, 270].includes(storedRotation) ? storedRotation : 0));
+      renderer.setMirror(this.options.mirror ?? storageGet(STORE_MIRROR) === '1');
+    }
+    this.renderer = renderer;
     this.rxMeter = new RateMeter();
     this.drawMeter = new RateMeter();
     this.source = null;
     this.probe = null;
     this.probeTimer = 0;
-    this.timer = 0;
     this.received = 0;
     this.badFramesClosed = 0;
-    /** Called after the state or the figures changed (at most every TICK_MS for figures). */
-    this.onupdate = () => {};
     /** @type {PlayerStats} */
     this.stats = {
+      stream: this.stream,
       state: this.machine.state,
       source: this.machine.active,
       preferredSource: this.machine.preferred,
@@ -166,17 +194,23 @@ export class Player {
       noSignal: false,
       badFrames: 0,
       decodeErrors: 0,
-      rotation: this.renderer.rotation,
-      mirror: this.renderer.mirror,
+      rotation: renderer.rotation,
+      mirror: renderer.mirror,
       error: null,
       cameraId: this.cameraId,
     };
-    this.listeners = [];
+  }
+
+  /** Whether start() was called and stop() was not. */
+  get running() {
+    return this.timer !== 0;
   }
 
   /** Starts playing and listening to page visibility and network events. */
   start() {
     if (this.timer) return;
+    // A machine that already ran belongs to the connection stop() ended.
+    if (this.machine.started) this.#newSession(this.machine.preferred);
     const on = (target, type, fn) => {
       target.addEventListener(type, fn);
       this.listeners.push(() => target.removeEventListener(type, fn));
@@ -192,15 +226,41 @@ export class Player {
     if (document.hidden) this.#dispatch('hidden');
   }
 
-  /** Stops everything and releases the canvas' bitmaps. */
-  destroy() {
+  /** Closes the connection and stops listening; the last picture stays. start() again to resume. */
+  stop() {
+    // As far as stats tell, a stopped player is a paused one (not a frozen "live").
+    if (this.timer && !this.machine.paused) this.#apply(this.machine.dispatch('pause', epochNow()));
     clearInterval(this.timer);
     this.timer = 0;
     for (const off of this.listeners) off();
     this.listeners = [];
     this.#stopProbe();
     this.#closeSource();
+    this.#refresh();
+  }
+
+  /** Stops everything and releases the canvas' bitmaps. */
+  destroy() {
+    this.stop();
     this.renderer.destroy();
+  }
+
+  /**
+   * Shows another stream, without reloading the page: the old connection is closed, and
+   * state, counters and picture start afresh. A local camera gives way to the server's stream
+   * (choosing a stream means wanting to see it).
+   * @param {string|null} stream null: the default stream at the root URLs
+   */
+  setStream(stream) {
+    const urls = streamUrls(stream);
+    const wasRunning = this.running;
+    this.stop();
+    this.stream = stream;
+    this.urls = urls;
+    const preferred = this.machine.preferred === 'camera' ? 'ws' : this.machine.preferred;
+    this.#newSession(preferred);
+    if (wasRunning) this.start();
+    else this.#refresh();
   }
 
   /**
@@ -262,7 +322,7 @@ export class Player {
     const r = this.renderer;
     if (this.machine.active !== 'camera' && r.rotation === 0 && !r.mirror) {
       try {
-        const resp = await fetch('/snapshot', { cache: 'no-store' });
+        const resp = await fetch(this.urls.snapshot, { cache: 'no-store' });
         if (resp.ok) return await resp.blob();
       } catch {
         // fall through to the canvas
@@ -307,8 +367,8 @@ export class Player {
     this.#closeSource();
     this.renderer.newGeneration();
     let src;
-    if (kind === 'ws') src = new WsSource({ clock: this.clock, now: epochNow });
-    else if (kind === 'mjpeg') src = new MjpegSource({ parent: this.host });
+    if (kind === 'ws') src = new WsSource({ url: wsUrl(this.urls.ws), clock: this.clock, now: epochNow });
+    else if (kind === 'mjpeg') src = new MjpegSource({ url: this.urls.stream, parent: this.host });
     else src = new CameraSource({ deviceId: this.cameraId, parent: this.host });
     this.source = src;
     src.onframe = (frame) => {
@@ -369,10 +429,13 @@ export class Player {
 
   /** The configured frame rate from `/state`, for the stall timeout of the MJPEG source. */
   #fetchServerFps() {
-    fetch('/state', { cache: 'no-store' })
+    const machine = this.machine;
+    fetch(this.urls.state, { cache: 'no-store' })
       .then((r) => (r.ok ? r.json() : null))
       .then((s) => {
         const fps = s?.fps?.configured;
+        // An answer about the stream shown before a switch is not about this one.
+        if (this.machine !== machine) return;
         if (typeof fps === 'number' && fps > 0 && this.serverFps === null) {
           this.serverFps = fps;
           if (this.machine.active !== 'camera') this.#setStall(fps);
@@ -383,7 +446,7 @@ export class Player {
 
   #startProbe() {
     if (this.probe) return;
-    const probe = new WsSource({ clock: this.clock, now: epochNow });
+    const probe = new WsSource({ url: wsUrl(this.urls.ws), clock: this.clock, now: epochNow });
     this.probe = probe;
     const fail = () => {
       if (this.probe !== probe) return;
@@ -467,40 +530,4 @@ export class Player {
     if (s.lastDrawnAt !== null && now - s.lastDrawnAt > 2000) s.latencyMs = null;
     this.onupdate(s);
   }
-}
-
-/**
- * Defines the `<picam-player>` element (once). It builds its UI (ui.js) inside itself (no
- * shadow DOM, so page CSS and tests reach every part), creates a Player from the page's query
- * string, and publishes `window.picamd = {player, stats}`.
- * @param {string} [name='picam-player']
- */
-export function definePlayerElement(name = 'picam-player') {
-  if (customElements.get(name)) return;
-  class PicamPlayer extends HTMLElement {
-    connectedCallback() {
-      if (this.player) return;
-      const options = parseOptions(location.search);
-      const ui = createUi(this, options);
-      const player = new Player({ canvas: ui.canvas, host: ui.stage, options });
-      this.player = player;
-      this.ui = ui;
-      ui.bind(player);
-      window.picamd = {
-        player,
-        get stats() {
-          return player.stats;
-        },
-      };
-      player.start();
-    }
-
-    disconnectedCallback() {
-      this.player?.destroy();
-      this.ui?.destroy();
-      this.player = null;
-      this.ui = null;
-    }
-  }
-  customElements.define(name, PicamPlayer);
 }

@@ -1,5 +1,6 @@
-// The player's UI: the stage (canvas, state and figures overlay, messages) and the toolbar
-// (source switch, camera picker, pause, rotate, mirror, snapshot, theme, fullscreen).
+// The player's UI: the stage (canvas, state and figures overlay, messages), the grid of all
+// streams (filled by grid.js) and the toolbar (stream picker, source switch, camera picker,
+// pause, rotate, mirror, snapshot, grid, theme, fullscreen).
 // formatState() and formatMetrics() are pure; everything else touches the DOM only when
 // called.
 
@@ -17,6 +18,7 @@ const ICONS = {
   fullscreen: svg('<path d="M4 9V4h5M20 9V4h-5M4 15v5h5M20 15v5h-5"/>'),
   exitFullscreen: svg('<path d="M9 4v5H4M15 4v5h5M9 20v-5H4M15 20v-5h5"/>'),
   moon: svg('<path d="M19.5 14.2A7.8 7.8 0 0 1 9.8 4.5a7.8 7.8 0 1 0 9.7 9.7z"/>'),
+  grid: svg('<rect x="4" y="4" width="6.5" height="6.5" rx="1.2"/><rect x="13.5" y="4" width="6.5" height="6.5" rx="1.2"/><rect x="4" y="13.5" width="6.5" height="6.5" rx="1.2"/><rect x="13.5" y="13.5" width="6.5" height="6.5" rx="1.2"/>'),
   sun: svg('<circle cx="12" cy="12" r="4"/><path d="M12 2.5v2M12 19.5v2M2.5 12h2M19.5 12h2M5.3 5.3l1.4 1.4M17.3 17.3l1.4 1.4M5.3 18.7l1.4-1.4M17.3 6.7l1.4-1.4"/>'),
 };
 
@@ -122,7 +124,13 @@ const TEMPLATE = `
     </div>
   </div>
 </div>
+<div class="pp-grid" role="group" aria-label="All streams" hidden></div>
 <div class="pp-bar">
+  <label class="pp-stream-pick" hidden>
+    <span class="pp-sr">Stream</span>
+    <select class="pp-select" data-role="stream" title="Stream"></select>
+  </label>
+  <span class="pp-grid-title"></span>
   <div class="pp-seg" role="radiogroup" aria-label="Source">
     <button type="button" role="radio" data-source="ws" title="The server's stream over a WebSocket (lowest latency)">WebSocket</button>
     <button type="button" role="radio" data-source="mjpeg" title="The server's stream as MJPEG (works through any HTTP proxy)">MJPEG</button>
@@ -130,13 +138,14 @@ const TEMPLATE = `
   </div>
   <label class="pp-camera-pick" hidden>
     <span class="pp-sr">Camera</span>
-    <select class="pp-select"><option value="">Default camera</option></select>
+    <select class="pp-select" data-role="camera"><option value="">Default camera</option></select>
   </label>
   <div class="pp-tools">
     <button type="button" class="pp-icon" data-action="pause" title="Pause (Space)" aria-label="Pause">${ICONS.pause}</button>
     <button type="button" class="pp-icon" data-action="rotate" title="Rotate 90° (R)" aria-label="Rotate 90 degrees">${ICONS.rotate}</button>
     <button type="button" class="pp-icon" data-action="mirror" title="Mirror (M)" aria-label="Mirror" aria-pressed="false">${ICONS.mirror}</button>
     <button type="button" class="pp-icon" data-action="snapshot" title="Download a snapshot (S)" aria-label="Download a snapshot">${ICONS.snapshot}</button>
+    <button type="button" class="pp-icon" data-action="grid" title="All streams (G)" aria-label="All streams" aria-pressed="false" hidden>${ICONS.grid}</button>
     <button type="button" class="pp-icon" data-action="theme" title="Dark or light theme" aria-label="Switch theme">${ICONS.moon}</button>
     <button type="button" class="pp-icon" data-action="fullscreen" title="Full screen (F)" aria-label="Full screen">${ICONS.fullscreen}</button>
   </div>
@@ -146,8 +155,11 @@ const TEMPLATE = `
  * Builds the UI inside `root` and returns its handle.
  * @param {HTMLElement} root the <picam-player> element
  * @param {import('./options.js').PlayerOptions} options
- * @returns {{canvas: HTMLCanvasElement, stage: HTMLElement, bind(player: import('./player.js').Player): void,
- *   render(stats: import('./player.js').PlayerStats): void, destroy(): void}}
+ * @returns {{canvas: HTMLCanvasElement, stage: HTMLElement, grid: HTMLElement,
+ *   bind(player: import('./player.js').Player): void, render(stats: import('./player.js').PlayerStats): void,
+ *   setStreams(list: import('./streams.js').StreamInfo[], current: string|null): void,
+ *   setCurrentStream(name: string|null): void, setView(view: "single"|"grid"): void,
+ *   showToast(text: string): void, onstream: (name: string) => void, ongrid: () => void, destroy(): void}}
  */
 export function createUi(root, options) {
   applyTheme(options.theme ?? storedTheme());
@@ -170,7 +182,11 @@ export function createUi(root, options) {
   const messageText = $('.pp-message-text');
   const toast = $('.pp-toast');
   const cameraPick = $('.pp-camera-pick');
-  const cameraSelect = $('.pp-select');
+  const cameraSelect = $('[data-role="camera"]');
+  const streamPick = $('.pp-stream-pick');
+  const streamSelect = $('[data-role="stream"]');
+  const grid = $('.pp-grid');
+  const gridTitle = $('.pp-grid-title');
   const btn = (action) => root.querySelector(`.pp-tools [data-action="${action}"]`);
   const segButtons = [...root.querySelectorAll('.pp-seg [data-source]')];
   if (!options.hud) $('.pp-hud').hidden = true;
@@ -188,6 +204,8 @@ export function createUi(root, options) {
   let toastTimer = 0;
   let lastState = null;
   let cameraListFor = null;
+  let view = 'single';
+  const hooks = { stream: () => {}, grid: () => {} };
 
   function showToast(text) {
     toast.textContent = text;
@@ -241,7 +259,7 @@ export function createUi(root, options) {
       const url = URL.createObjectURL(blob);
       const a = document.createElement('a');
       a.href = url;
-      a.download = `picamd-${stamp}.jpg`;
+      a.download = player.stream ? `picamd-${player.stream}-${stamp}.jpg` : `picamd-${stamp}.jpg`;
       document.body.appendChild(a);
       a.click();
       a.remove();
@@ -270,9 +288,14 @@ export function createUi(root, options) {
     cameraSelect.value = list.some((c) => c.deviceId === keep) ? keep : '';
   }
 
+  /** Actions that make sense in the grid view; the others act on the single view. */
+  const GRID_ACTIONS = new Set(['grid', 'theme', 'fullscreen']);
+
   function act(action) {
     if (!player) return;
+    if (view === 'grid' && !GRID_ACTIONS.has(action)) return;
     switch (action) {
+      case 'grid': hooks.grid(); break;
       case 'pause': player.togglePause(); break;
       case 'rotate': player.rotate(); break;
       case 'mirror': player.toggleMirror(); break;
@@ -336,10 +359,59 @@ export function createUi(root, options) {
     lastState = s.state;
   }
 
+  /**
+   * Lists the server's streams in the picker, which shows only when there is a choice.
+   * @param {import('./streams.js').StreamInfo[]} list
+   * @param {string|null} current
+   */
+  function setStreams(list, current) {
+    streamSelect.replaceChildren();
+    for (const s of list) {
+      const size = s.width && s.height ? ` · ${s.width}×${s.height}` : '';
+      const o = new Option(`${s.name}${size}`, s.name);
+      streamSelect.append(o);
+    }
+    const several = list.length > 1;
+    setText(gridTitle, list.length === 1 ? '1 stream' : `${list.length} streams`);
+    streamPick.hidden = !several;
+    btn('grid').hidden = !several;
+    setCurrentStream(current);
+  }
+
+  function setCurrentStream(name) {
+    if (name !== null && streamSelect.value !== name) streamSelect.value = name;
+  }
+
+  /** @param {"single"|"grid"} v */
+  function setView(v) {
+    view = v;
+    root.dataset.view = v;
+    const isGrid = v === 'grid';
+    stage.hidden = isGrid;
+    grid.hidden = !isGrid;
+    const b = btn('grid');
+    b.setAttribute('aria-pressed', String(isGrid));
+    b.title = isGrid ? 'One stream (G)' : 'All streams (G)';
+    b.setAttribute('aria-label', isGrid ? 'One stream' : 'All streams');
+  }
+
   return {
     canvas,
     stage,
+    grid,
     render,
+    setStreams,
+    setCurrentStream,
+    setView,
+    showToast,
+    /** @param {(name: string) => void} fn called when the user picks a stream */
+    set onstream(fn) {
+      hooks.stream = fn;
+    },
+    /** @param {() => void} fn called when the user toggles the grid */
+    set ongrid(fn) {
+      hooks.grid = fn;
+    },
     /** Connects the controls to `p` and shows its stats from now on. */
     bind(p) {
       player = p;
@@ -351,6 +423,7 @@ export function createUi(root, options) {
         else act(t.dataset.action);
       });
       on(cameraSelect, 'change', () => player.selectSource('camera', { cameraId: cameraSelect.value || null }));
+      on(streamSelect, 'change', () => hooks.stream(streamSelect.value));
       const md = navigator.mediaDevices;
       if (md?.addEventListener) {
         on(md, 'devicechange', () => {
@@ -363,9 +436,11 @@ export function createUi(root, options) {
       on(document, 'keydown', (e) => {
         if (e.defaultPrevented || e.ctrlKey || e.metaKey || e.altKey) return;
         if (e.target.closest?.('input, select, textarea, [contenteditable]')) return;
-        const keys = { ' ': 'pause', k: 'pause', r: 'rotate', m: 'mirror', f: 'fullscreen', s: 'snapshot' };
+        const keys = { ' ': 'pause', k: 'pause', r: 'rotate', m: 'mirror', f: 'fullscreen', s: 'snapshot', g: 'grid' };
         const action = keys[e.key.toLowerCase()];
         if (!action) return;
+        if (action === 'grid' && btn('grid').hidden) return;
+        if (view === 'grid' && !GRID_ACTIONS.has(action)) return;
         if (e.key === ' ' && e.target.closest?.('button')) return; // space activates the button
         e.preventDefault();
         act(action);
