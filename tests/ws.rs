@@ -28,6 +28,7 @@ async fn frames_have_a_correct_header_and_decodable_payload() {
     let hello: serde_json::Value = serde_json::from_str(hello.to_text().unwrap()).unwrap();
     assert_eq!(hello["type"], "hello");
     assert_eq!(hello["header_len"], HEADER_LEN);
+    assert_eq!(hello["stream"], "main");
     assert_eq!(
         (hello["width"].as_u64(), hello["height"].as_u64()),
         (Some(640), Some(360))

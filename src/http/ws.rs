@@ -7,7 +7,7 @@
 //!
 //! Text messages (JSON):
 //! - server → client on connect: `{"type":"hello","version":1,"header_len":32,"width":…,
-//!   "height":…,"fps":…,"source":"test"}`
+//!   "height":…,"fps":…,"source":"test","stream":"main"}`
 //! - client → server `{"type":"ping","id":…,"t":…}` → server replies
 //!   `{"type":"pong","id":…,"t":…,"server_us":…}` (`id` and `t` echoed as sent; `server_us` is
 //!   the server's clock in µs since the Unix epoch), for the player's clock-offset estimate.
@@ -83,6 +83,7 @@ async fn run(socket: WebSocket, state: AppState, _guard: ViewerGuard) -> Result<
         "height": info.height,
         "fps": info.fps,
         "source": info.source.kind,
+        "stream": info.name,
     });
     sink.send(text(hello)).await?;
 
