@@ -61,6 +61,8 @@ pub const FFMPEG_ENV: &str = "PICAMD_FFMPEG";
 /// Network I/O timeout handed to ffmpeg. picamd restarts ffmpeg itself, so ffmpeg should give
 /// up on a dead peer rather than wait or reconnect on its own.
 const NETWORK_TIMEOUT_US: u64 = 10_000_000;
+/// How long ffmpeg probes a live input before starting (µs).
+const ANALYZE_US: &str = "1000000";
 /// Longest wait for the first frame: RTSP negotiation and HLS playlists are slow to start.
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(20);
 /// After the first frame, a stall is this many frame intervals without a frame, at least
@@ -124,7 +126,13 @@ fn ffmpeg_args(input: &str, o: &FfmpegOptions) -> Vec<String> {
     .map(String::from)
     .to_vec();
     let timeout = NETWORK_TIMEOUT_US.to_string();
-    match input_kind(input) {
+    let kind = input_kind(input);
+    if kind != InputKind::File {
+        // Live streams often announce an audio track that never comes (nginx-rtmp's HLS
+        // always does); ffmpeg would wait its default 5 s for it before starting.
+        args.extend(["-analyzeduration", ANALYZE_US].map(String::from));
+    }
+    match kind {
         InputKind::Rtsp => {
             // TCP: no UDP ports to open, no packet loss on busy Wi-Fi. RTSP's own `timeout`
             // (socket I/O, µs) rather than `rw_timeout`, which the RTSP demuxer ignores.
@@ -606,7 +614,10 @@ fn pump_stderr(mut pipe: impl Read, tail: &StderrTail, redactions: &[String]) {
         for secret in redactions {
             line = line.replace(secret.as_str(), "***");
         }
-        tail.set_last(&line);
+        // ffmpeg's repeat counter says nothing on its own; the line before it is the news.
+        if !line.starts_with("Last message repeated") {
+            tail.set_last(&line);
+        }
         if tail.quiet.load(Ordering::Relaxed) {
             return;
         }
@@ -754,7 +765,7 @@ mod tests {
         assert_eq!(
             line(rtsp, opts(false, false)),
             format!(
-                "{HEAD} -rtsp_transport tcp -timeout 10000000 -i {rtsp} -an -sn -dn \
+                "{HEAD} -analyzeduration 1000000 -rtsp_transport tcp -timeout 10000000 -i {rtsp} -an -sn -dn \
                  -vf {VF} {RAW_OUT}"
             )
         );
@@ -765,7 +776,7 @@ mod tests {
         ] {
             assert_eq!(
                 line(net, opts(true, false)),
-                format!("{HEAD} -rw_timeout 10000000 -i {net} -an -sn -dn -vf {VF} {RAW_OUT}"),
+                format!("{HEAD} -analyzeduration 1000000 -rw_timeout 10000000 -i {net} -an -sn -dn -vf {VF} {RAW_OUT}"),
                 "looping is for files only"
             );
         }
@@ -773,7 +784,7 @@ mod tests {
         assert_eq!(
             line(hls, opts(false, false)),
             format!(
-                "{HEAD} -rw_timeout 10000000 -live_start_index -1 -i {hls} -an -sn -dn \
+                "{HEAD} -analyzeduration 1000000 -rw_timeout 10000000 -live_start_index -1 -i {hls} -an -sn -dn \
                  -vf {VF} {RAW_OUT}"
             )
         );
@@ -798,7 +809,7 @@ mod tests {
         assert_eq!(
             line("http://cam/video.mjpg.ts", opts(false, true)),
             format!(
-                "{HEAD} -rw_timeout 10000000 -i http://cam/video.mjpg.ts -an -sn -dn \
+                "{HEAD} -analyzeduration 1000000 -rw_timeout 10000000 -i http://cam/video.mjpg.ts -an -sn -dn \
                  -c:v copy -f mpjpeg pipe:1"
             )
         );
