@@ -269,8 +269,14 @@ impl FfmpegSource {
         let mut last_frame = Instant::now();
         loop {
             match wait_readable(ctx, stdout.as_fd(), POLL_SLICE)? {
-                Readiness::Shutdown => return Ok(Ended::Shutdown),
-                Readiness::NoDemand => return Ok(Ended::NoDemand),
+                Readiness::Shutdown => {
+                    child.hush();
+                    return Ok(Ended::Shutdown);
+                }
+                Readiness::NoDemand => {
+                    child.hush();
+                    return Ok(Ended::NoDemand);
+                }
                 Readiness::Timeout => {
                     let (limit, what) = if frames == 0 {
                         (FIRST_FRAME_TIMEOUT, "of starting it")
@@ -278,6 +284,7 @@ impl FfmpegSource {
                         (stall, "of the previous one")
                     };
                     if last_frame.elapsed() > limit {
+                        child.hush();
                         return Err(SourceError::Failed(with_last_line(
                             format!("no frame from ffmpeg within {} s {what}", limit.as_secs()),
                             &child.last_stderr_line(),
@@ -502,6 +509,13 @@ impl FfmpegChild {
         })
     }
 
+    /// Stops logging ffmpeg's messages (the last line is still kept): it is about to be
+    /// stopped on purpose, and its complaints about the closed pipe or the signal are
+    /// expected, not worth a warning.
+    fn hush(&self) {
+        self.stderr.quiet.store(true, Ordering::Relaxed);
+    }
+
     /// ffmpeg's standard output, for the frame reader. Panics if taken twice.
     fn take_stdout(&mut self) -> ChildStdout {
         self.stdout.take().expect("stdout is taken once")
@@ -560,7 +574,7 @@ impl FfmpegChild {
 
 impl Drop for FfmpegChild {
     fn drop(&mut self) {
-        self.stderr.quiet.store(true, Ordering::Relaxed);
+        self.hush();
         // The reader's end of stdout closes first, so a child blocked writing a frame gets
         // EPIPE rather than hanging on a full pipe.
         self.stdout = None;
@@ -573,8 +587,7 @@ impl Drop for FfmpegChild {
 struct StderrTail {
     state: Mutex<(String, bool)>,
     cv: std::sync::Condvar,
-    /// Set when picamd stops ffmpeg on purpose: its complaints about the closed pipe or the
-    /// signal are expected, not worth a warning.
+    /// See [`FfmpegChild::hush`].
     quiet: AtomicBool,
 }
 
