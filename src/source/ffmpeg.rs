@@ -1,9 +1,43 @@
 //! Anything ffmpeg can read (RTSP, RTMP, HTTP-FLV, HLS, files) through a supervised `ffmpeg`
 //! child process.
 //!
-//! Placeholder: being written (issue 5). The API below is fixed; the implementation is not.
+//! ffmpeg decodes the input, scales it into the configured frame size (letterboxed, aspect
+//! kept), caps the frame rate and writes raw I420 frames to its stdout; this source reads
+//! them into pooled buffers for the encoder pool. The child runs only while someone watches.
+//!
+//! Supervision rules, so that no ffmpeg is ever left behind:
+//! - the child is in its own process group (a terminal's Ctrl-C reaches picamd only, which
+//!   then stops the child in order) and gets SIGKILL from the kernel if the thread that
+//!   spawned it dies (`PR_SET_PDEATHSIG`), which covers picamd itself being SIGKILLed;
+//! - [`FfmpegChild`] always kills (SIGTERM, a short grace, SIGKILL) and reaps it on drop;
+//! - stdout is read with `poll(2)` timeouts, so demand, shutdown and stalls are noticed even
+//!   when ffmpeg writes nothing.
+//!
+//! Failures (ffmpeg exiting, no frames) are returned as [`SourceError::Failed`] with the
+//! reason and ffmpeg's last message; the supervisor restarts the source with backoff and
+//! its watchdog shows viewers "no signal" meanwhile.
+//!
+//! A file that is not looped plays once per viewing session: at its end viewers see "no
+//! signal" with the reason ("end of file …"), and the next session (after everyone left)
+//! plays it again from the start.
 
-use super::{Source, SourceContext, SourceError, SourceInfo};
+use std::ffi::OsString;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use super::i420::{i420_len, BufferPool, PooledI420};
+use super::{CaptureTime, Frame, Payload, Source, SourceContext, SourceError, SourceInfo};
+use crate::hub::SourceState;
 
 /// Settings for [`FfmpegSource`].
 #[derive(Debug, Clone, Copy)]
@@ -21,17 +55,352 @@ pub struct FfmpegOptions {
     pub max_frame_bytes: usize,
 }
 
+/// Overrides the `ffmpeg` found on `PATH`.
+pub const FFMPEG_ENV: &str = "PICAMD_FFMPEG";
+
+/// Network I/O timeout handed to ffmpeg. picamd restarts ffmpeg itself, so ffmpeg should give
+/// up on a dead peer rather than wait or reconnect on its own.
+const NETWORK_TIMEOUT_US: u64 = 10_000_000;
+/// How long ffmpeg probes a live input before starting (µs).
+const ANALYZE_US: &str = "1000000";
+/// Longest wait for the first frame: RTSP negotiation and HLS playlists are slow to start.
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(20);
+/// After the first frame, a stall is this many frame intervals without a frame, at least
+/// [`STALL_MIN`].
+const STALL_INTERVALS: u32 = 5;
+const STALL_MIN: Duration = Duration::from_secs(5);
+/// Longest single `poll(2)`: bounds how late demand loss and shutdown are noticed.
+const POLL_SLICE: Duration = Duration::from_millis(200);
+/// Time ffmpeg gets to exit after SIGTERM before it is killed.
+const TERM_GRACE: Duration = Duration::from_secs(1);
+/// Time ffmpeg gets to exit by itself after closing its stdout.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// Longest stderr line kept or logged; ffmpeg can print very long lines (SDP, metadata).
+const STDERR_LINE_MAX: usize = 500;
+/// At most this many stderr lines are logged per [`STDERR_LOG_WINDOW`]; a decoder warning on
+/// every frame would otherwise flood the journal.
+const STDERR_LOG_BURST: u32 = 20;
+const STDERR_LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// How ffmpeg should treat an input, from its form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InputKind {
+    Rtsp,
+    Hls,
+    /// Any other `scheme://` input (RTMP, HTTP-FLV, SRT, UDP, …).
+    Network,
+    /// A local file (or anything without a URL scheme).
+    File,
+}
+
+fn input_kind(input: &str) -> InputKind {
+    let Some((scheme, rest)) = input.split_once("://") else {
+        return InputKind::File;
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    if !scheme
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '+')
+        || scheme.is_empty()
+    {
+        return InputKind::File;
+    }
+    let path = rest.split(['?', '#']).next().unwrap_or(rest);
+    match scheme.as_str() {
+        "rtsp" | "rtsps" => InputKind::Rtsp,
+        "file" => InputKind::File,
+        "http" | "https" if path.to_ascii_lowercase().ends_with(".m3u8") => InputKind::Hls,
+        _ => InputKind::Network,
+    }
+}
+
+/// The whole ffmpeg command line (without the program) for `input`.
+fn ffmpeg_args(input: &str, o: &FfmpegOptions) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-hide_banner",
+        "-nostdin",
+        "-nostats",
+        "-loglevel",
+        "warning",
+    ]
+    .map(String::from)
+    .to_vec();
+    let timeout = NETWORK_TIMEOUT_US.to_string();
+    let kind = input_kind(input);
+    if kind != InputKind::File {
+        // Live streams often announce an audio track that never comes (nginx-rtmp's HLS
+        // always does); ffmpeg would wait its default 5 s for it before starting.
+        args.extend(["-analyzeduration", ANALYZE_US].map(String::from));
+    }
+    match kind {
+        InputKind::Rtsp => {
+            // TCP: no UDP ports to open, no packet loss on busy Wi-Fi. RTSP's own `timeout`
+            // (socket I/O, µs) rather than `rw_timeout`, which the RTSP demuxer ignores.
+            args.extend(["-rtsp_transport", "tcp", "-timeout", &timeout].map(String::from));
+        }
+        InputKind::Hls => {
+            // Start at the newest segment, not three back: less delay behind live.
+            args.extend(["-rw_timeout", &timeout, "-live_start_index", "-1"].map(String::from));
+        }
+        InputKind::Network => {
+            args.extend(["-rw_timeout", &timeout].map(String::from));
+        }
+        InputKind::File => {
+            // A file would otherwise be decoded as fast as possible; `-re` plays it in real
+            // time, like a camera.
+            args.push("-re".into());
+            if o.looping {
+                args.extend(["-stream_loop", "-1"].map(String::from));
+            }
+        }
+    }
+    args.extend(["-i".to_owned(), input.to_owned()]);
+    args.extend(["-an", "-sn", "-dn"].map(String::from));
+    if o.passthrough {
+        args.extend(["-c:v", "copy", "-f", "mpjpeg", "pipe:1"].map(String::from));
+        return args;
+    }
+    args.extend([
+        "-vf".to_owned(),
+        video_filter(o.width, o.height, o.fps),
+        // Without this, rawvideo output is constant-rate: ffmpeg would duplicate the frames
+        // the filter dropped, and fill stream gaps with bursts of copies.
+        "-fps_mode".to_owned(),
+        "passthrough".to_owned(),
+        "-pix_fmt".to_owned(),
+        "yuv420p".to_owned(),
+        "-f".to_owned(),
+        "rawvideo".to_owned(),
+        "pipe:1".to_owned(),
+    ]);
+    args
+}
+
+/// Caps the rate, then scales into `width`×`height` keeping the aspect ratio (black bars).
+///
+/// The cap keeps the first frame of each 1/`fps` time slot and drops the rest, so a slower
+/// input passes unchanged (the `fps` filter would duplicate frames up to the rate), and a
+/// timestamp jump (a restarted stream) starts a new slot instead of freezing the output.
+/// Frames without timestamps compare unequal (NaN) and all pass. Dropping before scaling
+/// saves the scaling of frames that would be thrown away.
+fn video_filter(width: u32, height: u32, fps: u32) -> String {
+    let fps = fps.max(1);
+    format!(
+        "select='not(eq(floor(t*{fps}),floor(prev_selected_t*{fps})))',\
+         scale={width}:{height}:force_original_aspect_ratio=decrease:force_divisible_by=2\
+         :flags=bilinear,\
+         pad={width}:{height}:(ow-iw)/2:(oh-ih)/2,setsar=1"
+    )
+}
+
+/// `input` with the password of a `scheme://user:password@host` URL replaced by `***`.
+fn redact(input: &str) -> String {
+    match password(input) {
+        Some(pw) => input.replacen(&format!(":{pw}@"), ":***@", 1),
+        None => input.to_owned(),
+    }
+}
+
+/// The password in a URL's user info, if any.
+fn password(input: &str) -> Option<&str> {
+    let (_, rest) = input.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let (_, pw) = userinfo.split_once(':')?;
+    (!pw.is_empty()).then_some(pw)
+}
+
+fn ffmpeg_program() -> OsString {
+    std::env::var_os(FFMPEG_ENV)
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "ffmpeg".into())
+}
+
 pub struct FfmpegSource {
     input: String,
-    _options: FfmpegOptions,
+    options: FfmpegOptions,
+    pool: BufferPool,
 }
 
 impl FfmpegSource {
     pub fn new(input: String, options: FfmpegOptions) -> Self {
+        let pool = BufferPool::new(options.width as usize, options.height as usize);
         FfmpegSource {
             input,
-            _options: options,
+            options,
+            pool,
         }
+    }
+
+    fn start(&self) -> Result<FfmpegChild, SourceError> {
+        let program = ffmpeg_program();
+        let args = ffmpeg_args(&self.input, &self.options);
+        tracing::debug!(
+            program = %program.to_string_lossy(),
+            args = %redact(&args.join(" ")),
+            "starting ffmpeg"
+        );
+        let redactions: Vec<String> = password(&self.input).into_iter().map(Into::into).collect();
+        FfmpegChild::spawn(&program, &args, redactions).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied => {
+                SourceError::Unavailable(format!(
+                    "ffmpeg not found or not executable ({}: {e}); install the ffmpeg package \
+                     (or set {FFMPEG_ENV} to its path)",
+                    program.to_string_lossy()
+                ))
+            }
+            _ => SourceError::Failed(format!("cannot start ffmpeg: {e}")),
+        })
+    }
+
+    /// Reads raw frames from `child` and emits them until demand ends, shutdown, the end of
+    /// a file, or a failure.
+    fn stream_raw(
+        &self,
+        ctx: &mut SourceContext,
+        child: &mut FfmpegChild,
+    ) -> Result<Ended, SourceError> {
+        let frame_len = i420_len(self.options.width as usize, self.options.height as usize);
+        let interval = Duration::from_secs_f64(1.0 / self.options.fps.max(1) as f64);
+        let stall = (interval * STALL_INTERVALS).max(STALL_MIN);
+        let mut stdout = child.take_stdout();
+        let mut pending: Option<(PooledI420, usize)> = None;
+        let mut frames = 0u64;
+        let mut last_frame = Instant::now();
+        loop {
+            match wait_readable(ctx, stdout.as_fd(), POLL_SLICE)? {
+                Readiness::Shutdown => {
+                    child.hush();
+                    return Ok(Ended::Shutdown);
+                }
+                Readiness::NoDemand => {
+                    child.hush();
+                    return Ok(Ended::NoDemand);
+                }
+                Readiness::Timeout => {
+                    let (limit, what) = if frames == 0 {
+                        (FIRST_FRAME_TIMEOUT, "of starting it")
+                    } else {
+                        (stall, "of the previous one")
+                    };
+                    if last_frame.elapsed() > limit {
+                        child.hush();
+                        return Err(SourceError::Failed(with_last_line(
+                            format!("no frame from ffmpeg within {} s {what}", limit.as_secs()),
+                            &child.last_stderr_line(),
+                        )));
+                    }
+                    continue;
+                }
+                Readiness::Readable => {}
+            }
+            let (buf, filled) = pending.get_or_insert_with(|| (self.pool.take(), 0));
+            let n = match stdout.read(&mut buf.as_mut_slice()[*filled..frame_len]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(SourceError::Failed(format!("reading ffmpeg's output: {e}"))),
+            };
+            if n == 0 {
+                // ffmpeg closed its output: it is exiting (or exited). A partial frame is
+                // dropped.
+                drop(stdout);
+                return self.ended(child);
+            }
+            *filled += n;
+            if *filled < frame_len {
+                continue;
+            }
+            let (buf, _) = pending.take().expect("just filled");
+            frames += 1;
+            last_frame = Instant::now();
+            if frames == 1 {
+                ctx.set_state(SourceState::Streaming);
+                tracing::debug!(input = %redact(&self.input), "first frame from ffmpeg");
+            }
+            let captured = CaptureTime::now();
+            let seq = ctx.next_seq();
+            ctx.emit(Frame {
+                seq,
+                captured,
+                width: self.options.width,
+                height: self.options.height,
+                no_signal: false,
+                payload: Payload::Yuv420(Box::new(buf)),
+            });
+        }
+    }
+
+    /// What ffmpeg closing its output means, once it has exited.
+    fn ended(&self, child: &mut FfmpegChild) -> Result<Ended, SourceError> {
+        let status = child.wait_exit(EXIT_GRACE);
+        let last = child.last_stderr_line();
+        match status {
+            Some(s) if s.success() => {
+                if input_kind(&self.input) == InputKind::File && !self.options.looping {
+                    Ok(Ended::EndOfFile)
+                } else {
+                    Err(SourceError::Failed(with_last_line(
+                        "the stream ended (ffmpeg exited)".into(),
+                        &last,
+                    )))
+                }
+            }
+            Some(s) => Err(SourceError::Failed(with_last_line(
+                format!("ffmpeg exited ({s})"),
+                &last,
+            ))),
+            None => Err(SourceError::Failed(with_last_line(
+                "ffmpeg closed its output but did not exit".into(),
+                &last,
+            ))),
+        }
+    }
+}
+
+fn with_last_line(reason: String, last: &str) -> String {
+    if last.is_empty() {
+        reason
+    } else {
+        format!("{reason}: {last}")
+    }
+}
+
+/// Why streaming from one ffmpeg child stopped without an error.
+enum Ended {
+    Shutdown,
+    NoDemand,
+    EndOfFile,
+}
+
+enum Readiness {
+    Readable,
+    Timeout,
+    NoDemand,
+    Shutdown,
+}
+
+/// Waits up to `slice` for `fd` to be readable (or hung up), checking shutdown and demand
+/// first. Shared by every stdout reader, whatever ffmpeg writes.
+fn wait_readable(
+    ctx: &SourceContext,
+    fd: BorrowedFd<'_>,
+    slice: Duration,
+) -> Result<Readiness, SourceError> {
+    if ctx.is_shutting_down() {
+        return Ok(Readiness::Shutdown);
+    }
+    if !ctx.has_demand() {
+        return Ok(Readiness::NoDemand);
+    }
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    let timeout = PollTimeout::try_from(slice).unwrap_or(PollTimeout::MAX);
+    match nix::poll::poll(&mut fds, timeout) {
+        Ok(0) | Err(Errno::EINTR) => Ok(Readiness::Timeout),
+        // Readable, hung up or in error: the read that follows tells which.
+        Ok(_) => Ok(Readiness::Readable),
+        Err(e) => Err(SourceError::Failed(format!(
+            "waiting for ffmpeg's output: {e}"
+        ))),
     }
 }
 
@@ -39,13 +408,514 @@ impl Source for FfmpegSource {
     fn info(&self) -> SourceInfo {
         SourceInfo {
             kind: "ffmpeg",
-            name: self.input.clone(),
+            name: redact(&self.input),
         }
     }
 
-    fn run(&mut self, _ctx: &mut SourceContext) -> Result<(), SourceError> {
-        Err(SourceError::Unavailable(
-            "ffmpeg is not implemented yet".into(),
-        ))
+    fn run(&mut self, ctx: &mut SourceContext) -> Result<(), SourceError> {
+        if self.options.passthrough {
+            // PASSTHROUGH: not wired yet. To wire it: `ffmpeg_args` already builds the
+            // `-c:v copy -f mpjpeg pipe:1` command line; start the child as below, take its
+            // stdout (`FfmpegChild::take_stdout`), gate reads with `wait_readable` (demand,
+            // shutdown, stall timeouts as in `stream_raw`), split the parts with
+            // `multipart::MultipartReader` (limit `max_frame_bytes`) and emit
+            // `Payload::Jpeg` frames.
+            return Err(SourceError::Unavailable(
+                "passthrough is not wired yet".into(),
+            ));
+        }
+        loop {
+            if !ctx.wait_for_demand() {
+                return Ok(());
+            }
+            ctx.set_state(SourceState::Starting);
+            // Dropping the child (any return below, or the end of this iteration) stops it.
+            let mut child = self.start()?;
+            match self.stream_raw(ctx, &mut child)? {
+                Ended::Shutdown => return Ok(()),
+                Ended::NoDemand => {
+                    tracing::debug!("nobody watches: stopping ffmpeg");
+                }
+                Ended::EndOfFile => {
+                    drop(child);
+                    // The watchdog shows this to viewers as "no signal"; a new viewing
+                    // session plays the file again.
+                    ctx.set_state(SourceState::Error(
+                        "end of file; set loop = true (or --loop) to play it continuously".into(),
+                    ));
+                    while ctx.has_demand() {
+                        if ctx.sleep(POLL_SLICE) {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A running ffmpeg; dropping it stops (SIGTERM, then SIGKILL) and reaps the process.
+struct FfmpegChild {
+    child: Child,
+    stdout: Option<ChildStdout>,
+    stderr: Arc<StderrTail>,
+    reaped: bool,
+}
+
+impl FfmpegChild {
+    /// Starts `program args…` with stdin closed, stdout piped for the reader and stderr
+    /// logged by a thread. `redactions` are strings (passwords) never to be logged.
+    fn spawn(program: &OsString, args: &[String], redactions: Vec<String>) -> io::Result<Self> {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let parent = nix::unistd::getpid();
+        // SAFETY: runs between fork and exec, so only async-signal-safe calls: prctl,
+        // getppid and building an io::Error from an errno (no allocation).
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
+                // picamd died before the line above took effect: do not run orphaned.
+                if nix::unistd::getppid() != parent {
+                    return Err(io::Error::from(Errno::ESRCH));
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn()?;
+        let stdout = child.stdout.take();
+        let stderr = Arc::new(StderrTail::default());
+        if let Some(pipe) = child.stderr.take() {
+            let tail = stderr.clone();
+            let spawned = std::thread::Builder::new()
+                .name("src-ffmpeg-log".into())
+                .spawn(move || pump_stderr(pipe, &tail, &redactions));
+            if let Err(e) = spawned {
+                // The pipe went with the closure: ffmpeg may get SIGPIPE on its next
+                // message, which ends in a restart. Not worth failing the start for.
+                tracing::warn!(error = %e, "cannot start the ffmpeg log thread");
+                stderr.finish();
+            }
+        }
+        tracing::info!(pid = child.id(), "ffmpeg started");
+        Ok(FfmpegChild {
+            child,
+            stdout,
+            stderr,
+            reaped: false,
+        })
+    }
+
+    /// Stops logging ffmpeg's messages (the last line is still kept): it is about to be
+    /// stopped on purpose, and its complaints about the closed pipe or the signal are
+    /// expected, not worth a warning.
+    fn hush(&self) {
+        self.stderr.quiet.store(true, Ordering::Relaxed);
+    }
+
+    /// ffmpeg's standard output, for the frame reader. Panics if taken twice.
+    fn take_stdout(&mut self) -> ChildStdout {
+        self.stdout.take().expect("stdout is taken once")
+    }
+
+    /// The last line ffmpeg wrote to stderr, once the log thread has read everything it
+    /// wrote (or after a short wait).
+    fn last_stderr_line(&self) -> String {
+        if self.reaped {
+            self.stderr.wait_finished(Duration::from_millis(500));
+        }
+        self.stderr.last_line()
+    }
+
+    /// Waits up to `grace` for ffmpeg to exit by itself; `None` if it did not.
+    fn wait_exit(&mut self, grace: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + grace;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    self.reaped = true;
+                    return Some(status);
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Stops and reaps ffmpeg, whatever state it is in.
+    fn stop(&mut self) {
+        if self.reaped {
+            return;
+        }
+        // The child leads its own group; signal the group so anything it started goes too.
+        // Only before the child is reaped: after that its pid may belong to someone else.
+        let group = Pid::from_raw(self.child.id() as i32);
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = killpg(group, Signal::SIGTERM);
+            if self.wait_exit(TERM_GRACE).is_none() {
+                tracing::warn!(pid = self.child.id(), "ffmpeg ignored SIGTERM; killing it");
+                let _ = killpg(group, Signal::SIGKILL);
+            }
+        }
+        if !self.reaped {
+            if let Err(e) = self.child.wait() {
+                tracing::error!(pid = self.child.id(), error = %e, "cannot reap ffmpeg");
+            }
+            self.reaped = true;
+        }
+        tracing::info!(pid = self.child.id(), "ffmpeg stopped");
+    }
+}
+
+impl Drop for FfmpegChild {
+    fn drop(&mut self) {
+        self.hush();
+        // The reader's end of stdout closes first, so a child blocked writing a frame gets
+        // EPIPE rather than hanging on a full pipe.
+        self.stdout = None;
+        self.stop();
+    }
+}
+
+/// What the stderr thread shares: the last line, and whether the pipe has ended.
+#[derive(Default)]
+struct StderrTail {
+    state: Mutex<(String, bool)>,
+    cv: std::sync::Condvar,
+    /// See [`FfmpegChild::hush`].
+    quiet: AtomicBool,
+}
+
+impl StderrTail {
+    fn set_last(&self, line: &str) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        line.clone_into(&mut s.0);
+    }
+
+    fn finish(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        self.cv.notify_all();
+    }
+
+    fn last_line(&self) -> String {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
+    }
+
+    fn wait_finished(&self, timeout: Duration) {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self.cv.wait_timeout_while(s, timeout, |s| !s.1);
+    }
+}
+
+/// Logs ffmpeg's stderr line by line (target `ffmpeg`) until the pipe ends, keeping the last
+/// line for error messages.
+fn pump_stderr(mut pipe: impl Read, tail: &StderrTail, redactions: &[String]) {
+    let mut lines = LineSplitter::new(STDERR_LINE_MAX);
+    let mut limiter = LogLimiter::new(STDERR_LOG_BURST, STDERR_LOG_WINDOW);
+    let mut buf = [0u8; 4096];
+    let mut on_line = |raw: &str| {
+        let mut line = raw.to_owned();
+        for secret in redactions {
+            line = line.replace(secret.as_str(), "***");
+        }
+        // ffmpeg's repeat counter says nothing on its own; the line before it is the news.
+        if !line.starts_with("Last message repeated") {
+            tail.set_last(&line);
+        }
+        if tail.quiet.load(Ordering::Relaxed) {
+            return;
+        }
+        match limiter.admit(Instant::now()) {
+            Admit::Log { suppressed: 0 } => tracing::warn!(target: "ffmpeg", "{line}"),
+            Admit::Log { suppressed } => {
+                tracing::warn!(target: "ffmpeg", "({suppressed} lines not logged) {line}")
+            }
+            Admit::Drop => {}
+        }
+    };
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => lines.push(&buf[..n], &mut on_line),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    lines.flush(&mut on_line);
+    tail.finish();
+}
+
+/// Splits a byte stream into lines at `\n` or `\r` (ffmpeg rewrites progress lines with
+/// `\r`), skipping empty ones and truncating long ones to `max` bytes (plus `…`).
+struct LineSplitter {
+    line: Vec<u8>,
+    max: usize,
+    truncated: bool,
+}
+
+impl LineSplitter {
+    fn new(max: usize) -> Self {
+        LineSplitter {
+            line: Vec::new(),
+            max,
+            truncated: false,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8], on_line: &mut impl FnMut(&str)) {
+        for &b in bytes {
+            if b == b'\n' || b == b'\r' {
+                self.flush(on_line);
+            } else if self.line.len() < self.max {
+                self.line.push(b);
+            } else {
+                self.truncated = true;
+            }
+        }
+    }
+
+    fn flush(&mut self, on_line: &mut impl FnMut(&str)) {
+        let text = String::from_utf8_lossy(&self.line);
+        let text = text.trim();
+        if !text.is_empty() {
+            if self.truncated {
+                on_line(&format!("{text}…"));
+            } else {
+                on_line(text);
+            }
+        }
+        self.line.clear();
+        self.truncated = false;
+    }
+}
+
+/// Lets `burst` lines through per `window`, counting the rest.
+struct LogLimiter {
+    burst: u32,
+    window: Duration,
+    window_start: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    /// Log this line; `suppressed` lines were dropped since the last one logged.
+    Log {
+        suppressed: u64,
+    },
+    Drop,
+}
+
+impl LogLimiter {
+    fn new(burst: u32, window: Duration) -> Self {
+        LogLimiter {
+            burst,
+            window,
+            window_start: None,
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    fn admit(&mut self, now: Instant) -> Admit {
+        if self
+            .window_start
+            .is_none_or(|t| now.duration_since(t) >= self.window)
+        {
+            self.window_start = Some(now);
+            self.logged = 0;
+        }
+        if self.logged < self.burst {
+            self.logged += 1;
+            Admit::Log {
+                suppressed: std::mem::take(&mut self.suppressed),
+            }
+        } else {
+            self.suppressed += 1;
+            Admit::Drop
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(looping: bool, passthrough: bool) -> FfmpegOptions {
+        FfmpegOptions {
+            width: 640,
+            height: 360,
+            fps: 15,
+            looping,
+            passthrough,
+            max_frame_bytes: 1 << 20,
+        }
+    }
+
+    const HEAD: &str = "-hide_banner -nostdin -nostats -loglevel warning";
+    const VF: &str = "select='not(eq(floor(t*15),floor(prev_selected_t*15)))',\
+        scale=640:360:force_original_aspect_ratio=decrease:force_divisible_by=2:flags=bilinear,\
+        pad=640:360:(ow-iw)/2:(oh-ih)/2,setsar=1";
+    const RAW_OUT: &str = "-fps_mode passthrough -pix_fmt yuv420p -f rawvideo pipe:1";
+
+    fn line(input: &str, o: FfmpegOptions) -> String {
+        ffmpeg_args(input, &o).join(" ")
+    }
+
+    #[test]
+    fn argument_lists_per_input_kind() {
+        let rtsp = "rtsp://10.0.0.3:554/stream1";
+        assert_eq!(
+            line(rtsp, opts(false, false)),
+            format!(
+                "{HEAD} -analyzeduration 1000000 -rtsp_transport tcp -timeout 10000000 -i {rtsp} -an -sn -dn \
+                 -vf {VF} {RAW_OUT}"
+            )
+        );
+        for net in [
+            "rtmp://127.0.0.1/live/cam",
+            "http://h/live.flv",
+            "srt://h:9000",
+        ] {
+            assert_eq!(
+                line(net, opts(true, false)),
+                format!("{HEAD} -analyzeduration 1000000 -rw_timeout 10000000 -i {net} -an -sn -dn -vf {VF} {RAW_OUT}"),
+                "looping is for files only"
+            );
+        }
+        let hls = "https://h/hls/index.M3U8?token=1";
+        assert_eq!(
+            line(hls, opts(false, false)),
+            format!(
+                "{HEAD} -analyzeduration 1000000 -rw_timeout 10000000 -live_start_index -1 -i {hls} -an -sn -dn \
+                 -vf {VF} {RAW_OUT}"
+            )
+        );
+        for file in ["/var/lib/picamd/a.mp4", "./clip.mkv", "anullsrc"] {
+            assert_eq!(
+                line(file, opts(false, false)),
+                format!("{HEAD} -re -i {file} -an -sn -dn -vf {VF} {RAW_OUT}")
+            );
+            assert_eq!(
+                line(file, opts(true, false)),
+                format!("{HEAD} -re -stream_loop -1 -i {file} -an -sn -dn -vf {VF} {RAW_OUT}")
+            );
+        }
+        // The filter is one argument, whatever the shell would make of it.
+        let args = ffmpeg_args(rtsp, &opts(false, false));
+        let vf = args.iter().position(|a| a == "-vf").unwrap();
+        assert_eq!(args[vf + 1], VF);
+    }
+
+    #[test]
+    fn passthrough_copies_mjpeg_as_multipart() {
+        assert_eq!(
+            line("http://cam/video.mjpg.ts", opts(false, true)),
+            format!(
+                "{HEAD} -analyzeduration 1000000 -rw_timeout 10000000 -i http://cam/video.mjpg.ts -an -sn -dn \
+                 -c:v copy -f mpjpeg pipe:1"
+            )
+        );
+    }
+
+    #[test]
+    fn input_kinds() {
+        assert_eq!(input_kind("RTSP://h/x"), InputKind::Rtsp);
+        assert_eq!(input_kind("rtsps://h/x"), InputKind::Rtsp);
+        assert_eq!(input_kind("http://h/a.m3u8#x"), InputKind::Hls);
+        assert_eq!(input_kind("http://h/a.m3u8.flv"), InputKind::Network);
+        assert_eq!(input_kind("udp://0.0.0.0:5000"), InputKind::Network);
+        assert_eq!(input_kind("/tmp/x://y.mp4"), InputKind::File);
+        assert_eq!(input_kind("file:///tmp/a.mp4"), InputKind::File);
+        assert_eq!(input_kind("clip.mp4"), InputKind::File);
+    }
+
+    #[test]
+    fn a_slow_cap_is_at_least_one_fps() {
+        assert!(video_filter(320, 240, 0).contains("floor(t*1)"));
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("rtsp://admin:s3cr@t@10.0.0.3/live"),
+            "rtsp://admin:***@10.0.0.3/live"
+        );
+        assert_eq!(password("rtsp://admin:pw@h/x?a=b:c@d"), Some("pw"));
+        assert_eq!(redact("rtsp://admin@h/x"), "rtsp://admin@h/x");
+        assert_eq!(redact("/tmp/a:b@c.mp4"), "/tmp/a:b@c.mp4");
+        assert_eq!(redact("rtmp://h/live/cam"), "rtmp://h/live/cam");
+    }
+
+    #[test]
+    fn stderr_lines_split_on_cr_and_lf_and_are_bounded() {
+        let mut got = Vec::new();
+        let mut s = LineSplitter::new(8);
+        let mut on = |l: &str| got.push(l.to_owned());
+        s.push(b"abc\r\nde", &mut on);
+        s.push(b"f\n\n  \r0123456789xyz\nlast", &mut on);
+        s.flush(&mut on);
+        assert_eq!(got, ["abc", "def", "01234567…", "last"]);
+    }
+
+    #[test]
+    fn log_limiter_lets_bursts_through_and_counts_the_rest() {
+        let t0 = Instant::now();
+        let mut l = LogLimiter::new(2, Duration::from_secs(10));
+        assert_eq!(l.admit(t0), Admit::Log { suppressed: 0 });
+        assert_eq!(l.admit(t0), Admit::Log { suppressed: 0 });
+        assert_eq!(l.admit(t0), Admit::Drop);
+        assert_eq!(l.admit(t0 + Duration::from_secs(1)), Admit::Drop);
+        assert_eq!(
+            l.admit(t0 + Duration::from_secs(10)),
+            Admit::Log { suppressed: 2 }
+        );
+    }
+
+    #[test]
+    fn the_child_is_killed_and_reaped_on_drop() {
+        // `sleep` stands in for an ffmpeg that never writes and ignores nothing.
+        let mut child =
+            FfmpegChild::spawn(&"sleep".into(), &["30".into()], Vec::new()).expect("spawn sleep");
+        let pid = child.child.id();
+        let _stdout = child.take_stdout();
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        drop(child);
+        // Reaped: not even a zombie is left.
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    #[test]
+    fn stderr_is_kept_for_error_messages() {
+        let mut child = FfmpegChild::spawn(
+            &"sh".into(),
+            &[
+                "-c".into(),
+                "echo one >&2; echo 'two pw' >&2; exit 3".into(),
+            ],
+            vec!["pw".into()],
+        )
+        .expect("spawn sh");
+        let status = child.wait_exit(Duration::from_secs(5)).expect("exited");
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(child.last_stderr_line(), "two ***");
+    }
+
+    #[test]
+    fn a_missing_program_is_not_found() {
+        let err = FfmpegChild::spawn(&"/nonexistent/ffmpeg".into(), &[], Vec::new())
+            .err()
+            .expect("no such program");
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
 }
