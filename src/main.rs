@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use picamd::config::{Config, ConfigLayer};
 use picamd::shutdown::Shutdown;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// Network camera appliance: MJPEG, snapshots and WebSocket video over HTTP.
 ///
@@ -133,6 +133,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Its report of a failed write is an `eprintln!`, which panics when stderr is gone
+        // (a closed pipe): the task that logged would die, e.g. the signal handler.
+        .log_internal_errors(false)
         .init();
     if cli.list_cameras {
         return list_cameras();
@@ -165,6 +168,8 @@ fn run(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let bound = listener.local_addr().context("reading the bound address")?;
+        let int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let streams: Vec<String> = config
             .streams
             .iter()
@@ -182,15 +187,22 @@ fn run(config: Config) -> anyhow::Result<()> {
                 format!("{} streams ({})", many.len(), named.join("; "))
             }
         };
-        println!(
-            "picamd {}: {streams}, listening on {bound}",
+        // Not `println!`: it panics when stdout is a closed pipe, and a service must keep
+        // running when whoever read its banner has gone.
+        let mut banner = format!(
+            "picamd {}: {streams}, listening on {bound}\n",
             env!("CARGO_PKG_VERSION"),
         );
         for url in picamd::http::urls_for(bound) {
-            println!("open {url}");
+            banner.push_str(&format!("open {url}\n"));
+        }
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
         }
         let shutdown = Shutdown::new();
-        tokio::spawn(handle_signals(shutdown.clone()));
+        tokio::spawn(handle_signals(shutdown.clone(), int, term));
         picamd::run(config, listener, shutdown)
             .await
             .context("pipeline")?;
@@ -234,14 +246,9 @@ fn list_cameras() -> ExitCode {
 }
 
 /// First SIGINT/SIGTERM: graceful shutdown. A second one, or the deadline: exit at once.
-async fn handle_signals(shutdown: Shutdown) {
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
+/// The handlers are registered before this is spawned, so a signal sent as soon as the
+/// address is printed is never missed.
+async fn handle_signals(shutdown: Shutdown, mut int: Signal, mut term: Signal) {
     tokio::select! {
         _ = int.recv() => {}
         _ = term.recv() => {}

@@ -158,6 +158,46 @@ async fn sigterm_with_open_streams_exits_cleanly() {
     let _ = std::io::stdout().flush();
 }
 
+/// A service whose log reader went away (a closed stderr pipe) must still log without
+/// dying and shut down on SIGTERM.
+#[test]
+fn sigterm_with_stdout_and_stderr_closed_exits_cleanly() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_picamd"))
+        .args(["--listen", "127.0.0.1:0", "--size", "160x120"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("listening on") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "no address line");
+    }
+    drop(out);
+    drop(child.stderr.take());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("picamd did not exit after SIGTERM with its output pipes closed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+}
+
 #[test]
 fn list_cameras_without_cameras_says_so_and_fails() {
     let has_video = std::fs::read_dir("/dev")

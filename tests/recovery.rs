@@ -130,14 +130,23 @@ async fn a_snapshot_during_an_outage_is_the_no_signal_frame() {
 }
 
 #[test]
-fn unavailable_sources_are_clear_at_startup() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_picamd"))
-        .args(["--source", "rtsp://cam.local/stream"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("`source`") && err.contains("rtsp"), "{err}");
+fn unusable_sources_are_clear_at_startup() {
+    for (source, needle) in [
+        ("gopher://cam.local/stream", "gopher"),
+        ("mjpeg:rtsp://cam.local/stream", "http://"),
+        ("v4l2:video0", "device path"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_picamd"))
+            .args(["--source", source])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{source}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("`source`") && err.contains(needle),
+            "{source}: {err}"
+        );
+    }
 }
 
 #[tokio::test]
