@@ -742,7 +742,7 @@ mod tests {
         assert!(first_eoi + 2 < full.len());
         for length in [true, false] {
             let got = split(&part("x", &full, "\r\n", length), Some("x")).unwrap();
-            assert_frames(&got, &[full.clone()]);
+            assert_frames(&got, std::slice::from_ref(&full));
         }
         let got = split(&[full.clone(), full.clone()].concat(), None).unwrap();
         assert_frames(&got, &[full.clone(), full]);
