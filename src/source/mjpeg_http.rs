@@ -322,6 +322,7 @@ impl MjpegHttpSource {
             chunked,
             length,
             body_at,
+            mut unverified,
         } = body;
         tracing::info!(url = %self.url.display(), chunked, "connected to the upstream");
         let limits = SplitLimits {
@@ -345,19 +346,25 @@ impl MjpegHttpSource {
                     data = &data[..n];
                     *r -= n;
                 }
+                let mut body = |piece: &[u8]| {
+                    if let Some(ct) = &unverified {
+                        match sniff(piece) {
+                            None => {}
+                            Some(true) => unverified = None,
+                            Some(false) => return Err(self.not_mjpeg(ct)),
+                        }
+                    }
+                    splitter
+                        .feed(piece, |f| frames.push(f))
+                        .map_err(|e| format!("bad stream: {e}"))
+                };
                 let fed = match &mut dechunk {
-                    Some(d) => d.feed(data, |piece| {
-                        splitter
-                            .feed(piece, |f| frames.push(f))
-                            .map_err(|e| e.to_string())
-                    }),
-                    None => splitter
-                        .feed(data, |f| frames.push(f))
-                        .map_err(|e| e.to_string()),
+                    Some(d) => d.feed(data, body),
+                    None => body(data),
                 };
                 pending.clear();
                 if let Err(e) = fed {
-                    return Err(self.fail(format_args!("bad stream: {e}")));
+                    return Err(self.fail(e));
                 }
                 self.note_mismatch(&splitter);
                 for jpeg in frames.drain(..) {
@@ -487,17 +494,11 @@ impl MjpegHttpSource {
         }
         let content_type = header("content-type").unwrap_or_default();
         let mime = content_type.split(';').next().unwrap_or("").trim();
-        if !mime.to_ascii_lowercase().starts_with("multipart/") {
-            return Err(self.fail(format_args!(
-                "the upstream sends {:?}, not a multipart MJPEG stream; \
-                 for other streams use --source ffmpeg:{}",
-                if content_type.is_empty() {
-                    "no Content-Type"
-                } else {
-                    &content_type
-                },
-                self.url.display()
-            )));
+        // ffmpeg's own HTTP server (`-f mpjpeg -listen 1`) and some cameras label the stream
+        // as generic bytes: let the body's first bytes decide.
+        let generic = mime.is_empty() || mime.eq_ignore_ascii_case("application/octet-stream");
+        if !generic && !mime.to_ascii_lowercase().starts_with("multipart/") {
+            return Err(self.fail(self.not_mjpeg(&content_type)));
         }
         let chunked = header("transfer-encoding")
             .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
@@ -511,8 +512,32 @@ impl MjpegHttpSource {
             chunked,
             length,
             body_at,
+            unverified: generic.then_some(content_type),
         }))
     }
+
+    fn not_mjpeg(&self, content_type: &str) -> String {
+        format!(
+            "the upstream sends {}, not a multipart MJPEG stream; \
+             for other streams use --source ffmpeg:{}",
+            if content_type.is_empty() {
+                "no Content-Type".to_owned()
+            } else {
+                format!("{content_type:?}")
+            },
+            self.url.display()
+        )
+    }
+}
+
+/// Whether a body starts like MJPEG (a multipart delimiter or a JPEG); `None` while it has
+/// only shown whitespace.
+fn sniff(piece: &[u8]) -> Option<bool> {
+    let start = piece.iter().position(|b| !b.is_ascii_whitespace())?;
+    Some(match &piece[start..] {
+        [b'-'] | [0xFF] => true,
+        rest => rest.starts_with(b"--") || rest.starts_with(&[0xFF, 0xD8]),
+    })
 }
 
 struct ResponseHead {
@@ -521,6 +546,8 @@ struct ResponseHead {
     /// A `Content-Length` on the whole stream (unusual): where the body ends.
     length: Option<usize>,
     body_at: usize,
+    /// The Content-Type when it did not say multipart; the body must show it is.
+    unverified: Option<String>,
 }
 
 /// The `boundary` parameter of a `Content-Type`, unquoted.
