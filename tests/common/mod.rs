@@ -3,6 +3,8 @@
 //! wire (chunked or close-delimited bodies, multipart parts) rather than a library's view.
 #![allow(dead_code)]
 
+pub mod upstream;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
