@@ -8,6 +8,14 @@
 //! and the source waits for demand like a camera would. Anything wrong with the upstream
 //! (refused, a bad answer, a broken stream, silence) is a [`SourceError::Failed`]: the
 //! supervisor reconnects with backoff and viewers see "no signal" meanwhile.
+//!
+//! The response must be `200` with a `multipart/…` type. A body labelled
+//! `application/octet-stream` or not labelled at all (ffmpeg's `-listen 1` server, some
+//! cameras) is accepted if it starts like MJPEG (a `--` delimiter or a JPEG); anything else is
+//! refused with a pointer to `ffmpeg:URL`. The upstream's JPEGs keep their own size, whatever
+//! `--size` says; a "no signal" picture the upstream itself sends is, to us, a live frame.
+//! Credentials in the URL (`http://user:password@host/…`) become Basic auth and are masked
+//! in `/state` and logs.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
