@@ -93,7 +93,13 @@ enum State {
     /// Between parts: expecting a delimiter line (or a bare JPEG).
     Between,
     /// After a delimiter line: reading the part's header lines.
-    Headers { seen: usize, part: PartHead },
+    Headers {
+        seen: usize,
+        /// Bytes of the current line already known to hold no line end: a line trickling
+        /// in byte by byte is not scanned again from its start each time.
+        scanned: usize,
+        part: PartHead,
+    },
     /// In a body of known length.
     Sized { len: usize, keep: bool },
     /// After the headers of a part without a length: expecting its JPEG.
@@ -320,6 +326,7 @@ impl Splitter {
                         } else {
                             State::Headers {
                                 seen: 0,
+                                scanned: 0,
                                 part: PartHead::default(),
                             }
                         };
@@ -375,7 +382,12 @@ impl Splitter {
     }
 
     fn headers(&mut self) -> Result<Option<Option<Bytes>>, SplitError> {
-        let State::Headers { seen, part } = &mut self.state else {
+        let State::Headers {
+            seen,
+            scanned,
+            part,
+        } = &mut self.state
+        else {
             unreachable!("called in the headers state only");
         };
         if self.buf.starts_with(&[0xFF, 0xD8]) {
@@ -388,12 +400,16 @@ impl Splitter {
             }
             return Ok(Some(None));
         }
-        let Some(eol) = find_eol(&self.buf, MAX_HEADER_BYTES - *seen) else {
+        let window = (MAX_HEADER_BYTES - *seen).min(self.buf.len());
+        let from = (*scanned).min(window);
+        let Some(eol) = find_eol(&self.buf[from..window], window - from).map(|i| i + from) else {
             if *seen + self.buf.len() > MAX_HEADER_BYTES {
                 return Err(SplitError::HeaderTooLong);
             }
+            *scanned = window;
             return Ok(None);
         };
+        *scanned = 0;
         *seen += eol + 1;
         if *seen > MAX_HEADER_BYTES {
             return Err(SplitError::HeaderTooLong);
