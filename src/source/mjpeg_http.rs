@@ -401,7 +401,9 @@ impl MjpegHttpSource {
                         }
                     }
                 }
-                let body_done = remaining == Some(0) || dechunk.as_ref().is_some_and(|d| d.done());
+                let body_done = remaining == Some(0)
+                    || dechunk.as_ref().is_some_and(|d| d.done())
+                    || splitter.closed();
                 if body_done {
                     return Err(self.end_of_stream(&splitter));
                 }

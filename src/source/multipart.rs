@@ -203,6 +203,11 @@ impl Splitter {
         }
     }
 
+    /// Whether the closing delimiter (`--boundary--`) has been seen: the stream is over.
+    pub fn closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
     /// Whether the stream is in the middle of a part (for logging what a close cut off).
     pub fn in_part(&self) -> bool {
         match self.state {
@@ -822,7 +827,10 @@ mod tests {
         let mut s = part("b", &f, "\r\n", true);
         s.extend_from_slice(b"--b--\r\n");
         s.extend(part("b", &f, "\r\n", true));
-        assert_frames(&split(&s, Some("b")).unwrap(), &[f]);
+        assert_frames(&split(&s, Some("b")).unwrap(), std::slice::from_ref(&f));
+        let mut sp = Splitter::new(Some("b"), LIMITS);
+        sp.feed(&s, |_| {}).unwrap();
+        assert!(sp.closed());
     }
 
     #[test]
