@@ -174,45 +174,148 @@ fn is_sof(m: u8) -> bool {
 }
 
 /// Calls `seen` for every marker from SOI to EOI; returns the offset just past EOI.
-fn walk(data: &[u8], mut seen: impl FnMut(Segment)) -> Result<usize, JpegError> {
-    if data.len() < 2 || data[0] != 0xFF || data[1] != SOI {
+fn walk(data: &[u8], seen: impl FnMut(Segment)) -> Result<usize, JpegError> {
+    // The incremental walker accepts a lone `FF` as the start of a SOI still to come; a
+    // whole frame that short is simply not a JPEG.
+    if data.len() < 2 {
         return Err(JpegError::NoSoi);
     }
-    seen(Segment {
-        marker: SOI,
-        offset: 0,
-        len: 2,
-    });
-    let mut pos = 2;
-    loop {
-        // A marker: 0xFF, optional 0xFF fill bytes, then the code.
+    match Walker::new().advance(data, seen)? {
+        Progress::Done(end) => Ok(end),
+        Progress::NeedMore(why) => Err(JpegError::Truncated(why)),
+    }
+}
+
+/// How far [`Walker::advance`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// The JPEG ends (just past its EOI marker) at this offset.
+    Done(usize),
+    /// The data so far is a valid beginning; more is needed, for the reason given.
+    NeedMore(&'static str),
+}
+
+/// Where the walker is in the JPEG's structure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WalkState {
+    /// Before the SOI marker.
+    Start,
+    /// At a marker (or fill bytes before one).
+    Marker,
+    /// Inside a scan's entropy-coded data.
+    Scan,
+}
+
+/// Finds the end of a JPEG that arrives in pieces, by its structure: segments are skipped by
+/// their length field (so an EXIF thumbnail's EOI inside APP1 is not the end), scan data up
+/// to the first marker that is neither a stuffed `FF 00` nor a restart marker.
+///
+/// [`Walker::advance`] is called with the data received so far, each time with the same
+/// prefix plus whatever came since; it resumes where it stopped, so a frame that arrives in
+/// many pieces is still walked once. Nothing is allocated and no length is trusted.
+#[derive(Debug, Clone)]
+pub struct Walker {
+    state: WalkState,
+    /// Where to resume: always at a byte not yet understood.
+    pos: usize,
+}
+
+impl Default for Walker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Walker {
+    pub fn new() -> Self {
+        Walker {
+            state: WalkState::Start,
+            pos: 0,
+        }
+    }
+
+    /// Walks on through `data` (which must begin with the bytes given before), calling `seen`
+    /// once for every complete marker segment.
+    pub fn advance(
+        &mut self,
+        data: &[u8],
+        mut seen: impl FnMut(Segment),
+    ) -> Result<Progress, JpegError> {
+        loop {
+            match self.state {
+                WalkState::Start => {
+                    match data {
+                        [0xFF, SOI, ..] => {}
+                        [] | [0xFF] => return Ok(Progress::NeedMore("no SOI marker")),
+                        _ => return Err(JpegError::NoSoi),
+                    }
+                    seen(Segment {
+                        marker: SOI,
+                        offset: 0,
+                        len: 2,
+                    });
+                    self.pos = 2;
+                    self.state = WalkState::Marker;
+                }
+                WalkState::Marker => {
+                    if let Some(end) = self.marker(data, &mut seen)? {
+                        return Ok(end);
+                    }
+                }
+                WalkState::Scan => match skip_entropy_coded(data, self.pos) {
+                    Ok(at) => {
+                        self.pos = at;
+                        self.state = WalkState::Marker;
+                    }
+                    Err(stopped_at) => {
+                        // Resume at the last byte that may start a marker, not at the start
+                        // of the scan: long scans arrive in many pieces.
+                        self.pos = stopped_at;
+                        return Ok(Progress::NeedMore("scan data without an end marker"));
+                    }
+                },
+            }
+        }
+    }
+
+    /// Handles the marker at `self.pos`: returns `Some` to stop (done or short of data),
+    /// `None` to go on in the (possibly new) state.
+    fn marker(
+        &mut self,
+        data: &[u8],
+        seen: &mut impl FnMut(Segment),
+    ) -> Result<Option<Progress>, JpegError> {
+        let pos = self.pos;
         match data.get(pos) {
-            None => return Err(JpegError::Truncated("no EOI marker")),
+            None => return Ok(Some(Progress::NeedMore("no EOI marker"))),
             Some(0xFF) => {}
             Some(&byte) => return Err(JpegError::NotAMarker { offset: pos, byte }),
         }
+        // Fill bytes: any number of 0xFF before the code.
         let mut code_at = pos + 1;
         while data.get(code_at) == Some(&0xFF) {
             code_at += 1;
         }
-        let Some(&marker) = data.get(code_at) else {
-            return Err(JpegError::Truncated("no EOI marker"));
-        };
         let offset = code_at - 1;
+        let Some(&marker) = data.get(code_at) else {
+            // Only the last 0xFF matters; resuming there keeps a long run of fill bytes from
+            // being scanned again on every call.
+            self.pos = offset;
+            return Ok(Some(Progress::NeedMore("no EOI marker")));
+        };
         match marker {
-            0x00 | SOI => {
-                return Err(JpegError::NotAMarker {
-                    offset: code_at,
-                    byte: marker,
-                })
-            }
+            0x00 | SOI => Err(JpegError::NotAMarker {
+                offset: code_at,
+                byte: marker,
+            }),
             EOI => {
                 seen(Segment {
                     marker,
                     offset,
                     len: 2,
                 });
-                return Ok(code_at + 1);
+                self.pos = code_at + 1;
+                Ok(Some(Progress::Done(code_at + 1)))
             }
             TEM | 0xD0..=0xD7 => {
                 seen(Segment {
@@ -220,12 +323,14 @@ fn walk(data: &[u8], mut seen: impl FnMut(Segment)) -> Result<usize, JpegError> 
                     offset,
                     len: 2,
                 });
-                pos = code_at + 1;
+                self.pos = code_at + 1;
+                Ok(None)
             }
             _ => {
                 let len_at = code_at + 1;
                 let Some(field) = data.get(len_at..len_at + 2) else {
-                    return Err(JpegError::Truncated("segment length"));
+                    self.pos = offset;
+                    return Ok(Some(Progress::NeedMore("segment length")));
                 };
                 let seg_len = u16::from_be_bytes([field[0], field[1]]) as usize;
                 if seg_len < 2 {
@@ -233,35 +338,39 @@ fn walk(data: &[u8], mut seen: impl FnMut(Segment)) -> Result<usize, JpegError> 
                 }
                 let seg_end = len_at + seg_len;
                 if seg_end > data.len() {
-                    return Err(JpegError::Truncated("segment runs past the end"));
+                    // Segments are at most 64 KiB: waiting for the whole one costs little
+                    // and lets `seen` read it.
+                    self.pos = offset;
+                    return Ok(Some(Progress::NeedMore("segment runs past the end")));
                 }
                 seen(Segment {
                     marker,
                     offset,
                     len: seg_end - offset,
                 });
-                pos = if marker == SOS {
-                    skip_entropy_coded(data, seg_end)?
-                } else {
-                    seg_end
-                };
+                self.pos = seg_end;
+                if marker == SOS {
+                    self.state = WalkState::Scan;
+                }
+                Ok(None)
             }
         }
     }
 }
 
-/// From the start of a scan's entropy-coded data, the offset of the marker that ends it.
-fn skip_entropy_coded(data: &[u8], mut pos: usize) -> Result<usize, JpegError> {
+/// From a position inside a scan's entropy-coded data, the offset of the marker that ends
+/// it; or, if the data ends first, `Err` with the offset to resume from.
+fn skip_entropy_coded(data: &[u8], mut pos: usize) -> Result<usize, usize> {
     loop {
         let Some(ff) = data
             .get(pos..)
             .and_then(|d| d.iter().position(|&b| b == 0xFF))
         else {
-            return Err(JpegError::Truncated("scan data without an end marker"));
+            return Err(pos.max(data.len()));
         };
         pos += ff;
         match data.get(pos + 1) {
-            None => return Err(JpegError::Truncated("scan data without an end marker")),
+            None => return Err(pos),
             // Stuffed zero and restart markers belong to the scan.
             Some(0x00) | Some(0xD0..=0xD7) => pos += 2,
             // Fill byte: look again from the next 0xFF.
@@ -582,6 +691,42 @@ mod tests {
         );
         let stripped = strip_tables(&jpeg);
         assert!(copy_with_huffman_tables(&stripped[..stripped.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn the_walker_resumes_across_pieces() {
+        let thumb = compress(16, 16, 70, Subsamp::Sub2x2);
+        let mut jpeg = compress(48, 32, 85, Subsamp::Sub2x2);
+        let app1 = exif_app1(&thumb);
+        jpeg.splice(2..2, app1);
+        // Fill bytes before a marker, as some encoders pad.
+        let eoi = jpeg.len() - 2;
+        jpeg.splice(eoi..eoi, [0xFF; 5]);
+        let whole = segments(&jpeg).unwrap();
+        for cut in 0..jpeg.len() {
+            let mut w = Walker::new();
+            let mut seen = Vec::new();
+            let first = w.advance(&jpeg[..cut], |s| seen.push(s)).unwrap();
+            assert!(
+                matches!(first, Progress::NeedMore(_)),
+                "cut {cut}: {first:?}"
+            );
+            let end = w.advance(&jpeg, |s| seen.push(s)).unwrap();
+            assert_eq!(end, Progress::Done(jpeg.len()), "cut {cut}");
+            assert_eq!(seen, whole, "cut {cut}");
+        }
+        // One byte at a time, and bytes after the EOI are not part of the frame.
+        let mut w = Walker::new();
+        let mut padded = jpeg.clone();
+        padded.extend_from_slice(b"\r\n--next");
+        let done = (1..=padded.len())
+            .map(|n| w.advance(&padded[..n], |_| {}).unwrap())
+            .find(|p| matches!(p, Progress::Done(_)));
+        assert_eq!(done, Some(Progress::Done(jpeg.len())));
+        assert_eq!(
+            Walker::new().advance(b"GIF89a", |_| {}),
+            Err(JpegError::NoSoi)
+        );
     }
 
     /// A tiny deterministic generator, so the garbage is the same on every run.
