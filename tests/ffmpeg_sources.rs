@@ -384,3 +384,39 @@ async fn a_killed_picamd_takes_its_ffmpeg_along() {
     assert_no_ffmpeg_left(&url, Duration::from_secs(3), "after picamd was SIGKILLed");
     holder.abort();
 }
+
+/// `passthrough`: an MJPEG input's JPEGs reach viewers exactly as they are in the file, not
+/// decoded and encoded again.
+#[tokio::test]
+async fn an_mjpeg_file_passes_through_byte_for_byte() {
+    let dir = TempDir::new("passthrough");
+    let originals = common::upstream::ffmpeg_jpegs(dir.path(), 20);
+    let clip = dir.path().join("mjpeg-clip.avi");
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-y"])
+        .args(["-framerate", "10", "-i"])
+        .arg(dir.path().join("%03d.jpg"))
+        .args(["-c:v", "copy"])
+        .arg(&clip)
+        .status()
+        .expect("run ffmpeg");
+    assert!(status.success(), "ffmpeg could not write the MJPEG clip");
+    let clip = clip.to_str().unwrap().to_owned();
+
+    let p = start(&clip, &["--passthrough", "--loop"]);
+    let mut r = MjpegReader::new(open(p.addr, "/stream").await).await;
+    // More than the clip holds, so the loop is crossed too.
+    for i in 0..30 {
+        let part = tokio::time::timeout(LIVE_TIMEOUT, r.next_part())
+            .await
+            .expect("an MJPEG part")
+            .expect("the stream goes on");
+        assert!(
+            originals.iter().any(|o| o[..] == part.jpeg[..]),
+            "part {i} ({} bytes) is not one of the file's JPEGs",
+            part.jpeg.len()
+        );
+    }
+    drop(r);
+    stop_and_check(p, "mjpeg-clip.avi");
+}

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::peers::free_port;
 use common::upstream::{
-    ffmpeg_jpegs, free_port, kill_hard, next_ws_frame, peak_rss_kib, start_picamd_on, ws,
-    Collector, FfmpegServer,
+    ffmpeg_jpegs, kill_hard, next_ws_frame, peak_rss_kib, start_picamd_on, ws, Collector,
+    FfmpegServer,
 };
 use common::{open, MjpegReader, Picamd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -35,7 +35,11 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
+use bytes::Bytes;
+
 use super::i420::{i420_len, BufferPool, PooledI420};
+use super::jpeg;
+use super::multipart::{SplitLimits, Splitter};
 use super::{CaptureTime, Frame, Payload, Source, SourceContext, SourceError, SourceInfo};
 use crate::hub::SourceState;
 
@@ -70,6 +74,8 @@ const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(20);
 const STALL_INTERVALS: u32 = 5;
 const STALL_MIN: Duration = Duration::from_secs(5);
 /// Longest single `poll(2)`: bounds how late demand loss and shutdown are noticed.
+/// Bytes read from ffmpeg at a time in pass-through mode.
+const MJPEG_READ_CHUNK: usize = 64 * 1024;
 const POLL_SLICE: Duration = Duration::from_millis(200);
 /// Time ffmpeg gets to exit after SIGTERM before it is killed.
 const TERM_GRACE: Duration = Duration::from_secs(1);
@@ -261,38 +267,15 @@ impl FfmpegSource {
         child: &mut FfmpegChild,
     ) -> Result<Ended, SourceError> {
         let frame_len = i420_len(self.options.width as usize, self.options.height as usize);
-        let interval = Duration::from_secs_f64(1.0 / self.options.fps.max(1) as f64);
-        let stall = (interval * STALL_INTERVALS).max(STALL_MIN);
         let mut stdout = child.take_stdout();
         let mut pending: Option<(PooledI420, usize)> = None;
         let mut frames = 0u64;
         let mut last_frame = Instant::now();
         loop {
-            match wait_readable(ctx, stdout.as_fd(), POLL_SLICE)? {
-                Readiness::Shutdown => {
-                    child.hush();
-                    return Ok(Ended::Shutdown);
-                }
-                Readiness::NoDemand => {
-                    child.hush();
-                    return Ok(Ended::NoDemand);
-                }
-                Readiness::Timeout => {
-                    let (limit, what) = if frames == 0 {
-                        (FIRST_FRAME_TIMEOUT, "of starting it")
-                    } else {
-                        (stall, "of the previous one")
-                    };
-                    if last_frame.elapsed() > limit {
-                        child.hush();
-                        return Err(SourceError::Failed(with_last_line(
-                            format!("no frame from ffmpeg within {} s {what}", limit.as_secs()),
-                            &child.last_stderr_line(),
-                        )));
-                    }
-                    continue;
-                }
-                Readiness::Readable => {}
+            match self.wait_output(ctx, child, stdout.as_fd(), frames, last_frame)? {
+                Step::Stop(ended) => return Ok(ended),
+                Step::Wait => continue,
+                Step::Read => {}
             }
             let (buf, filled) = pending.get_or_insert_with(|| (self.pool.take(), 0));
             let n = match stdout.read(&mut buf.as_mut_slice()[*filled..frame_len]) {
@@ -330,6 +313,117 @@ impl FfmpegSource {
         }
     }
 
+    /// Waits a little for ffmpeg's output, and turns shutdown, the end of demand and a silent
+    /// ffmpeg into the end of streaming (the first two) or a failure (the third).
+    fn wait_output(
+        &self,
+        ctx: &SourceContext,
+        child: &FfmpegChild,
+        fd: BorrowedFd<'_>,
+        frames: u64,
+        last_frame: Instant,
+    ) -> Result<Step, SourceError> {
+        match wait_readable(ctx, fd, POLL_SLICE)? {
+            Readiness::Readable => Ok(Step::Read),
+            Readiness::Shutdown => {
+                child.hush();
+                Ok(Step::Stop(Ended::Shutdown))
+            }
+            Readiness::NoDemand => {
+                child.hush();
+                Ok(Step::Stop(Ended::NoDemand))
+            }
+            Readiness::Timeout => {
+                let interval = Duration::from_secs_f64(1.0 / self.options.fps.max(1) as f64);
+                let (limit, what) = if frames == 0 {
+                    (FIRST_FRAME_TIMEOUT, "of starting it")
+                } else {
+                    (
+                        (interval * STALL_INTERVALS).max(STALL_MIN),
+                        "of the previous one",
+                    )
+                };
+                if last_frame.elapsed() <= limit {
+                    return Ok(Step::Wait);
+                }
+                child.hush();
+                Err(SourceError::Failed(with_last_line(
+                    format!("no frame from ffmpeg within {} s {what}", limit.as_secs()),
+                    &child.last_stderr_line(),
+                )))
+            }
+        }
+    }
+
+    /// Pass-through: reads ffmpeg's multipart MJPEG (`-c:v copy -f mpjpeg`) and emits its
+    /// JPEGs as they are, with the same stop and stall rules as [`Self::stream_raw`].
+    fn stream_mjpeg(
+        &self,
+        ctx: &mut SourceContext,
+        child: &mut FfmpegChild,
+    ) -> Result<Ended, SourceError> {
+        let mut stdout = child.take_stdout();
+        let mut splitter = Splitter::new(
+            None,
+            SplitLimits {
+                max_frame_bytes: self.options.max_frame_bytes,
+            },
+        );
+        let mut buf = vec![0u8; MJPEG_READ_CHUNK];
+        let mut jpegs: Vec<Bytes> = Vec::new();
+        let mut frames = 0u64;
+        let mut last_frame = Instant::now();
+        loop {
+            match self.wait_output(ctx, child, stdout.as_fd(), frames, last_frame)? {
+                Step::Stop(ended) => return Ok(ended),
+                Step::Wait => continue,
+                Step::Read => {}
+            }
+            let n = match stdout.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(SourceError::Failed(format!("reading ffmpeg's output: {e}"))),
+            };
+            if n == 0 {
+                drop(stdout);
+                return self.ended(child);
+            }
+            let fed = splitter.feed(&buf[..n], |jpeg| jpegs.push(jpeg));
+            for jpeg in jpegs.drain(..) {
+                let info = match jpeg::inspect(&jpeg) {
+                    Ok(info) => info,
+                    Err(e) => {
+                        // The container held something that is not a whole JPEG: skip it,
+                        // the stall rule catches an input that never has one.
+                        tracing::debug!(error = %e, "ffmpeg pass-through: not a JPEG; skipped");
+                        continue;
+                    }
+                };
+                frames += 1;
+                last_frame = Instant::now();
+                if frames == 1 {
+                    ctx.set_state(SourceState::Streaming);
+                }
+                let captured = CaptureTime::now();
+                let seq = ctx.next_seq();
+                ctx.emit(Frame {
+                    seq,
+                    captured,
+                    width: info.width.into(),
+                    height: info.height.into(),
+                    no_signal: false,
+                    payload: Payload::Jpeg(jpeg),
+                });
+            }
+            if let Err(e) = fed {
+                child.hush();
+                return Err(SourceError::Failed(format!(
+                    "ffmpeg pass-through output: {e} (is the input MJPEG? set passthrough = false)"
+                )));
+            }
+        }
+    }
+
     /// What ffmpeg closing its output means, once it has exited.
     fn ended(&self, child: &mut FfmpegChild) -> Result<Ended, SourceError> {
         let status = child.wait_exit(EXIT_GRACE);
@@ -363,6 +457,13 @@ fn with_last_line(reason: String, last: &str) -> String {
     } else {
         format!("{reason}: {last}")
     }
+}
+
+/// What to do after waiting for ffmpeg's output.
+enum Step {
+    Read,
+    Wait,
+    Stop(Ended),
 }
 
 /// Why streaming from one ffmpeg child stopped without an error.
@@ -413,17 +514,6 @@ impl Source for FfmpegSource {
     }
 
     fn run(&mut self, ctx: &mut SourceContext) -> Result<(), SourceError> {
-        if self.options.passthrough {
-            // PASSTHROUGH: not wired yet. To wire it: `ffmpeg_args` already builds the
-            // `-c:v copy -f mpjpeg pipe:1` command line; start the child as below, take its
-            // stdout (`FfmpegChild::take_stdout`), gate reads with `wait_readable` (demand,
-            // shutdown, stall timeouts as in `stream_raw`), split the parts with
-            // `multipart::MultipartReader` (limit `max_frame_bytes`) and emit
-            // `Payload::Jpeg` frames.
-            return Err(SourceError::Unavailable(
-                "passthrough is not wired yet".into(),
-            ));
-        }
         loop {
             if !ctx.wait_for_demand() {
                 return Ok(());
@@ -431,7 +521,12 @@ impl Source for FfmpegSource {
             ctx.set_state(SourceState::Starting);
             // Dropping the child (any return below, or the end of this iteration) stops it.
             let mut child = self.start()?;
-            match self.stream_raw(ctx, &mut child)? {
+            let streamed = if self.options.passthrough {
+                self.stream_mjpeg(ctx, &mut child)?
+            } else {
+                self.stream_raw(ctx, &mut child)?
+            };
+            match streamed {
                 Ended::Shutdown => return Ok(()),
                 Ended::NoDemand => {
                     tracing::debug!("nobody watches: stopping ffmpeg");

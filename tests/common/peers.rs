@@ -347,8 +347,8 @@ pub fn make_clip(path: &Path, seconds: u32, size: &str) {
     );
 }
 
-/// Running (not zombie) ffmpeg processes decoding for picamd (`-f rawvideo`) whose command
-/// line mentions `marker`: pid and command line.
+/// Running (not zombie) ffmpeg processes reading for picamd (`-f rawvideo`, or `-f mpjpeg`
+/// in pass-through) whose command line mentions `marker`: pid and command line.
 pub fn ffmpeg_readers(marker: &str) -> Vec<(u32, String)> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -373,7 +373,7 @@ pub fn ffmpeg_readers(marker: &str) -> Vec<(u32, String)> {
             .first()
             .is_some_and(|a| a.rsplit('/').next() == Some("ffmpeg"));
         if !is_ffmpeg
-            || !args.iter().any(|a| a == "rawvideo")
+            || !args.iter().any(|a| a == "rawvideo" || a == "mpjpeg")
             || !args.iter().any(|a| a.contains(marker))
         {
             continue;

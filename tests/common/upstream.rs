@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -15,14 +15,6 @@ use picamd::wire::{FrameHeader, FLAG_NO_SIGNAL};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{open, MjpegReader, Picamd};
-
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
-}
 
 /// Starts `picamd --listen 127.0.0.1:PORT <args>`, retrying while the port is still held by
 /// a process that just exited.
