@@ -278,10 +278,9 @@ impl FfmpegSource {
                 Step::Read => {}
             }
             let (buf, filled) = pending.get_or_insert_with(|| (self.pool.take(), 0));
-            let n = match stdout.read(&mut buf.as_mut_slice()[*filled..frame_len]) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(SourceError::Failed(format!("reading ffmpeg's output: {e}"))),
+            let Some(n) = read_output(&mut stdout, &mut buf.as_mut_slice()[*filled..frame_len])?
+            else {
+                continue;
             };
             if n == 0 {
                 // ffmpeg closed its output: it is exiting (or exited). A partial frame is
@@ -379,10 +378,8 @@ impl FfmpegSource {
                 Step::Wait => continue,
                 Step::Read => {}
             }
-            let n = match stdout.read(&mut buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(SourceError::Failed(format!("reading ffmpeg's output: {e}"))),
+            let Some(n) = read_output(&mut stdout, &mut buf)? else {
+                continue;
             };
             if n == 0 {
                 drop(stdout);
@@ -448,6 +445,16 @@ impl FfmpegSource {
                 &last,
             ))),
         }
+    }
+}
+
+/// One read of ffmpeg's output after `poll` said it is ready: `None` when a signal
+/// interrupted it, `Some(0)` at the end.
+fn read_output(stdout: &mut ChildStdout, buf: &mut [u8]) -> Result<Option<usize>, SourceError> {
+    match stdout.read(buf) {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
+        Err(e) => Err(SourceError::Failed(format!("reading ffmpeg's output: {e}"))),
     }
 }
 

@@ -25,8 +25,14 @@ pub struct Picamd {
 impl Picamd {
     /// Starts `picamd --listen 127.0.0.1:0 <args>` and waits until it listens.
     pub fn start(args: &[&str]) -> Picamd {
+        Picamd::try_start("127.0.0.1:0", args).expect("picamd did not report its address")
+    }
+
+    /// Starts `picamd --listen <listen> <args>`; `None` (the process killed and reaped) if it
+    /// does not report a listening address within 20 s, e.g. because the port is taken.
+    pub fn try_start(listen: &str, args: &[&str]) -> Option<Picamd> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_picamd"))
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(args)
             // Info logs would drown the test output; warnings and errors still show.
             .env(
@@ -46,12 +52,16 @@ impl Picamd {
                 }
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("picamd did not report its address");
-        Picamd {
-            child: Some(child),
-            addr,
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => Some(Picamd {
+                child: Some(child),
+                addr,
+            }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                None
+            }
         }
     }
 

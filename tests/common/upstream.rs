@@ -3,7 +3,6 @@
 //! collectors that compare what went in with what came out.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -21,41 +20,12 @@ use super::{open, MjpegReader, Picamd};
 pub fn start_picamd_on(port: u16, args: &[&str]) -> Picamd {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_picamd"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn picamd");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(addr.trim().parse::<SocketAddr>().expect("address"));
-                }
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => {
-                return Picamd {
-                    child: Some(child),
-                    addr,
-                }
-            }
-            Err(_) => {
-                // It exited without listening (the port was busy): try again for a while.
-                let _ = child.kill();
-                let _ = child.wait();
-                assert!(Instant::now() < deadline, "picamd never listened on {port}");
-                std::thread::sleep(Duration::from_millis(200));
-            }
+        if let Some(p) = Picamd::try_start(&format!("127.0.0.1:{port}"), args) {
+            return p;
         }
+        // It exited without listening (the port was busy): try again for a while.
+        assert!(Instant::now() < deadline, "picamd never listened on {port}");
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
