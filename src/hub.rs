@@ -127,6 +127,59 @@ impl SourceState {
     }
 }
 
+/// What a stream is doing, in the few words the service manager and the status LED need.
+/// Derived from the same state `/state` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// The source is starting.
+    Starting,
+    /// Frames flow to this many viewers.
+    Live { viewers: usize },
+    /// Nobody watches; nothing is captured.
+    Idle,
+    /// Viewers see "no signal": the source failed (its supervisor retries it) or, when
+    /// `stalled`, it runs but delivers nothing (a wedged device or upstream).
+    Down { stalled: bool },
+    /// Shutting down.
+    Stopped,
+}
+
+impl Activity {
+    /// One word for logs and status lines.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Activity::Starting => "starting",
+            Activity::Live { .. } => "live",
+            Activity::Idle => "idle",
+            Activity::Down { stalled: true } => "stalled",
+            Activity::Down { stalled: false } => "down",
+            Activity::Stopped => "stopped",
+        }
+    }
+
+    /// The activity of several streams as one: the worst wins (stopped, then down, then
+    /// starting), else live (viewers summed) if any stream is, else idle.
+    pub fn combine(all: impl IntoIterator<Item = Activity>) -> Activity {
+        let mut out = Activity::Idle;
+        for a in all {
+            out = match (out, a) {
+                (Activity::Stopped, _) | (_, Activity::Stopped) => Activity::Stopped,
+                (Activity::Down { stalled: x }, Activity::Down { stalled: y }) => {
+                    Activity::Down { stalled: x || y }
+                }
+                (d @ Activity::Down { .. }, _) | (_, d @ Activity::Down { .. }) => d,
+                (Activity::Starting, _) | (_, Activity::Starting) => Activity::Starting,
+                (Activity::Live { viewers: x }, Activity::Live { viewers: y }) => {
+                    Activity::Live { viewers: x + y }
+                }
+                (l @ Activity::Live { .. }, _) | (_, l @ Activity::Live { .. }) => l,
+                _ => Activity::Idle,
+            };
+        }
+        out
+    }
+}
+
 /// Monotonic counters, exported by `/state` and `/metrics`.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -390,6 +443,22 @@ impl Hub {
         lock(&self.shared.source_state).clone()
     }
 
+    /// What the stream is doing now (see [`Activity`]).
+    pub fn activity(&self) -> Activity {
+        match &*lock(&self.shared.source_state) {
+            SourceState::Starting => Activity::Starting,
+            SourceState::Idle => Activity::Idle,
+            SourceState::Streaming => match self.total_viewers() {
+                // The linger after the last viewer left.
+                0 => Activity::Idle,
+                viewers => Activity::Live { viewers },
+            },
+            SourceState::Stalled(_) => Activity::Down { stalled: true },
+            SourceState::Error(_) => Activity::Down { stalled: false },
+            SourceState::Stopped => Activity::Stopped,
+        }
+    }
+
     /// Frames published per second over the last couple of seconds; 0 when idle.
     pub fn measured_fps(&self) -> f64 {
         let times = lock(&self.shared.publish_times);
@@ -443,6 +512,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn activities_combine_worst_first() {
+        use Activity::*;
+        let c = |v: &[Activity]| Activity::combine(v.iter().copied());
+        assert_eq!(c(&[]), Idle);
+        assert_eq!(
+            c(&[Idle, Live { viewers: 2 }, Live { viewers: 3 }]),
+            Live { viewers: 5 }
+        );
+        assert_eq!(c(&[Live { viewers: 1 }, Starting]), Starting);
+        assert_eq!(
+            c(&[Starting, Down { stalled: false }, Live { viewers: 1 }]),
+            Down { stalled: false }
+        );
+        assert_eq!(
+            c(&[Down { stalled: false }, Down { stalled: true }]),
+            Down { stalled: true }
+        );
+        assert_eq!(c(&[Down { stalled: true }, Stopped]), Stopped);
+    }
 
     fn hub(max_viewers: usize) -> Hub {
         Hub::new(PipelineInfo {
