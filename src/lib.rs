@@ -8,6 +8,7 @@ pub mod config;
 pub mod encode;
 pub mod http;
 pub mod hub;
+pub mod led;
 pub mod shutdown;
 pub mod source;
 pub mod wire;
