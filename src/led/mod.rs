@@ -2,8 +2,19 @@
 //!
 //! Placeholder: being written (issue 6). The API below is fixed; the implementation is not.
 
+mod backend;
+mod pattern;
+
+use std::time::Duration;
+
+pub use backend::{GpioLed, LedError, LedOutput, Recorder, SysfsLed, SYSFS_LEDS};
+pub use pattern::{led_on, Pattern};
+
 use crate::hub::Hub;
 use crate::shutdown::Shutdown;
+
+/// How often the LED thread samples the streams' state. Pattern edges are multiples of it.
+pub const TICK: Duration = Duration::from_millis(50);
 
 /// `[led]` in the config file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
@@ -54,3 +65,6 @@ pub fn spawn(spec: LedSpec, hubs: Vec<Hub>, shutdown: Shutdown) -> std::io::Resu
     let _ = (spec, hubs, shutdown);
     Ok(LedThread { handle: None })
 }
+
+#[cfg(test)]
+mod tests;
