@@ -525,7 +525,7 @@ impl Source for FfmpegSource {
             if !ctx.wait_for_demand() {
                 return Ok(());
             }
-            ctx.set_state(SourceState::Starting);
+            ctx.mark_starting();
             // Dropping the child (any return below, or the end of this iteration) stops it.
             let mut child = self.start()?;
             let streamed = if self.options.passthrough {

@@ -178,6 +178,15 @@ impl SourceContext {
         self.encoders.submit(frame);
     }
 
+    /// Reports that the source is (re)starting its device or upstream, unless it is being
+    /// retried after a failure: then the failure stays what viewers and `/state` see until a
+    /// frame arrives.
+    pub fn mark_starting(&self) {
+        if !matches!(self.hub.source_state(), SourceState::Error(_)) {
+            self.hub.set_source_state(SourceState::Starting);
+        }
+    }
+
     pub fn set_state(&self, state: SourceState) {
         self.hub.set_source_state(state);
     }
