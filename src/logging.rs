@@ -30,6 +30,8 @@ pub fn init(level: LogLevel) {
             .event_format(Journald(
                 tracing_subscriber::fmt::format()
                     .without_time()
+                    // The priority prefix says it, and journalctl shows it.
+                    .with_level(false)
                     .with_ansi(false),
             ))
             .init();

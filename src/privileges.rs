@@ -169,7 +169,7 @@ fn lookup_group(v: &Sourced<String>) -> Result<Gid, ConfigError> {
 pub fn switch(plan: &Plan) -> Result<(), PrivilegeError> {
     let Plan::Switch { name, uid, gid } = plan else {
         if *plan == Plan::StayRoot {
-            tracing::warn!("running as root (allow_root = true)");
+            tracing::info!("running as root (allow_root = true)");
         }
         return Ok(());
     };
