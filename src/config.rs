@@ -908,6 +908,86 @@ mod tests {
         }
     }
 
+    /// Every key a table of type `T` accepts, read from serde's "expected one of" list so
+    /// the list cannot fall behind the struct.
+    fn keys_of<T: serde::de::DeserializeOwned + fmt::Debug>() -> Vec<String> {
+        let e = toml::from_str::<T>("no_such_key_ = 1")
+            .unwrap_err()
+            .to_string();
+        let list = e
+            .split("expected one of")
+            .nth(1)
+            .expect("serde lists the keys");
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_example_config_resolves_and_shows_every_key() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/picamd.toml"));
+        let file = ConfigLayer::from_file(path).unwrap();
+        let c = ConfigLayer::resolve(Some((path, file)), ConfigLayer::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:80");
+        assert_eq!(c.user.as_ref().map(|u| u.value.as_str()), Some("picamd"));
+        assert!(!c.allow_root);
+        assert_eq!(c.led, LedSpec::None);
+
+        let text = std::fs::read_to_string(path).unwrap();
+        let shown = |key: &str| {
+            text.lines().any(|l| {
+                let l = l.trim_start_matches('#').trim_start();
+                l.starts_with(&format!("{key} ="))
+                    || l.starts_with(&format!("[{key}]"))
+                    || l.starts_with(&format!("[[{key}]]"))
+            })
+        };
+        let mut keys = keys_of::<ConfigLayer>();
+        keys.extend(keys_of::<Controls>());
+        keys.extend(keys_of::<LedConfig>());
+        assert!(keys.len() > 30, "{keys:?}");
+        let missing: Vec<&String> = keys.iter().filter(|k| !shown(k)).collect();
+        assert!(missing.is_empty(), "systemd/picamd.toml lacks {missing:?}");
+    }
+
+    #[test]
+    fn service_keys_are_top_level_only() {
+        let c = resolve_file(
+            "user = 'nobody'\ngroup = 'nogroup'\nallow_root = true\nlog_level = 'debug'",
+            ConfigLayer::default(),
+        )
+        .unwrap();
+        assert_eq!(c.group.unwrap().value, "nogroup");
+        assert!(c.allow_root);
+        assert_eq!(c.log_level, LogLevel::Debug);
+        let flags = ConfigLayer {
+            log_level: Some("trace".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve_file("log_level = 'warn'", flags).unwrap().log_level,
+            LogLevel::Trace
+        );
+        for key in [
+            "user = 'x'",
+            "log_level = 'info'",
+            "allow_root = true",
+            "[stream.led]",
+        ] {
+            let text = format!("[[stream]]\nname='a'\nsource='test'\n{key}");
+            let e = resolve_file(&text, ConfigLayer::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("per stream"), "{key}: {e}");
+        }
+        let e = resolve_file("group = 'video'", ConfigLayer::default()).unwrap_err();
+        assert!(e.to_string().contains("`group`"), "{e}");
+        let e = resolve_file("log_level = 'loud'", ConfigLayer::default()).unwrap_err();
+        assert!(e.to_string().contains("`log_level`"), "{e}");
+    }
+
     #[test]
     fn size_parsing() {
         assert_eq!(
