@@ -148,6 +148,28 @@ fn ready_only_once_serving_then_status_and_stopping_on_sigterm() {
     assert!(status.success(), "{status}");
 }
 
+/// `WATCHDOG_PID` naming another process means the watchdog belongs to that one.
+#[test]
+fn a_watchdog_meant_for_another_process_is_left_alone() {
+    let notify = NotifySocket::new();
+    let _p = Picamd::try_start_with_env(
+        "127.0.0.1:0",
+        &["--size", "160x120"],
+        &[
+            ("NOTIFY_SOCKET", notify.path()),
+            ("WATCHDOG_USEC", "300000"),
+            ("WATCHDOG_PID", "1"),
+        ],
+    )
+    .expect("picamd starts");
+    assert!(notify
+        .wait_for("READY=1", Duration::from_secs(20))
+        .is_some());
+    std::thread::sleep(Duration::from_millis(1500));
+    let msgs = notify.messages();
+    assert!(!msgs.iter().any(|(_, m)| m == "WATCHDOG=1"), "{msgs:?}");
+}
+
 /// Runs of the same `/state` source state: (state, from, to).
 fn runs(samples: &[(Instant, String)]) -> Vec<(String, Instant, Instant)> {
     let mut out: Vec<(String, Instant, Instant)> = Vec::new();
