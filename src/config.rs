@@ -12,6 +12,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
+use crate::led::{LedConfig, LedSpec};
 use crate::source::controls::Controls;
 use crate::source::faults::FaultSchedule;
 
@@ -23,6 +24,61 @@ pub struct Config {
     /// The streams, in the order written; the first is the default one, which also answers
     /// the root URLs (`/stream`, `/snapshot`, `/ws`, …).
     pub streams: Vec<StreamConfig>,
+    /// Account to switch to after binding when started as root.
+    pub user: Option<Sourced<String>>,
+    /// Primary group for [`Config::user`] instead of the account's own.
+    pub group: Option<Sourced<String>>,
+    /// Whether running as root without [`Config::user`] is accepted.
+    pub allow_root: bool,
+    /// Log verbosity (`RUST_LOG` overrides it).
+    pub log_level: LogLevel,
+    /// The status LED (`[led]`).
+    pub led: LedSpec,
+}
+
+/// A setting with where it came from, for errors found after resolution (e.g. an unknown
+/// user is only noticed when the account is looked up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sourced<T> {
+    pub value: T,
+    pub origin: String,
+}
+
+/// How much picamd logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+impl FromStr for LogLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "error" => Ok(LogLevel::Error),
+            "warn" | "warning" => Ok(LogLevel::Warn),
+            "info" => Ok(LogLevel::Info),
+            "debug" => Ok(LogLevel::Debug),
+            "trace" => Ok(LogLevel::Trace),
+            _ => Err("use error, warn, info, debug or trace".into()),
+        }
+    }
 }
 
 impl Config {
@@ -297,6 +353,16 @@ pub struct ConfigLayer {
     pub passthrough: Option<bool>,
     /// Largest upstream JPEG in bytes, 65536..=268435456, default 16 MiB.
     pub max_frame_size: Option<i64>,
+    /// Account to switch to after binding when started as root (top level only).
+    pub user: Option<String>,
+    /// Primary group to switch to instead of the user's own (top level only).
+    pub group: Option<String>,
+    /// Accept running as root with no `user` (top level only, default false).
+    pub allow_root: Option<bool>,
+    /// `error`, `warn`, `info` (default), `debug` or `trace` (top level only).
+    pub log_level: Option<String>,
+    /// `[led]`: the status LED (file only).
+    pub led: Option<LedConfig>,
 }
 
 /// A configuration error: always names the key and where the bad value came from.
@@ -316,6 +382,8 @@ pub enum ConfigError {
         origin: String,
         message: String,
     },
+    #[error("`{key}` must be set: {message}")]
+    Required { key: &'static str, message: String },
 }
 
 impl ConfigLayer {
@@ -351,6 +419,46 @@ impl ConfigLayer {
             _ => None,
         };
         let listen = parsed("listen", listen, SocketAddr::from(([0, 0, 0, 0], 8080)))?;
+        let top = |flag: &Option<String>, file: &Option<String>, flag_name: &str| match (flag, file)
+        {
+            (Some(v), _) => Some(Sourced {
+                value: v.clone(),
+                origin: format!("flag --{flag_name}"),
+            }),
+            (None, Some(v)) => Some(Sourced {
+                value: v.clone(),
+                origin: file_origin.clone(),
+            }),
+            (None, None) => None,
+        };
+        let user = top(&flags.user, &file.user, "user");
+        let group = top(&flags.group, &file.group, "group");
+        for (key, v) in [("user", &user), ("group", &group)] {
+            if let Some(v) = v {
+                check_account_name(&v.value).map_err(|e| invalid(key, v.origin.clone(), e))?;
+            }
+        }
+        if let (None, Some(g)) = (&user, &group) {
+            return Err(invalid(
+                "group",
+                g.origin.clone(),
+                "only applies together with `user`",
+            ));
+        }
+        let allow_root = flags.allow_root.or(file.allow_root).unwrap_or(false);
+        let log_level = match top(&flags.log_level, &file.log_level, "log-level") {
+            None => LogLevel::default(),
+            Some(v) => v
+                .value
+                .parse()
+                .map_err(|e| invalid("log_level", v.origin, format!("{:?}: {e}", v.value)))?,
+        };
+        let led = match &file.led {
+            None => LedSpec::None,
+            Some(t) => t
+                .resolve()
+                .map_err(|e| invalid("led", format!("{file_origin}, [led]"), e))?,
+        };
 
         let (tables, tables_origin) = match (flags.stream.clone(), file.stream.take()) {
             (Some(t), _) => (t, "flag --stream".to_owned()),
@@ -396,6 +504,11 @@ impl ConfigLayer {
             for (key, set) in [
                 ("listen", table.listen.is_some()),
                 ("stream", table.stream.is_some()),
+                ("user", table.user.is_some()),
+                ("group", table.group.is_some()),
+                ("allow_root", table.allow_root.is_some()),
+                ("log_level", table.log_level.is_some()),
+                ("led", table.led.is_some()),
             ] {
                 if set {
                     return Err(invalid(key, origin, "cannot be set per stream"));
@@ -417,7 +530,31 @@ impl ConfigLayer {
             }
             streams.push(stream);
         }
-        Ok(Config { listen, streams })
+        Ok(Config {
+            listen,
+            streams,
+            user,
+            group,
+            allow_root,
+            log_level,
+            led,
+        })
+    }
+}
+
+/// Checks a user or group name before it reaches the account database: what `useradd`
+/// accepts (or a numeric id), so a stray space or path is a config error, not a failed lookup.
+fn check_account_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a user or group name"))
     }
 }
 
@@ -769,6 +906,86 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Every key a table of type `T` accepts, read from serde's "expected one of" list so
+    /// the list cannot fall behind the struct.
+    fn keys_of<T: serde::de::DeserializeOwned + fmt::Debug>() -> Vec<String> {
+        let e = toml::from_str::<T>("no_such_key_ = 1")
+            .unwrap_err()
+            .to_string();
+        let list = e
+            .split("expected one of")
+            .nth(1)
+            .expect("serde lists the keys");
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_example_config_resolves_and_shows_every_key() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/picamd.toml"));
+        let file = ConfigLayer::from_file(path).unwrap();
+        let c = ConfigLayer::resolve(Some((path, file)), ConfigLayer::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:80");
+        assert_eq!(c.user.as_ref().map(|u| u.value.as_str()), Some("picamd"));
+        assert!(!c.allow_root);
+        assert_eq!(c.led, LedSpec::None);
+
+        let text = std::fs::read_to_string(path).unwrap();
+        let shown = |key: &str| {
+            text.lines().any(|l| {
+                let l = l.trim_start_matches('#').trim_start();
+                l.starts_with(&format!("{key} ="))
+                    || l.starts_with(&format!("[{key}]"))
+                    || l.starts_with(&format!("[[{key}]]"))
+            })
+        };
+        let mut keys = keys_of::<ConfigLayer>();
+        keys.extend(keys_of::<Controls>());
+        keys.extend(keys_of::<LedConfig>());
+        assert!(keys.len() > 30, "{keys:?}");
+        let missing: Vec<&String> = keys.iter().filter(|k| !shown(k)).collect();
+        assert!(missing.is_empty(), "systemd/picamd.toml lacks {missing:?}");
+    }
+
+    #[test]
+    fn service_keys_are_top_level_only() {
+        let c = resolve_file(
+            "user = 'nobody'\ngroup = 'nogroup'\nallow_root = true\nlog_level = 'debug'",
+            ConfigLayer::default(),
+        )
+        .unwrap();
+        assert_eq!(c.group.unwrap().value, "nogroup");
+        assert!(c.allow_root);
+        assert_eq!(c.log_level, LogLevel::Debug);
+        let flags = ConfigLayer {
+            log_level: Some("trace".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve_file("log_level = 'warn'", flags).unwrap().log_level,
+            LogLevel::Trace
+        );
+        for key in [
+            "user = 'x'",
+            "log_level = 'info'",
+            "allow_root = true",
+            "[stream.led]",
+        ] {
+            let text = format!("[[stream]]\nname='a'\nsource='test'\n{key}");
+            let e = resolve_file(&text, ConfigLayer::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("per stream"), "{key}: {e}");
+        }
+        let e = resolve_file("group = 'video'", ConfigLayer::default()).unwrap_err();
+        assert!(e.to_string().contains("`group`"), "{e}");
+        let e = resolve_file("log_level = 'loud'", ConfigLayer::default()).unwrap_err();
+        assert!(e.to_string().contains("`log_level`"), "{e}");
     }
 
     #[test]

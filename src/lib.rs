@@ -9,6 +9,9 @@ pub mod encode;
 pub mod http;
 pub mod hub;
 pub mod led;
+pub mod logging;
+pub mod privileges;
+pub mod service;
 pub mod shutdown;
 pub mod source;
 pub mod wire;
@@ -123,8 +126,9 @@ fn start_pipeline(config: &StreamConfig, shutdown: &Shutdown) -> std::io::Result
     })
 }
 
-/// Runs every stream's pipeline and the HTTP server on `listener` until `shutdown` fires,
-/// then stops every stage and waits for its threads.
+/// Runs every stream's pipeline, the status LED and the HTTP server on `listener` until
+/// `shutdown` fires, then stops every stage and waits for its threads. Under systemd it also
+/// reports readiness, status and watchdog pings (see [`service`]).
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> std::io::Result<()> {
     let mut pipelines = Vec::with_capacity(config.streams.len());
     for stream in &config.streams {
@@ -133,25 +137,44 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> s
             Err(e) => {
                 // Stop what already started before reporting.
                 shutdown.trigger();
-                join_pipelines(pipelines).await?;
+                join_pipelines(pipelines, None).await?;
                 return Err(e);
             }
         }
     }
+    let hubs: Vec<Hub> = pipelines.iter().map(|p| p.state.hub.clone()).collect();
+    let led = match led::spawn(config.led.clone(), hubs.clone(), shutdown.clone()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            shutdown.trigger();
+            join_pipelines(pipelines, None).await?;
+            return Err(std::io::Error::other(format!("status LED: {e}")));
+        }
+    };
+    // Ready means every pipeline is set up and the (already bound) listener is served.
+    let service = tokio::spawn(service::supervise(hubs, shutdown.clone()));
     let states = pipelines.iter().map(|p| p.state.clone()).collect();
     http::serve(listener, states, shutdown.clone()).await;
 
     // The server returns only on shutdown. Each source thread drops the last encoder handle
     // when it exits, which ends its encoder threads.
     shutdown.trigger();
-    join_pipelines(pipelines).await
+    let _ = service.await;
+    join_pipelines(pipelines, led).await
 }
 
-async fn join_pipelines(pipelines: Vec<Pipeline>) -> std::io::Result<()> {
+async fn join_pipelines(
+    pipelines: Vec<Pipeline>,
+    led: Option<led::LedThread>,
+) -> std::io::Result<()> {
     tokio::task::spawn_blocking(move || {
         for p in pipelines {
             p.source_threads.join();
             p.encoder_threads.join();
+        }
+        // Last, so the LED shows "stopping" until everything else has.
+        if let Some(led) = led {
+            led.join();
         }
     })
     .await

@@ -1,4 +1,5 @@
-//! The `picamd` command: command line, logging, signals, then [`picamd::run`].
+//! The `picamd` command: command line, logging, the listening socket and privileges, then
+//! signals and [`picamd::run`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,6 +68,18 @@ struct Cli {
     /// Largest JPEG accepted from an upstream, in bytes [default: 16777216].
     #[arg(long, value_name = "BYTES", allow_negative_numbers = true)]
     max_frame_size: Option<i64>,
+    /// Account to switch to after binding when started as root.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Primary group to switch to, instead of the user's own (with --user).
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
+    /// Accept running as root without --user.
+    #[arg(long)]
+    allow_root: bool,
+    /// error, warn, info, debug or trace; RUST_LOG overrides it [default: info].
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
     /// List the cameras this machine has (V4L2 devices, and libcamera cameras when built with
     /// the `libcamera` feature), then exit; non-zero when there is none.
     #[arg(long)]
@@ -117,6 +130,11 @@ impl Cli {
             looping: self.looping.then_some(true),
             passthrough: self.passthrough.then_some(true),
             max_frame_size: self.max_frame_size,
+            user: self.user,
+            group: self.group,
+            allow_root: self.allow_root.then_some(true),
+            log_level: self.log_level,
+            led: None,
         };
         ConfigLayer::resolve(file, flags)
     }
@@ -127,27 +145,21 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Its report of a failed write is an `eprintln!`, which panics when stderr is gone
-        // (a closed pipe): the task that logged would die, e.g. the signal handler.
-        .log_internal_errors(false)
-        .init();
     if cli.list_cameras {
+        let level = cli.log_level.as_deref().and_then(|l| l.parse().ok());
+        picamd::logging::init(level.unwrap_or_default());
         return list_cameras();
     }
     let config = match cli.config() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("picamd: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return config_error(&e),
     };
-    match run(config) {
+    picamd::logging::init(config.log_level);
+    let plan = match picamd::privileges::plan(&config) {
+        Ok(p) => p,
+        Err(e) => return config_error(&e),
+    };
+    match run(config, plan) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("picamd: {e:#}");
@@ -156,17 +168,52 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+/// Configuration errors exit with 2, like a usage error, so a service manager's logs and a
+/// shell both tell them from a runtime failure.
+fn config_error(e: &picamd::config::ConfigError) -> ExitCode {
+    eprintln!("picamd: {e}");
+    ExitCode::from(2)
+}
+
+/// The socket systemd passed, else `listen` bound here.
+fn listener(config: &Config) -> anyhow::Result<std::net::TcpListener> {
+    if let Some((listener, fd)) = picamd::service::take_activated_listener()? {
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        tracing::info!(
+            "serving on the socket passed by systemd (fd {fd}, {addr}); `listen` is not used"
+        );
+        return Ok(listener);
+    }
+    let listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    // std listens with a backlog of 128; a burst of viewers reconnecting after a network
+    // hiccup deserves the 1024 tokio would have used. Listening again only resizes the queue.
+    let backlog = nix::sys::socket::Backlog::new(1024).expect("valid backlog");
+    if let Err(e) = nix::sys::socket::listen(&listener, backlog) {
+        tracing::debug!(error = %e, "cannot enlarge the listen backlog");
+    }
+    Ok(listener)
+}
+
+fn run(config: Config, plan: picamd::privileges::Plan) -> anyhow::Result<()> {
     raise_fd_limit();
+    // Port 80 needs root (or a capability) to bind; nothing else does. So: bind, switch
+    // user, and only then start threads — the runtime's workers included.
+    let listener = listener(&config)?;
+    picamd::privileges::switch(&plan).context("dropping privileges")?;
+    listener
+        .set_nonblocking(true)
+        .context("making the listener non-blocking")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("http")
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let listener =
+            tokio::net::TcpListener::from_std(listener).context("registering the listener")?;
         let bound = listener.local_addr().context("reading the bound address")?;
         let int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

@@ -165,7 +165,13 @@ fn sigterm_with_stdout_and_stderr_closed_exits_cleanly() {
     use std::io::BufRead;
     use std::process::Stdio;
     let mut child = Command::new(env!("CARGO_BIN_EXE_picamd"))
-        .args(["--listen", "127.0.0.1:0", "--size", "160x120"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-root",
+            "--size",
+            "160x120",
+        ])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -204,6 +204,12 @@ const NO_SIGNAL_INTERVAL: Duration = Duration::from_secs(1);
 const STALL_INTERVALS: u32 = 5;
 const STALL_MIN: Duration = Duration::from_secs(2);
 
+/// How long a watched source at `fps` may go without a frame before it counts as stalled.
+pub fn stall_window(fps: u32) -> Duration {
+    let interval = Duration::from_secs_f64(1.0 / fps.max(1) as f64);
+    (interval * STALL_INTERVALS).max(STALL_MIN)
+}
+
 /// The source's supervisor thread and its watchdog.
 pub struct SourceThreads {
     supervisor: std::thread::JoinHandle<()>,
@@ -276,8 +282,7 @@ pub fn spawn(
 /// and publishes "no signal" frames (with the reason) while it is stalled or failing.
 fn watch(hub: Hub, shutdown: Shutdown) {
     let info = hub.info().clone();
-    let interval = Duration::from_secs_f64(1.0 / info.fps.max(1) as f64);
-    let stall_after = (interval * STALL_INTERVALS).max(STALL_MIN);
+    let stall_after = stall_window(info.fps);
     let picture = NoSignal::new(info.width, info.height);
     let mut encoder = match JpegEncoder::new(info.quality) {
         Ok(e) => e,

@@ -28,11 +28,20 @@ impl Picamd {
         Picamd::try_start("127.0.0.1:0", args).expect("picamd did not report its address")
     }
 
-    /// Starts `picamd --listen <listen> <args>`; `None` (the process killed and reaped) if it
+    /// Starts `picamd --listen <listen> --allow-root <args>`; `None` (the process killed and reaped) if it
     /// does not report a listening address within 20 s, e.g. because the port is taken.
     pub fn try_start(listen: &str, args: &[&str]) -> Option<Picamd> {
+        Picamd::try_start_with_env(listen, args, &[])
+    }
+
+    /// [`Picamd::try_start`] with extra environment variables (systemd's, for the service
+    /// tests).
+    pub fn try_start_with_env(listen: &str, args: &[&str], env: &[(&str, &str)]) -> Option<Picamd> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_picamd"))
+            .envs(env.iter().copied())
             .args(["--listen", listen])
+            // CI runs as root, which picamd refuses unless told (tests/service.rs covers that).
+            .arg("--allow-root")
             .args(args)
             // Info logs would drown the test output; warnings and errors still show.
             .env(

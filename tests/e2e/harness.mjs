@@ -37,7 +37,7 @@ export class Picamd {
   }
 
   async start() {
-    const proc = spawn(PICAMD_BIN, ['--listen', `127.0.0.1:${this.port}`, ...this.args], {
+    const proc = spawn(PICAMD_BIN, ['--listen', `127.0.0.1:${this.port}`, '--allow-root', ...this.args], {
       stdio: ['ignore', 'pipe', 'inherit'],
       env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' },
     });
