@@ -140,7 +140,7 @@ fn ready_only_once_serving_then_status_and_stopping_on_sigterm() {
             break status;
         }
         assert!(
-            term.elapsed() < Duration::from_secs(3),
+            term.elapsed() < Duration::from_secs(5),
             "picamd still running 3 s after SIGTERM"
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -233,8 +233,8 @@ async fn watchdog_pings_while_frames_flow_and_stops_while_stalled() {
         })
         .collect();
     let long = |min: f64| move |r: &&(String, Instant, Instant)| (r.2 - r.1).as_secs_f64() >= min;
-    // The check runs every WatchdogSec/3 = 200 ms: allow a tick and a poll on each edge.
-    let grace = Duration::from_millis(500);
+    // The check runs every WatchdogSec/3 = 200 ms: allow a few ticks and a poll on each edge (a busy machine delays both).
+    let grace = Duration::from_millis(1000);
     let stalls: Vec<_> = runs
         .iter()
         .filter(|r| r.0 == "stalled")
@@ -369,6 +369,9 @@ fn bad_config_files_exit_2_and_name_the_key() {
         ("allow_root = \"yes\"\n", "allow_root"),
         ("[led]\ncolour = \"red\"\n", "colour"),
         ("[led]\npin = 300\n", "pin"),
+        ("[led]\nbackend = \"blink\"\n", "led"),
+        ("[led]\nbackend = \"gpio\"\n", "led.pin"),
+        ("[led]\nbackend = \"sysfs\"\nname = \"../x\"\n", "led.name"),
         ("user = \"no-such-user-picamd\"\n", "`user`"),
         ("user = \"has space\"\n", "`user`"),
         (

@@ -14,8 +14,7 @@
 //! With several streams the most urgent state wins: no signal, then starting, then live.
 //! A new state shows at once: its pattern starts from the beginning (lit) when it begins.
 //! A failed source and a stalled one share the double blink, since both mean viewers see
-//! "no signal"; a failed source is retried, so it alternates with the starting flicker,
-//! while a stalled one double-blinks steadily.
+//! "no signal" (`/state` tells which, and why).
 //!
 //! Backends: `gpio` drives a BCM pin through rppal; at exit the pin stays an output at the
 //! off level (an input could leave an active-low LED glowing). `sysfs` takes over a board
