@@ -141,7 +141,7 @@ fn ready_only_once_serving_then_status_and_stopping_on_sigterm() {
         }
         assert!(
             term.elapsed() < Duration::from_secs(5),
-            "picamd still running 3 s after SIGTERM"
+            "picamd still running 5 s after SIGTERM"
         );
         std::thread::sleep(Duration::from_millis(20));
     };
