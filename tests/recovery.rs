@@ -120,7 +120,16 @@ async fn a_snapshot_during_an_outage_is_the_no_signal_frame() {
     assert_eq!(r.status, 200);
     let (w, h, _) = decode(&r.body);
     assert_eq!((w, h), (320, 240));
-    let s = p.state().await;
+    // The failure is what `/state` reports (on a busy machine the watchdog may first have
+    // seen a slow start as a stall, so allow it a moment to settle).
+    let end = Instant::now() + Duration::from_secs(5);
+    let s = loop {
+        let s = p.state().await;
+        if s["source"]["state"] == "error" || Instant::now() > end {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(s["source"]["state"], "error", "{s}");
     assert!(s["source"]["error"]
         .as_str()
