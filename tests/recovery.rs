@@ -120,8 +120,9 @@ async fn a_snapshot_during_an_outage_is_the_no_signal_frame() {
     assert_eq!(r.status, 200);
     let (w, h, _) = decode(&r.body);
     assert_eq!((w, h), (320, 240));
-    // The failure is what `/state` reports (on a busy machine the watchdog may first have
-    // seen a slow start as a stall, so allow it a moment to settle).
+    // The failure is what `/state` reports while anyone watches (with nobody left, after the
+    // linger, the source is idle instead); a busy machine may need a moment to settle.
+    let _viewer = common::open(p.addr, "/stream").await;
     let end = Instant::now() + Duration::from_secs(5);
     let s = loop {
         let s = p.state().await;
