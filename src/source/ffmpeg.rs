@@ -38,7 +38,6 @@ use nix::unistd::Pid;
 use bytes::Bytes;
 
 use super::i420::{i420_len, BufferPool, PooledI420};
-use super::jpeg;
 use super::multipart::{SplitLimits, Splitter};
 use super::{CaptureTime, Frame, Payload, Source, SourceContext, SourceError, SourceInfo};
 use crate::hub::SourceState;
@@ -296,7 +295,6 @@ impl FfmpegSource {
             frames += 1;
             last_frame = Instant::now();
             if frames == 1 {
-                ctx.set_state(SourceState::Streaming);
                 tracing::debug!(input = %redact(&self.input), "first frame from ffmpeg");
             }
             let captured = CaptureTime::now();
@@ -387,30 +385,14 @@ impl FfmpegSource {
             }
             let fed = splitter.feed(&buf[..n], |jpeg| jpegs.push(jpeg));
             for jpeg in jpegs.drain(..) {
-                let info = match jpeg::inspect(&jpeg) {
-                    Ok(info) => info,
-                    Err(e) => {
-                        // The container held something that is not a whole JPEG: skip it,
-                        // the stall rule catches an input that never has one.
-                        tracing::debug!(error = %e, "ffmpeg pass-through: not a JPEG; skipped");
-                        continue;
-                    }
-                };
+                if let Err(e) = ctx.emit_jpeg(jpeg) {
+                    // The container held something that is not a whole JPEG: skip it, the
+                    // stall rule catches an input that never has one.
+                    tracing::debug!(error = %e, "ffmpeg pass-through: not a JPEG; skipped");
+                    continue;
+                }
                 frames += 1;
                 last_frame = Instant::now();
-                if frames == 1 {
-                    ctx.set_state(SourceState::Streaming);
-                }
-                let captured = CaptureTime::now();
-                let seq = ctx.next_seq();
-                ctx.emit(Frame {
-                    seq,
-                    captured,
-                    width: info.width.into(),
-                    height: info.height.into(),
-                    no_signal: false,
-                    payload: Payload::Jpeg(jpeg),
-                });
             }
             if let Err(e) = fed {
                 child.hush();

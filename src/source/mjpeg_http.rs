@@ -24,8 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::multipart::{SplitLimits, Splitter};
-use super::{jpeg, CaptureTime, Frame, Payload, Source, SourceContext, SourceError, SourceInfo};
-use crate::hub::SourceState;
+use super::{Source, SourceContext, SourceError, SourceInfo};
 
 /// Settings for [`MjpegHttpSource`].
 #[derive(Debug, Clone, Copy)]
@@ -376,24 +375,14 @@ impl MjpegHttpSource {
                 }
                 self.note_mismatch(&splitter);
                 for jpeg in frames.drain(..) {
-                    match jpeg::inspect(&jpeg) {
-                        Ok(info) => {
+                    match ctx.emit_jpeg(jpeg) {
+                        Ok((width, height)) => {
                             last_frame = Instant::now();
                             if first {
                                 first = false;
-                                ctx.set_state(SourceState::Streaming);
                                 tracing::debug!(url = %self.url.display(), "first frame");
                             }
-                            self.note_size(info.width, info.height);
-                            let seq = ctx.next_seq();
-                            ctx.emit(Frame {
-                                seq,
-                                captured: CaptureTime::now(),
-                                width: u32::from(info.width),
-                                height: u32::from(info.height),
-                                no_signal: false,
-                                payload: Payload::Jpeg(jpeg),
-                            });
+                            self.note_size(width, height);
                         }
                         Err(e) => {
                             tracing::debug!(url = %self.url.display(), "frame dropped: {e}");

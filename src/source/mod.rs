@@ -178,6 +178,22 @@ impl SourceContext {
         self.encoders.submit(frame);
     }
 
+    /// Hands on a JPEG that arrived ready-made (an upstream's), at the size its own header
+    /// gives, and returns that size. Something that is not a whole JPEG is refused, not sent.
+    pub fn emit_jpeg(&mut self, jpeg: Bytes) -> Result<(u16, u16), jpeg::JpegError> {
+        let info = jpeg::inspect(&jpeg)?;
+        let seq = self.next_seq();
+        self.emit(Frame {
+            seq,
+            captured: CaptureTime::now(),
+            width: info.width.into(),
+            height: info.height.into(),
+            no_signal: false,
+            payload: Payload::Jpeg(jpeg),
+        });
+        Ok((info.width, info.height))
+    }
+
     /// Reports that the source is (re)starting its device or upstream, unless it is being
     /// retried after a failure: then the failure stays what viewers and `/state` see until a
     /// frame arrives.
