@@ -285,6 +285,24 @@ impl Hub {
         }
     }
 
+    /// A 16x16, 30 fps hub for unit tests anywhere in the crate.
+    #[cfg(test)]
+    pub(crate) fn for_tests(max_viewers: usize) -> Hub {
+        Hub::new(PipelineInfo {
+            name: "main".into(),
+            source: SourceInfo {
+                kind: "test",
+                name: "unit".into(),
+            },
+            width: 16,
+            height: 16,
+            fps: 30,
+            workers: 1,
+            quality: 80,
+            max_viewers,
+        })
+    }
+
     pub fn info(&self) -> &PipelineInfo {
         &self.shared.info
     }
@@ -535,19 +553,7 @@ mod tests {
     }
 
     fn hub(max_viewers: usize) -> Hub {
-        Hub::new(PipelineInfo {
-            name: "main".into(),
-            source: SourceInfo {
-                kind: "test",
-                name: "unit".into(),
-            },
-            width: 16,
-            height: 16,
-            fps: 30,
-            workers: 1,
-            quality: 80,
-            max_viewers,
-        })
+        Hub::for_tests(max_viewers)
     }
 
     fn frame(seq: u64) -> EncodedFrame {

@@ -5,14 +5,7 @@ mod common;
 use std::io::Write;
 use std::process::Command;
 
-use common::{Picamd, TempFile};
-
-fn picamd(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_picamd"))
-        .args(args)
-        .output()
-        .expect("run picamd")
-}
+use common::{run_picamd, Picamd, TempFile};
 
 fn config_file(text: &str) -> TempFile {
     TempFile::with(text)
@@ -20,7 +13,7 @@ fn config_file(text: &str) -> TempFile {
 
 #[test]
 fn help_lists_the_flags() {
-    let out = picamd(&["--help"]);
+    let out = run_picamd(&["--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     for flag in [
@@ -46,7 +39,7 @@ fn invalid_flags_name_the_key_and_exit_non_zero() {
         (&["--source", "webcam9"][..], "`source`"),
         (&["--rotation", "45"][..], "`rotation`"),
     ] {
-        let out = picamd(args);
+        let out = run_picamd(args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} was accepted");
         assert!(err.contains(key), "{args:?}: {err}");
@@ -56,7 +49,7 @@ fn invalid_flags_name_the_key_and_exit_non_zero() {
 #[test]
 fn invalid_config_files_are_clear_errors() {
     let bad_value = config_file("fps = 30\nquality = 0\n");
-    let out = picamd(&["--config", bad_value.as_str()]);
+    let out = run_picamd(&["--config", bad_value.as_str()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -65,17 +58,17 @@ fn invalid_config_files_are_clear_errors() {
     );
 
     let unknown_key = config_file("fsp = 30\n");
-    let out = picamd(&["--config", unknown_key.as_str()]);
+    let out = run_picamd(&["--config", unknown_key.as_str()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("fsp"), "{err}");
 
     let wrong_type = config_file("fps = \"fast\"\n");
-    let out = picamd(&["--config", wrong_type.as_str()]);
+    let out = run_picamd(&["--config", wrong_type.as_str()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("fps"));
 
-    let out = picamd(&["--config", "/nonexistent/picamd.toml"]);
+    let out = run_picamd(&["--config", "/nonexistent/picamd.toml"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/picamd.toml"));
 }
@@ -212,7 +205,7 @@ fn list_cameras_without_cameras_says_so_and_fails() {
                 .any(|e| e.file_name().to_string_lossy().starts_with("video"))
         })
         .unwrap_or(false);
-    let out = picamd(&["--list-cameras"]);
+    let out = run_picamd(&["--list-cameras"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("V4L2"), "{text}");
     if !has_video {

@@ -87,10 +87,7 @@ async fn controls_from_the_config_file_apply_at_start() {
     drop(p);
 
     std::fs::write(&path, "[controls]\nsaturation = 99\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_picamd"))
-        .args(["--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = common::run_picamd(&["--config", path.to_str().unwrap()]);
     let _ = std::fs::remove_file(&path);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

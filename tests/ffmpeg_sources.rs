@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::peers::{
-    assert_no_ffmpeg_left, ffmpeg_readers, make_clip, FlvServer, NginxRtmp, RtspServer, TempDir,
+    assert_no_ffmpeg_left, ffmpeg_readers, make_clip, NginxRtmp, ScriptServer, TempDir,
 };
 use common::{decode, open, MjpegReader, Picamd};
 use futures_util::StreamExt;
@@ -196,7 +196,7 @@ macro_rules! upstream {
         }
     )*};
 }
-upstream!(NginxRtmp, RtspServer, FlvServer);
+upstream!(NginxRtmp, ScriptServer);
 
 /// The live-kind checks for viewers of one upstream: live frames, then (upstream killed)
 /// no signal, then (upstream restarted) live frames again, each viewer on one socket.
@@ -245,7 +245,7 @@ async fn rtmp_and_hls_from_nginx_survive_an_upstream_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtsp_from_gstreamer_survives_an_upstream_restart() {
-    let mut server = RtspServer::start();
+    let mut server = ScriptServer::rtsp();
     let url = server.url();
     let p = start(&url, &[]);
     check_mjpeg(&p).await;
@@ -256,7 +256,7 @@ async fn rtsp_from_gstreamer_survives_an_upstream_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_flv_survives_an_upstream_restart() {
-    let mut server = FlvServer::start();
+    let mut server = ScriptServer::http_flv();
     let url = server.url();
     let p = start(&url, &[]);
     check_mjpeg(&p).await;

@@ -146,10 +146,7 @@ fn unusable_sources_are_clear_at_startup() {
         ("mjpeg:rtsp://cam.local/stream", "http://"),
         ("v4l2:video0", "device path"),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_picamd"))
-            .args(["--source", source])
-            .output()
-            .unwrap();
+        let out = common::run_picamd(&["--source", source]);
         assert_eq!(out.status.code(), Some(2), "{source}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(

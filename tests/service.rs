@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Picamd, TempFile};
+use common::{run_picamd, Picamd, TempFile};
 
 /// A notification socket like systemd's: records every datagram with its arrival time.
 struct NotifySocket {
@@ -350,13 +350,6 @@ fn socket_activation_serves_on_the_passed_socket_not_on_listen() {
     assert!(log.contains("socket passed by systemd"), "{log}");
     assert!(status.success(), "{status}: {log}");
     drop(held);
-}
-
-fn run_picamd(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_picamd"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 #[test]

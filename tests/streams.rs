@@ -135,10 +135,7 @@ async fn streams_from_flags_and_their_errors() {
             "--source",
         ),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_picamd"))
-            .args(&args)
-            .output()
-            .unwrap();
+        let out = common::run_picamd(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");

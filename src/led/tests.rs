@@ -2,8 +2,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use super::*;
-use crate::hub::{Output, PipelineInfo, SourceState};
-use crate::source::SourceInfo;
+use crate::hub::{Output, SourceState};
 
 use Activity::*;
 
@@ -332,19 +331,7 @@ fn mixed_schedule_writes_only_changes() {
 // ---- the thread, with real hubs and real time ----
 
 fn hub() -> Hub {
-    Hub::new(PipelineInfo {
-        name: "main".into(),
-        source: SourceInfo {
-            kind: "test",
-            name: "unit".into(),
-        },
-        width: 16,
-        height: 16,
-        fps: 30,
-        workers: 1,
-        quality: 80,
-        max_viewers: 10,
-    })
+    Hub::for_tests(10)
 }
 
 fn recording(rec: &Recorder) -> Opener {

@@ -16,6 +16,14 @@ use tokio::io::{
 };
 use tokio::net::TcpStream;
 
+/// Runs `picamd <args>` to its end (for start-up errors and one-shot commands).
+pub fn run_picamd(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_picamd"))
+        .args(args)
+        .output()
+        .expect("run picamd")
+}
+
 /// A running `picamd`; SIGTERM on drop, and the exit must be clean.
 pub struct Picamd {
     child: Option<Child>,

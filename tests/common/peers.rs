@@ -244,16 +244,43 @@ impl NginxRtmp {
     }
 }
 
-/// GStreamer's RTSP server with a live H.264 test picture at `rtsp://127.0.0.1:PORT/cam`.
-pub struct RtspServer {
+/// A peer server run by one of `tests/peers/*.py` (with Debian's Python, for `gi`) on a free
+/// port, restartable on the same port.
+pub struct ScriptServer {
     pub port: u16,
+    what: &'static str,
+    script: &'static str,
+    /// The URL, with `{port}` where the port goes.
+    url: &'static str,
     proc: Option<Proc>,
 }
 
-impl RtspServer {
-    pub fn start() -> RtspServer {
-        let mut s = RtspServer {
+impl ScriptServer {
+    /// GStreamer's RTSP server with a live H.264 test picture at `rtsp://127.0.0.1:PORT/cam`.
+    pub fn rtsp() -> ScriptServer {
+        ScriptServer::start(
+            "the RTSP server",
+            "rtsp_server.py",
+            "rtsp://127.0.0.1:{port}/cam",
+        )
+    }
+
+    /// A live HTTP-FLV server at `http://127.0.0.1:PORT/live.flv` (a small Python server that
+    /// runs an ffmpeg encoder per client, so clients can come and go).
+    pub fn http_flv() -> ScriptServer {
+        ScriptServer::start(
+            "the HTTP-FLV server",
+            "flv_server.py",
+            "http://127.0.0.1:{port}/live.flv",
+        )
+    }
+
+    fn start(what: &'static str, script: &'static str, url: &'static str) -> ScriptServer {
+        let mut s = ScriptServer {
             port: free_port(),
+            what,
+            script,
+            url,
             proc: None,
         };
         s.restart();
@@ -261,7 +288,7 @@ impl RtspServer {
     }
 
     pub fn url(&self) -> String {
-        format!("rtsp://127.0.0.1:{}/cam", self.port)
+        self.url.replace("{port}", &self.port.to_string())
     }
 
     pub fn kill(&mut self) {
@@ -272,52 +299,12 @@ impl RtspServer {
     pub fn restart(&mut self) {
         self.kill();
         let mut proc = Proc::spawn(
-            "RTSP server",
+            self.what,
             Command::new(SYSTEM_PYTHON)
-                .arg(peers_dir().join("rtsp_server.py"))
+                .arg(peers_dir().join(self.script))
                 .arg(self.port.to_string()),
         );
-        wait_for_port(self.port, "the RTSP server");
-        proc.assert_running();
-        self.proc = Some(proc);
-    }
-}
-
-/// A live HTTP-FLV server at `http://127.0.0.1:PORT/live.flv` (a small Python server that
-/// runs an ffmpeg encoder per client, so clients can come and go).
-pub struct FlvServer {
-    pub port: u16,
-    proc: Option<Proc>,
-}
-
-impl FlvServer {
-    pub fn start() -> FlvServer {
-        let mut s = FlvServer {
-            port: free_port(),
-            proc: None,
-        };
-        s.restart();
-        s
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/live.flv", self.port)
-    }
-
-    pub fn kill(&mut self) {
-        self.proc = None;
-    }
-
-    /// (Re)starts the server on the same port.
-    pub fn restart(&mut self) {
-        self.kill();
-        let mut proc = Proc::spawn(
-            "HTTP-FLV server",
-            Command::new(SYSTEM_PYTHON)
-                .arg(peers_dir().join("flv_server.py"))
-                .arg(self.port.to_string()),
-        );
-        wait_for_port(self.port, "the HTTP-FLV server");
+        wait_for_port(self.port, self.what);
         proc.assert_running();
         self.proc = Some(proc);
     }
