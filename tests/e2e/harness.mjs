@@ -127,4 +127,11 @@ export async function waitForStats(page, pred, what, timeoutMs = 15000) {
   throw new Error(`timed out waiting for ${what}; last stats ${JSON.stringify(last)}`);
 }
 
+/** Makes the page believe it was hidden or shown (tab switch), as the player sees it. */
+export const setPageHidden = (page, hidden) => page.evaluate((h) => {
+  Object.defineProperty(document, 'hidden', { configurable: true, get: () => h });
+  Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => (h ? 'hidden' : 'visible') });
+  document.dispatchEvent(new Event('visibilitychange'));
+}, hidden);
+
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));

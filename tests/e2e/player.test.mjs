@@ -3,7 +3,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  Picamd, freePort, launch, openPlayer, stats, waitForStats, sleep,
+  Picamd, freePort, launch, openPlayer, stats, waitForStats, sleep, setPageHidden,
 } from './harness.mjs';
 
 const SIZE = ['--size', '640x360', '--fps', '30'];
@@ -156,15 +156,10 @@ test('a hidden page stops drawing, lets the socket go after the grace period, an
     const r = await fetch(`${server.origin}/state`);
     return (await r.json()).viewers.ws;
   };
-  const setHidden = (hidden) => page.evaluate((h) => {
-    Object.defineProperty(document, 'hidden', { configurable: true, get: () => h });
-    Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => (h ? 'hidden' : 'visible') });
-    document.dispatchEvent(new Event('visibilitychange'));
-  }, hidden);
   try {
     await waitForStats(page, (s) => s.drawn >= 10 && s.state === 'live', 'live');
     assert.equal(await wsViewers(), 1);
-    await setHidden(true);
+    await setPageHidden(page, true);
     await sleep(300);
     const hidden = await stats(page);
     await sleep(1500);
@@ -177,7 +172,7 @@ test('a hidden page stops drawing, lets the socket go after the grace period, an
       viewers = await wsViewers();
     }
     assert.equal(viewers, 0, 'the socket stayed open while hidden');
-    await setHidden(false);
+    await setPageHidden(page, false);
     await waitForStats(page, (s) => s.state === 'live' && s.drawn >= later.drawn + 10, 'live again when visible', 10000);
     assert.equal(await wsViewers(), 1);
     assert.equal(await page.evaluate(() => window.__notReloaded), true);

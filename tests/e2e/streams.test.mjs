@@ -8,7 +8,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import {
-  Picamd, freePort, launch, openPlayer, stats, waitForStats, sleep,
+  Picamd, freePort, launch, openPlayer, stats, waitForStats, sleep, setPageHidden,
 } from './harness.mjs';
 
 const CONFIG = `
@@ -219,14 +219,9 @@ test('the grid shows every stream drawing, and a tile opens its stream', async (
 
 test('a hidden grid stops drawing and lets every socket go after the grace period', async () => {
   const { page, context } = await openPlayer(browser, `${server.origin}/?grid&hiddenGrace=1000`);
-  const setHidden = (hidden) => page.evaluate((h) => {
-    Object.defineProperty(document, 'hidden', { configurable: true, get: () => h });
-    Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => (h ? 'hidden' : 'visible') });
-    document.dispatchEvent(new Event('visibilitychange'));
-  }, hidden);
   try {
     await waitTiles(page, (t) => t.a?.drawn >= 3 && t.b?.drawn >= 3, 'both tiles drawing');
-    await setHidden(true);
+    await setPageHidden(page, true);
     await sleep(300);
     const hidden = await tiles(page);
     await waitViewers('a', 0);
@@ -235,7 +230,7 @@ test('a hidden grid stops drawing and lets every socket go after the grace perio
     for (const name of ['a', 'b']) {
       assert.ok(later[name].drawn - hidden[name].drawn <= 1, `tile ${name} drew while hidden`);
     }
-    await setHidden(false);
+    await setPageHidden(page, false);
     await waitTiles(page, (t) => t.a.drawn >= later.a.drawn + 5 && t.b.drawn >= later.b.drawn + 5, 'drawing again');
     assert.equal(await wsViewers('a'), 1);
     assert.equal(await wsViewers('b'), 1);
