@@ -84,6 +84,11 @@ struct Cli {
     /// the `libcamera` feature), then exit; non-zero when there is none.
     #[arg(long)]
     list_cameras: bool,
+    /// Check the configuration (file and flags) and the account to run as, print what it
+    /// resolves to, then exit: 0 when it is valid, 2 with the offending key when not. The
+    /// SD image checks a `picamd.toml` from the boot partition this way before using it.
+    #[arg(long)]
+    check_config: bool,
 }
 
 impl Cli {
@@ -145,6 +150,7 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let check_only = cli.check_config;
     if cli.list_cameras {
         let level = cli.log_level.as_deref().and_then(|l| l.parse().ok());
         picamd::logging::init(level.unwrap_or_default());
@@ -159,6 +165,9 @@ fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => return config_error(&e),
     };
+    if check_only {
+        return print_checked(&config);
+    }
     match run(config, plan) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -166,6 +175,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--check-config`: one line per stream and the listening address, on stdout.
+fn print_checked(config: &Config) -> ExitCode {
+    use std::io::Write;
+    let mut text = format!("config ok: listen {}\n", config.listen);
+    for s in &config.streams {
+        text.push_str(&format!(
+            "stream {}: source {} @ {} {} fps\n",
+            s.name, s.source, s.size, s.fps
+        ));
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    ExitCode::SUCCESS
 }
 
 /// Configuration errors exit with 2, like a usage error, so a service manager's logs and a

@@ -213,3 +213,29 @@ fn list_cameras_without_cameras_says_so_and_fails() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("no cameras found"));
     }
 }
+
+#[test]
+fn check_config_reports_and_exits_without_serving() {
+    let good = config_file("allow_root = true\nsource = \"test\"\nsize = \"640x480\"\nfps = 12\nlisten = \"127.0.0.1:1\"\n");
+    let out = run_picamd(&["--check-config", "--config", good.as_str()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with("config ok: listen 127.0.0.1:1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("stream main: source test @ 640x480 12 fps"),
+        "{text}"
+    );
+
+    let bad = config_file("allow_root = true\nfps = 0\n");
+    let out = run_picamd(&["--check-config", "--config", bad.as_str()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("`fps`") && out.stdout.is_empty(), "{err}");
+}
