@@ -50,6 +50,13 @@ fn main() {
         &FPS.to_string(),
         "--max-viewers",
         "2000",
+        // Every client comes from 127.0.0.1: lift the per-client and overall limits.
+        "--max-viewers-total",
+        "2000",
+        "--max-viewers-per-client",
+        "2000",
+        "--max-requests-per-second",
+        "0",
     ]);
     println!("# picamd fan-out benchmark");
     println!();

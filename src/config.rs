@@ -12,6 +12,8 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
+use crate::auth::{AuthSpec, PasswordHashString, TokenHash, User};
+use crate::http::cors::CorsPolicy;
 use crate::led::{LedConfig, LedSpec};
 use crate::source::controls::Controls;
 use crate::source::faults::FaultSchedule;
@@ -34,7 +36,35 @@ pub struct Config {
     pub log_level: LogLevel,
     /// The status LED (`[led]`).
     pub led: LedSpec,
+    /// Authentication, CORS and the limits that keep one client from hurting the others.
+    pub security: SecurityConfig,
 }
+
+/// Who may connect and how much each client may take.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecurityConfig {
+    /// Accounts and tokens (`[auth]`); none: authentication is off.
+    pub auth: AuthSpec,
+    /// Which other sites' pages may use picamd (`cors_origins`).
+    pub cors: CorsPolicy,
+    /// Whether `POST /controls` may change camera settings (`controls_api`).
+    pub controls_api: bool,
+    /// Most concurrent stream viewers over every stream together.
+    pub max_viewers_total: usize,
+    /// Most concurrent stream viewers from one client address (IPv6: one /64).
+    pub max_viewers_per_client: usize,
+    /// Requests per second one client address may sustain (bursts of 4 s worth); 0: no limit.
+    pub max_requests_per_second: u32,
+}
+
+/// Default [`SecurityConfig::max_viewers_total`].
+pub const DEFAULT_MAX_VIEWERS_TOTAL: usize = 400;
+/// Default [`SecurityConfig::max_viewers_per_client`]: the player's grid holds one socket per
+/// stream (up to [`MAX_STREAMS`]), plus a few for reconnects and another tab.
+pub const DEFAULT_MAX_VIEWERS_PER_CLIENT: usize = 20;
+/// Default [`SecurityConfig::max_requests_per_second`]: far above what a player (about 20
+/// requests to load, then a few per second) or a snapshot poller needs.
+pub const DEFAULT_MAX_REQUESTS_PER_SECOND: u32 = 50;
 
 /// A setting with where it came from, for errors found after resolution (e.g. an unknown
 /// user is only noticed when the account is looked up).
@@ -363,6 +393,86 @@ pub struct ConfigLayer {
     pub log_level: Option<String>,
     /// `[led]`: the status LED (file only).
     pub led: Option<LedConfig>,
+    /// `[auth]`: accounts and tokens (file only). Without any, authentication is off.
+    pub auth: Option<AuthConfig>,
+    /// Origins (`https://host[:port]`) whose pages may call picamd and open `/ws`, or
+    /// `"*"` for any; default none: same origin only (top level only).
+    pub cors_origins: Option<Vec<String>>,
+    /// `on` (default) or `off`: whether `POST /controls` may change camera settings (top
+    /// level only).
+    pub controls_api: Option<String>,
+    /// Most concurrent stream viewers over every stream, 1..=100000, default 400 (top level
+    /// only).
+    pub max_viewers_total: Option<i64>,
+    /// Most concurrent stream viewers from one client address, 1..=100000, default 20 (top
+    /// level only).
+    pub max_viewers_per_client: Option<i64>,
+    /// Requests per second one client address may sustain, 0 (no limit)..=100000, default
+    /// 50 (top level only).
+    pub max_requests_per_second: Option<i64>,
+}
+
+/// The `[auth]` table.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Accounts for HTTP Basic: `[{ name = "…", password_hash = "$argon2id$…" }]`; make the
+    /// hash with `picamd --hash-password`.
+    pub users: Option<Vec<UserConfig>>,
+    /// Hashes of bearer / `?token=` tokens, `sha256:<64 hex digits>`; make one with
+    /// `picamd --new-token`.
+    pub tokens: Option<Vec<String>>,
+}
+
+/// One `[[auth.users]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The user name typed at the browser's prompt (no `:`).
+    pub name: String,
+    /// An argon2id PHC string from `picamd --hash-password`.
+    pub password_hash: String,
+}
+
+impl AuthConfig {
+    fn resolve(&self, origin: &str) -> Result<AuthSpec, ConfigError> {
+        let mut spec = AuthSpec::default();
+        for (i, u) in self.users.iter().flatten().enumerate() {
+            let at = format!("{origin}, [auth] users[{i}]");
+            if u.name.is_empty() || u.name.contains(':') || u.name.len() > 64 {
+                return Err(invalid(
+                    "name",
+                    at,
+                    format!("{:?}: 1 to 64 characters, no `:`", u.name),
+                ));
+            }
+            if spec.users.iter().any(|k: &User| k.name == u.name) {
+                return Err(invalid("name", at, format!("{:?} is listed twice", u.name)));
+            }
+            let password_hash = PasswordHashString::parse(&u.password_hash).map_err(|e| {
+                invalid(
+                    "password_hash",
+                    format!("{at} ({:?})", u.name),
+                    e.to_string(),
+                )
+            })?;
+            spec.users.push(User {
+                name: u.name.clone(),
+                password_hash,
+            });
+        }
+        for (i, t) in self.tokens.iter().flatten().enumerate() {
+            let token = TokenHash::parse(t).map_err(|e| {
+                invalid(
+                    "tokens",
+                    format!("{origin}, [auth] tokens[{i}]"),
+                    e.to_string(),
+                )
+            })?;
+            spec.tokens.push(token);
+        }
+        Ok(spec)
+    }
 }
 
 /// A configuration error: always names the key and where the bad value came from.
@@ -453,6 +563,7 @@ impl ConfigLayer {
                 .parse()
                 .map_err(|e| invalid("log_level", v.origin, format!("{:?}: {e}", v.value)))?,
         };
+        let security = resolve_security(&flags, &file, &file_origin)?;
         let led = match &file.led {
             None => LedSpec::None,
             Some(t) => t
@@ -509,6 +620,18 @@ impl ConfigLayer {
                 ("allow_root", table.allow_root.is_some()),
                 ("log_level", table.log_level.is_some()),
                 ("led", table.led.is_some()),
+                ("auth", table.auth.is_some()),
+                ("cors_origins", table.cors_origins.is_some()),
+                ("controls_api", table.controls_api.is_some()),
+                ("max_viewers_total", table.max_viewers_total.is_some()),
+                (
+                    "max_viewers_per_client",
+                    table.max_viewers_per_client.is_some(),
+                ),
+                (
+                    "max_requests_per_second",
+                    table.max_requests_per_second.is_some(),
+                ),
             ] {
                 if set {
                     return Err(invalid(key, origin, "cannot be set per stream"));
@@ -538,8 +661,77 @@ impl ConfigLayer {
             allow_root,
             log_level,
             led,
+            security,
         })
     }
+}
+
+/// The top-level security keys: flag, then file, then default.
+fn resolve_security(
+    flags: &ConfigLayer,
+    file: &ConfigLayer,
+    file_origin: &str,
+) -> Result<SecurityConfig, ConfigError> {
+    let top_int = |get: &dyn Fn(&ConfigLayer) -> Option<i64>, flag_name: &str| {
+        get(flags)
+            .map(|v| (v, format!("flag --{flag_name}")))
+            .or_else(|| get(file).map(|v| (v, file_origin.to_owned())))
+    };
+    let auth = match &file.auth {
+        None => AuthSpec::default(),
+        Some(a) => a.resolve(file_origin)?,
+    };
+    let cors = match (&flags.cors_origins, &file.cors_origins) {
+        (Some(list), _) => (list, "flag --cors-origin".to_owned()),
+        (None, Some(list)) => (list, file_origin.to_owned()),
+        (None, None) => (&Vec::new(), String::new()),
+    };
+    let cors = CorsPolicy::new(cors.0).map_err(|e| invalid("cors_origins", cors.1, e))?;
+    let controls_api = match (&flags.controls_api, &file.controls_api) {
+        (Some(v), _) => Some((v, "flag --controls-api".to_owned())),
+        (None, Some(v)) => Some((v, file_origin.to_owned())),
+        (None, None) => None,
+    };
+    let controls_api = match controls_api {
+        None => true,
+        Some((v, origin)) => match v.as_str() {
+            "on" => true,
+            "off" => false,
+            other => {
+                return Err(invalid(
+                    "controls_api",
+                    origin,
+                    format!("{other:?}: use on or off"),
+                ))
+            }
+        },
+    };
+    let max_viewers_total = ranged(
+        "max_viewers_total",
+        top_int(&|l| l.max_viewers_total, "max-viewers-total"),
+        1..=100_000,
+        DEFAULT_MAX_VIEWERS_TOTAL as i64,
+    )? as usize;
+    let max_viewers_per_client = ranged(
+        "max_viewers_per_client",
+        top_int(&|l| l.max_viewers_per_client, "max-viewers-per-client"),
+        1..=100_000,
+        DEFAULT_MAX_VIEWERS_PER_CLIENT as i64,
+    )? as usize;
+    let max_requests_per_second = ranged(
+        "max_requests_per_second",
+        top_int(&|l| l.max_requests_per_second, "max-requests-per-second"),
+        0..=100_000,
+        DEFAULT_MAX_REQUESTS_PER_SECOND as i64,
+    )? as u32;
+    Ok(SecurityConfig {
+        auth,
+        cors,
+        controls_api,
+        max_viewers_total,
+        max_viewers_per_client,
+        max_requests_per_second,
+    })
 }
 
 /// Checks a user or group name before it reaches the account database: what `useradd`
@@ -914,9 +1106,11 @@ mod tests {
         let e = toml::from_str::<T>("no_such_key_ = 1")
             .unwrap_err()
             .to_string();
+        // "expected one of `a`, `b`, …", or "expected `a` or `b`" for two keys.
         let list = e
             .split("expected one of")
             .nth(1)
+            .or_else(|| e.split("expected ").nth(1))
             .expect("serde lists the keys");
         list.split('`')
             .skip(1)
@@ -947,6 +1141,8 @@ mod tests {
         let mut keys = keys_of::<ConfigLayer>();
         keys.extend(keys_of::<Controls>());
         keys.extend(keys_of::<LedConfig>());
+        keys.extend(keys_of::<AuthConfig>());
+        keys.extend(keys_of::<UserConfig>());
         assert!(keys.len() > 30, "{keys:?}");
         let missing: Vec<&String> = keys.iter().filter(|k| !shown(k)).collect();
         assert!(missing.is_empty(), "systemd/picamd.toml lacks {missing:?}");
@@ -986,6 +1182,65 @@ mod tests {
         assert!(e.to_string().contains("`group`"), "{e}");
         let e = resolve_file("log_level = 'loud'", ConfigLayer::default()).unwrap_err();
         assert!(e.to_string().contains("`log_level`"), "{e}");
+    }
+
+    #[test]
+    fn security_keys_resolve_and_errors_name_the_key() {
+        let c = Config::default();
+        assert!(!c.security.auth.enabled());
+        assert!(c.security.controls_api);
+        assert_eq!(c.security.cors, CorsPolicy::default());
+        assert_eq!(
+            (
+                c.security.max_viewers_total,
+                c.security.max_viewers_per_client,
+                c.security.max_requests_per_second
+            ),
+            (400, 20, 50)
+        );
+
+        let phc = crate::auth::hash_password("pw").unwrap();
+        let token = crate::auth::TokenHash::of("t").to_config_string();
+        let text = format!(
+            "controls_api = 'off'\ncors_origins = ['https://octopi.local']\n\
+             max_viewers_per_client = 3\nmax_requests_per_second = 0\n\
+             [auth]\nusers = [{{ name = 'alice', password_hash = '{phc}' }}]\ntokens = ['{token}']"
+        );
+        let c = resolve_file(&text, ConfigLayer::default()).unwrap();
+        assert!(c.security.auth.enabled());
+        assert_eq!(c.security.auth.users[0].name, "alice");
+        assert_eq!(c.security.auth.tokens.len(), 1);
+        assert!(!c.security.controls_api);
+        assert!(c.security.cors.allows("https://octopi.local"));
+        assert_eq!(c.security.max_viewers_per_client, 3);
+        assert_eq!(c.security.max_requests_per_second, 0);
+
+        let e = |text: &str| {
+            resolve_file(text, ConfigLayer::default())
+                .unwrap_err()
+                .to_string()
+        };
+        let m = e("[auth]\nusers = [{ name = 'a', password_hash = 'plain' }]");
+        assert!(
+            m.contains("`password_hash`") && m.contains("argon2id"),
+            "{m}"
+        );
+        let m = e("[auth]\ntokens = ['abc']");
+        assert!(m.contains("`tokens`") && m.contains("sha256:"), "{m}");
+        let m = e(&format!(
+            "[auth]\nusers = [{{ name = 'a:b', password_hash = '{phc}' }}]"
+        ));
+        assert!(m.contains("`name`"), "{m}");
+        let m = e("[auth]\npassword = 'x'");
+        assert!(m.contains("password"), "{m}");
+        let m = e("controls_api = 'maybe'");
+        assert!(m.contains("`controls_api`"), "{m}");
+        let m = e("cors_origins = ['octopi.local']");
+        assert!(m.contains("`cors_origins`"), "{m}");
+        let m = e("max_viewers_per_client = 0");
+        assert!(m.contains("`max_viewers_per_client`"), "{m}");
+        let m = e("[[stream]]\nname='a'\nsource='test'\ncontrols_api='off'");
+        assert!(m.contains("per stream"), "{m}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! the stages for one configuration; `main` only parses the command line, installs signal
 //! handlers and calls it, so tests and tools can embed the same pipeline.
 
+pub mod auth;
 pub mod config;
 pub mod encode;
 pub mod http;
@@ -91,7 +92,11 @@ struct Pipeline {
 }
 
 /// Starts one stream: its source, encoder pool and hub.
-fn start_pipeline(config: &StreamConfig, shutdown: &Shutdown) -> std::io::Result<Pipeline> {
+fn start_pipeline(
+    config: &StreamConfig,
+    policy: &std::sync::Arc<http::guard::Policy>,
+    shutdown: &Shutdown,
+) -> std::io::Result<Pipeline> {
     let source = make_source(config)
         .map_err(|e| std::io::Error::other(format!("stream {:?}: {e}", config.name)))?;
     let hub = Hub::new(PipelineInfo {
@@ -120,6 +125,7 @@ fn start_pipeline(config: &StreamConfig, shutdown: &Shutdown) -> std::io::Result
             hub,
             shutdown: shutdown.clone(),
             controls,
+            policy: policy.clone(),
         },
         source_threads,
         encoder_threads,
@@ -130,9 +136,18 @@ fn start_pipeline(config: &StreamConfig, shutdown: &Shutdown) -> std::io::Result
 /// `shutdown` fires, then stops every stage and waits for its threads. Under systemd it also
 /// reports readiness, status and watchdog pings (see [`service`]).
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> std::io::Result<()> {
+    let policy = http::guard::Policy::new(&config.security)
+        .map_err(|e| std::io::Error::other(format!("authentication: {e}")))?;
+    if policy.auth.enabled() {
+        tracing::info!(
+            users = config.security.auth.users.len(),
+            tokens = config.security.auth.tokens.len(),
+            "authentication on: every URL but /healthz needs credentials"
+        );
+    }
     let mut pipelines = Vec::with_capacity(config.streams.len());
     for stream in &config.streams {
-        match start_pipeline(stream, &shutdown) {
+        match start_pipeline(stream, &policy, &shutdown) {
             Ok(p) => pipelines.push(p),
             Err(e) => {
                 // Stop what already started before reporting.

@@ -80,6 +80,31 @@ struct Cli {
     /// error, warn, info, debug or trace; RUST_LOG overrides it [default: info].
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// An origin (`https://host[:port]`, or `*`) whose pages may use picamd and open `/ws`
+    /// (repeatable; replaces the file's `cors_origins`) [default: none, same origin only].
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors_origins: Vec<String>,
+    /// `on` or `off`: whether `POST /controls` may change camera settings [default: on].
+    #[arg(long, value_name = "on|off")]
+    controls_api: Option<String>,
+    /// Most concurrent stream viewers over every stream together [default: 400].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    max_viewers_total: Option<i64>,
+    /// Most concurrent stream viewers from one client address (IPv6: one /64) [default: 20].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    max_viewers_per_client: Option<i64>,
+    /// Requests per second one client address may sustain, bursts of 4 s worth; 0: no
+    /// limit [default: 50].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    max_requests_per_second: Option<i64>,
+    /// Read a password from stdin (one line), print its argon2id hash for `[auth]`'s
+    /// `password_hash`, then exit.
+    #[arg(long)]
+    hash_password: bool,
+    /// Print a new random token and the `sha256:` hash to list in `[auth]`'s `tokens`, then
+    /// exit.
+    #[arg(long)]
+    new_token: bool,
     /// List the cameras this machine has (V4L2 devices, and libcamera cameras when built with
     /// the `libcamera` feature), then exit; non-zero when there is none.
     #[arg(long)]
@@ -140,6 +165,12 @@ impl Cli {
             allow_root: self.allow_root.then_some(true),
             log_level: self.log_level,
             led: None,
+            auth: None,
+            cors_origins: (!self.cors_origins.is_empty()).then_some(self.cors_origins),
+            controls_api: self.controls_api,
+            max_viewers_total: self.max_viewers_total,
+            max_viewers_per_client: self.max_viewers_per_client,
+            max_requests_per_second: self.max_requests_per_second,
         };
         ConfigLayer::resolve(file, flags)
     }
@@ -151,6 +182,12 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let check_only = cli.check_config;
+    if cli.hash_password {
+        return hash_password();
+    }
+    if cli.new_token {
+        return new_token();
+    }
     if cli.list_cameras {
         let level = cli.log_level.as_deref().and_then(|l| l.parse().ok());
         picamd::logging::init(level.unwrap_or_default());
@@ -177,10 +214,69 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--hash-password`: one line from stdin → its PHC string on stdout. The prompt goes to
+/// stderr, and only when stdin is a terminal; the password is read as typed (no echo hiding:
+/// pipe it in, e.g. `read -rs P && printf '%s' "$P" | picamd --hash-password`).
+fn hash_password() -> ExitCode {
+    use std::io::{BufRead, IsTerminal, Write};
+    if std::io::stdin().is_terminal() {
+        eprint!("password (shown as typed): ");
+    }
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+        eprintln!("picamd: cannot read the password: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    match picamd::auth::hash_password(password) {
+        Ok(phc) => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{phc}").and_then(|()| out.flush());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("picamd: password: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `--new-token`: a random token (for URLs and `Authorization: Bearer`) and its hash line.
+fn new_token() -> ExitCode {
+    use std::io::Write;
+    match picamd::auth::new_token() {
+        Ok((token, hash)) => {
+            let mut out = std::io::stdout().lock();
+            let _ = write!(
+                out,
+                "token: {token}\nfor [auth] tokens: \"{}\"\n",
+                hash.to_config_string()
+            )
+            .and_then(|()| out.flush());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("picamd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `--check-config`: one line per stream and the listening address, on stdout.
 fn print_checked(config: &Config) -> ExitCode {
     use std::io::Write;
     let mut text = format!("config ok: listen {}\n", config.listen);
+    let auth = &config.security.auth;
+    if auth.enabled() {
+        text.push_str(&format!(
+            "auth: on ({} users, {} tokens)\n",
+            auth.users.len(),
+            auth.tokens.len()
+        ));
+    } else {
+        text.push_str("auth: off\n");
+    }
     for s in &config.streams {
         text.push_str(&format!(
             "stream {}: source {} @ {} {} fps\n",

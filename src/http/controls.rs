@@ -7,10 +7,15 @@
 //!   names or out-of-range values (the message names the control), 422 with `"unsupported":
 //!   […]` when the camera lacks a named control (nothing is applied), 503 while the camera is
 //!   not running, 404 when the source has no controls at all.
+//! - `POST` needs `Content-Type: application/json` (else 415): a cross-site page can only send
+//!   that after a CORS preflight, which picamd refuses unless `cors_origins` lists the page,
+//!   so a form on another site cannot change the camera with a LAN visitor's browser.
+//! - With `controls_api = "off"`, `POST` answers 403 and changes nothing; `GET` still reports.
+//!   With authentication on, both need credentials, like every other URL.
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -35,7 +40,28 @@ pub async fn get_controls(State(state): State<AppState>) -> Response {
     }
 }
 
-pub async fn set_controls(State(state): State<AppState>, body: Bytes) -> Response {
+pub async fn set_controls(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !state.policy.controls_api {
+        return error(
+            StatusCode::FORBIDDEN,
+            "changing controls is switched off (controls_api = \"off\")",
+        );
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the controls as Content-Type: application/json",
+        );
+    }
     let Some(handle) = &state.controls else {
         return error(
             StatusCode::NOT_FOUND,

@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use super::limits::{ClientIp, ViewerSlot};
 use super::{no_cache_headers, x_timestamp, AppState, HttpError};
 use crate::hub::{EncodedFrame, Output, ViewerGuard};
 use crate::shutdown::Shutdown;
@@ -32,7 +33,11 @@ const PART_END: &[u8] = b"\r\n--picamdframe\r\n";
 /// Resend the last frame after this long without a new one.
 pub const IDLE_RESEND: Duration = Duration::from_secs(1);
 
-pub async fn stream(State(state): State<AppState>) -> Response {
+pub async fn stream(State(state): State<AppState>, ClientIp(ip): ClientIp) -> Response {
+    let slot = match state.policy.viewers.take(ip) {
+        Ok(s) => s,
+        Err(e) => return HttpError::from(e).into_response(),
+    };
     let guard = match state.hub.add_viewer(Output::Mjpeg) {
         Ok(g) => g,
         Err(e) => return HttpError::from(e).into_response(),
@@ -44,6 +49,7 @@ pub async fn stream(State(state): State<AppState>) -> Response {
         rx,
         shutdown: state.shutdown.clone(),
         _guard: guard,
+        _slot: slot,
         queued: [None, None, None],
         last: first.clone(),
         last_sent_at: Instant::now(),
@@ -67,6 +73,7 @@ struct PartStream {
     rx: watch::Receiver<Option<Arc<EncodedFrame>>>,
     shutdown: Shutdown,
     _guard: ViewerGuard,
+    _slot: ViewerSlot,
     /// Chunks of the part being sent, in order.
     queued: [Option<Bytes>; 3],
     last: Option<Arc<EncodedFrame>>,

@@ -1,6 +1,7 @@
 //! The HTTP server: accept loop, routing, and the error → status mapping.
 //!
-//! One file per output (`mjpeg`, `snapshot`, `ws`, `status`, `assets`). Connections are served
+//! One file per output (`mjpeg`, `snapshot`, `ws`, `status`, `assets`, `controls`); `guard`
+//! (rate, CORS, authentication), `cors` and `limits` protect them all. Connections are served
 //! by hyper's HTTP/1 server with upgrades (for `/ws`), each in its own task tracked for
 //! graceful shutdown. Every socket has a write timeout, so a client that stops reading is
 //! disconnected after [`WRITE_STALL_TIMEOUT`] instead of being kept forever; it never slows
@@ -8,6 +9,9 @@
 
 mod assets;
 mod controls;
+pub mod cors;
+pub mod guard;
+pub mod limits;
 mod mjpeg;
 mod snapshot;
 mod status;
@@ -20,6 +24,7 @@ use std::time::Duration;
 
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
@@ -29,6 +34,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_io_timeout::TimeoutStream;
 use tokio_util::task::TaskTracker;
 
+use self::guard::Policy;
+use self::limits::{ClientAddr, ClientIp, SlotError};
 use crate::hub::{Hub, ViewerLimit};
 use crate::shutdown::Shutdown;
 use crate::source::controls::CameraControls;
@@ -52,6 +59,8 @@ pub struct AppState {
     pub shutdown: Shutdown,
     /// The source's runtime controls, if it has any.
     pub controls: Option<Arc<dyn CameraControls>>,
+    /// Authentication, CORS and limits, the same for every stream.
+    pub policy: Arc<Policy>,
 }
 
 /// Every stream, in configuration order (the first is the default); for the handlers that
@@ -61,7 +70,9 @@ pub type Streams = Arc<[AppState]>;
 /// The routes. The default stream answers the root URLs, which are exact as OctoPrint,
 /// crowsnest, Home Assistant and go2rtc expect them from mjpg-streamer and ustreamer; every
 /// stream, the default one included, also answers under `/cam/<name>/`.
+/// Every route is behind [`guard::guard`] (rate, CORS, authentication).
 pub fn router(streams: Streams) -> Router {
+    let policy = streams[0].policy.clone();
     let mut app = stream_routes("", streams[0].clone());
     for s in streams.iter() {
         let name = &s.hub.info().name;
@@ -82,6 +93,7 @@ pub fn router(streams: Streams) -> Router {
     // The player's modules and styles.
     .route("/assets/{name}", get(assets::asset))
     .fallback(not_found)
+    .layer(middleware::from_fn_with_state(policy, guard::guard))
 }
 
 /// One stream's URLs under `prefix` (empty for the root ones).
@@ -113,10 +125,15 @@ struct RootQuery {
     action: Option<String>,
 }
 
-async fn root(State(state): State<AppState>, Query(q): Query<RootQuery>, req: Request) -> Response {
+async fn root(
+    State(state): State<AppState>,
+    client: ClientIp,
+    Query(q): Query<RootQuery>,
+    req: Request,
+) -> Response {
     match q.action.as_deref() {
         None => assets::serve("index.html"),
-        Some("stream") => mjpeg::stream(State(state)).await,
+        Some("stream") => mjpeg::stream(State(state), client).await,
         Some("snapshot") => snapshot::snapshot(State(state)).await,
         Some(other) => HttpError::BadRequest(format!(
             "unknown action {other:?}; use action=stream or action=snapshot"
@@ -138,6 +155,15 @@ pub enum HttpError {
     BadRequest(String),
     #[error(transparent)]
     TooManyViewers(#[from] ViewerLimit),
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("too many failed logins from this address; retry in {} s", retry_secs(*.0))]
+    TooManyFailures(Duration),
+    #[error("too many requests from this address; retry in {} s", retry_secs(*.0))]
+    TooManyRequests(Duration),
+
     #[error("no frame within {0:?}; the source may be down")]
     NoFrame(Duration),
     #[error("shutting down")]
@@ -149,9 +175,26 @@ impl HttpError {
         match self {
             HttpError::NotFound => StatusCode::NOT_FOUND,
             HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            HttpError::TooManyViewers(_) | HttpError::NoFrame(_) | HttpError::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            HttpError::Unauthorized => StatusCode::UNAUTHORIZED,
+            HttpError::Slot(SlotError::PerClient(_))
+            | HttpError::TooManyFailures(_)
+            | HttpError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            HttpError::TooManyViewers(_)
+            | HttpError::Slot(SlotError::Total(_))
+            | HttpError::NoFrame(_)
+            | HttpError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `Retry-After` to send, in seconds, if any.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            HttpError::TooManyFailures(d) | HttpError::TooManyRequests(d) => Some(retry_secs(*d)),
+            HttpError::Slot(_)
+            | HttpError::TooManyViewers(_)
+            | HttpError::NoFrame(_)
+            | HttpError::ShuttingDown => Some(2),
+            _ => None,
         }
     }
 
@@ -164,13 +207,25 @@ impl HttpError {
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let retry = self.retry_after();
         let mut resp = (status, format!("{}\n", self)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        let h = resp.headers_mut();
+        if let Some(s) = retry {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Basic realm="picamd", charset="UTF-8""#),
+            );
         }
         resp
     }
+}
+
+/// Whole seconds to wait, rounded up, at least 1.
+fn retry_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0).max(u64::from(d.is_zero()))
 }
 
 /// Headers that keep browsers and proxies from caching live images.
@@ -217,7 +272,15 @@ pub async fn serve(listener: TcpListener, streams: Vec<AppState>, shutdown: Shut
                 }
             },
         };
-        let service = TowerToHyperService::new(app.clone());
+        // The guard and the limits need the client's address.
+        let client = ClientAddr(peer.ip());
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(client);
+                req
+            },
+        ));
         let builder = builder.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {

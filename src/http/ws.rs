@@ -13,8 +13,11 @@
 //!   the server's clock in µs since the Unix epoch), for the player's clock-offset estimate.
 //! - anything the server cannot use → `{"type":"error","message":"…"}`; the socket stays open.
 //!
-//! Client messages are limited to [`MAX_CLIENT_MESSAGE`] bytes; a cross-site page is refused
-//! (the `Origin` host must match `Host`), since the stream is as private as the camera.
+//! Client messages are limited to [`MAX_CLIENT_MESSAGE`] bytes: a bigger one closes the socket
+//! with code 1009 ("message too big"; beyond [`MAX_CLIENT_FRAME`] the protocol layer drops the
+//! connection without reading it). A cross-site page is refused (the `Origin` host must match
+//! `Host`, or the origin be listed in `cors_origins`), since the stream is as private as the
+//! camera. Authentication happens before the upgrade, in the guard (`guard.rs`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,12 +28,18 @@ use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 
+use super::limits::{ClientIp, ViewerSlot};
 use super::{AppState, HttpError};
 use crate::hub::{Output, ViewerGuard};
 use crate::wire;
 
 /// Largest message a client may send, in bytes (control messages are tiny).
-pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+pub const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
+/// Largest message the protocol layer reads at all, in bytes; between this and
+/// [`MAX_CLIENT_MESSAGE`] the client gets a 1009 close.
+pub const MAX_CLIENT_FRAME: usize = 64 * 1024;
+/// Close code 1009: the message was too big.
+const CLOSE_TOO_BIG: u16 = 1009;
 /// A WebSocket ping goes out when nothing else was sent for this long.
 const KEEPALIVE: Duration = Duration::from_secs(10);
 /// Close code 1001: the server is going away.
@@ -38,24 +47,33 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 
 pub async fn upgrade(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if !same_origin(&headers) {
+    let listed = headers
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .is_some_and(|o| state.policy.cors.allows(o));
+    if !same_origin(&headers) && !listed {
         return (
             StatusCode::FORBIDDEN,
             "cross-origin WebSocket connections are not allowed\n",
         )
             .into_response();
     }
+    let slot = match state.policy.viewers.take(ip) {
+        Ok(s) => s,
+        Err(e) => return HttpError::from(e).into_response(),
+    };
     let guard = match state.hub.add_viewer(Output::WebSocket) {
         Ok(g) => g,
         Err(e) => return HttpError::from(e).into_response(),
     };
-    ws.max_message_size(MAX_CLIENT_MESSAGE)
-        .max_frame_size(MAX_CLIENT_MESSAGE)
+    ws.max_message_size(MAX_CLIENT_FRAME)
+        .max_frame_size(MAX_CLIENT_FRAME)
         .on_upgrade(move |socket| async move {
-            if let Err(e) = run(socket, state, guard).await {
+            if let Err(e) = run(socket, state, (guard, slot)).await {
                 tracing::debug!(error = %e, "websocket client ended with an error");
             }
         })
@@ -71,7 +89,11 @@ fn same_origin(headers: &HeaderMap) -> bool {
     matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
-async fn run(socket: WebSocket, state: AppState, _guard: ViewerGuard) -> Result<(), axum::Error> {
+async fn run(
+    socket: WebSocket,
+    state: AppState,
+    _guards: (ViewerGuard, ViewerSlot),
+) -> Result<(), axum::Error> {
     let hub = &state.hub;
     let (mut sink, mut incoming) = socket.split();
     let info = hub.info();
@@ -112,6 +134,14 @@ async fn run(socket: WebSocket, state: AppState, _guard: ViewerGuard) -> Result<
                 }
             }
             msg = incoming.next() => match msg {
+                Some(Ok(Message::Text(_) | Message::Binary(_))) if message_len(&msg) > MAX_CLIENT_MESSAGE => {
+                    let close = CloseFrame {
+                        code: CLOSE_TOO_BIG,
+                        reason: Utf8Bytes::from(format!("messages are limited to {MAX_CLIENT_MESSAGE} bytes")),
+                    };
+                    let _ = sink.send(Message::Close(Some(close))).await;
+                    return Ok(());
+                }
                 Some(Ok(Message::Text(t))) => {
                     sink.send(text(reply_to(t.as_str()))).await?;
                 }
@@ -127,6 +157,14 @@ async fn run(socket: WebSocket, state: AppState, _guard: ViewerGuard) -> Result<
                 sink.send(Message::Ping(Default::default())).await?;
             }
         }
+    }
+}
+
+fn message_len(msg: &Option<Result<Message, axum::Error>>) -> usize {
+    match msg {
+        Some(Ok(Message::Text(t))) => t.len(),
+        Some(Ok(Message::Binary(b))) => b.len(),
+        _ => 0,
     }
 }
 
