@@ -331,6 +331,15 @@ impl ClientKey {
     }
 }
 
+impl std::fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match u32::try_from(self.0) {
+            Ok(v4) => write!(f, "{}", std::net::Ipv4Addr::from(v4)),
+            Err(_) => write!(f, "{}/64", std::net::Ipv6Addr::from(self.0 & !1)),
+        }
+    }
+}
+
 /// Counts failed attempts per client, in a capped map.
 #[derive(Debug, Default)]
 pub struct FailureLimiter {
@@ -512,7 +521,7 @@ impl Authenticator {
             None => match lock(&self.failures).fail(client, Instant::now()) {
                 Some(wait) => {
                     tracing::warn!(
-                        ?client,
+                        %client,
                         "{MAX_FAILURES} failed logins within {FAILURE_WINDOW:?}; locked out for {wait:?}"
                     );
                     Verdict::Denied
@@ -668,7 +677,9 @@ mod tests {
         let c: Ipv6Addr = "2001:db8:1:3::1".parse().unwrap();
         assert_eq!(ClientKey::of(a.into()), ClientKey::of(b.into()));
         assert_ne!(ClientKey::of(a.into()), ClientKey::of(c.into()));
+        assert_eq!(ClientKey::of(a.into()).to_string(), "2001:db8:1:2::/64");
         let v4 = Ipv4Addr::new(192, 168, 1, 7);
+        assert_eq!(ClientKey::of(v4.into()).to_string(), "192.168.1.7");
         assert_eq!(
             ClientKey::of(v4.into()),
             ClientKey::of(v4.to_ipv6_mapped().into())

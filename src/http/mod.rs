@@ -44,6 +44,10 @@ use crate::source::controls::CameraControls;
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// Time a client has to send its request headers (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line and headers), in bytes: larger gets `431` and a close.
+/// Browsers send a few hundred bytes to a few KiB (cookies of other apps on the same host
+/// included); hyper alone would let the head grow past [`MAX_CONN_BUFFER`].
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// Most bytes hyper buffers per connection, each way: the largest request head, and how much
 /// response data it queues beyond what the socket took. Kept small so a client that stops
 /// reading pins at most about one frame in user space (frames are shared `Bytes`, so this
@@ -255,7 +259,8 @@ pub async fn serve(listener: TcpListener, streams: Vec<AppState>, shutdown: Shut
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_CONN_BUFFER);
+        .max_buf_size(MAX_CONN_BUFFER)
+        .max_header_size(MAX_REQUEST_HEAD);
     let mut accept_errors = 0u32;
     loop {
         let (stream, peer) = tokio::select! {
