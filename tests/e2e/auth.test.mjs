@@ -1,0 +1,86 @@
+// The player in headless Chromium against a picamd with authentication on: the page, its
+// modules and its WebSocket all need credentials. Checks what Chromium does with HTTP Basic:
+// once the page was let in, it sends the same credentials on the same-origin WebSocket
+// upgrade by itself, so the player streams over `/ws` (not the MJPEG fallback).
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import {
+  Picamd, PICAMD_BIN, freePort, launch, stats, waitForStats,
+} from './harness.mjs';
+
+const USER = 'alice';
+const PASSWORD = 'open sesame';
+
+let browser;
+let server;
+let dir;
+
+before(async () => {
+  const hash = execFileSync(PICAMD_BIN, ['--hash-password'], { input: `${PASSWORD}\n` }).toString().trim();
+  dir = await mkdtemp(path.join(tmpdir(), 'picamd-auth-'));
+  const config = path.join(dir, 'picamd.toml');
+  await writeFile(config, `size = "320x240"\nfps = 15\n[auth]\nusers = [{ name = "${USER}", password_hash = "${hash}" }]\n`);
+  browser = await launch();
+  server = await new Picamd(await freePort(), ['--config', config]).start();
+});
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+/** Opens the player; `httpCredentials` answer the Basic prompt as a user would. */
+async function open(url, httpCredentials) {
+  const context = await browser.newContext({ httpCredentials });
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e));
+  const resp = await page.goto(url);
+  return { context, page, resp, errors };
+}
+
+test('without credentials the page is refused with a Basic challenge', async () => {
+  const r = await fetch(`${server.origin}/`);
+  assert.equal(r.status, 401);
+  assert.equal(r.headers.get('www-authenticate'), 'Basic realm="picamd", charset="UTF-8"');
+  // Headless Chromium has no prompt to show: the navigation fails instead.
+  const context = await browser.newContext();
+  try {
+    const page = await context.newPage();
+    await assert.rejects(page.goto(`${server.origin}/`), /ERR_INVALID_AUTH_CREDENTIALS/);
+  } finally {
+    await context.close();
+  }
+});
+
+test('after the Basic prompt the player streams over the WebSocket', async () => {
+  const { context, page, resp, errors } = await open(`${server.origin}/`, { username: USER, password: PASSWORD });
+  try {
+    assert.equal(resp.status(), 200);
+    await page.waitForFunction(() => window.picamd?.stats, null, { timeout: 10000 });
+    const s = await waitForStats(page, (st) => st.drawn >= 20 && st.state === 'live', '20 frames drawn');
+    assert.equal(s.source, 'ws', 'the same-origin WebSocket carried the credentials');
+    assert.equal((await stats(page)).reconnects, 0);
+    assert.deepEqual(errors, []);
+  } finally {
+    await context.close();
+  }
+});
+
+test('credentials in the page URL work too', async () => {
+  const origin = server.origin.replace('http://', `http://${USER}:${encodeURIComponent(PASSWORD)}@`);
+  const { context, page, resp } = await open(`${origin}/`);
+  try {
+    assert.equal(resp.status(), 200);
+    await page.waitForFunction(() => window.picamd?.stats, null, { timeout: 10000 });
+    const s = await waitForStats(page, (st) => st.drawn >= 20, '20 frames drawn');
+    assert.equal(s.source, 'ws');
+  } finally {
+    await context.close();
+  }
+});
