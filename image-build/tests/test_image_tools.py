@@ -146,6 +146,22 @@ class SetupCheckTest(unittest.TestCase):
         self.assertNotIn("a b #c", r.stdout)
         self.assertNotIn("12345678", r.stdout)
 
+    def test_camera_login(self):
+        r = self.check("camera_user = viewer\ncamera_password = long enough #1\n")
+        self.assertEqual(r.returncode, 0, r.stdout)
+        self.assertIn("camera_user = viewer", r.stdout)
+        self.assertIn("camera_password = (set, 14 characters)", r.stdout)
+        for text, message in {
+            "camera_user = viewer\n": "camera_user needs a camera_password",
+            "camera_password = long enough\n": "needs a camera_user",
+            "camera_user = a:b\ncamera_password = long enough\n": "line 1: camera_user",
+            "camera_user = v\ncamera_password = short\n": "line 2: camera_password must be 8",
+            "camera_user = v\ncamera_password_hash = $6$x$y\n": "line 2: camera_password_hash must be an argon2id",
+        }.items():
+            r = self.check(text)
+            self.assertEqual(r.returncode, 1, text)
+            self.assertIn(message, r.stdout, text)
+
     def test_windows_line_ends_and_bom(self):
         r = self.check(b"\xef\xbb\xbfhostname = camera\r\nuser = bob\r\npassword_hash = $6$salt$abc/DEF.12\r\n", raw=True)
         self.assertEqual(r.returncode, 0, r.stdout)
