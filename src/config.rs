@@ -38,7 +38,35 @@ pub struct Config {
     pub led: LedSpec,
     /// Authentication, CORS and the limits that keep one client from hurting the others.
     pub security: SecurityConfig,
+    /// HTTPS, when `tls_listen` is set.
+    pub tls: Option<TlsConfig>,
+    /// Where picamd keeps files it makes itself (the self-signed certificate).
+    pub state_dir: PathBuf,
 }
+
+/// HTTPS: where to serve it and with which certificate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    /// Address and port the HTTPS server binds.
+    pub listen: SocketAddr,
+    /// The certificate chain and key files (`tls_cert`, `tls_key`); none: a self-signed
+    /// certificate in [`Config::state_dir`], made on first start.
+    pub files: Option<TlsFiles>,
+    /// Whether plain HTTP answers `308` to the HTTPS URL (everything but `/healthz`).
+    pub http_redirect: bool,
+}
+
+/// PEM files named in the configuration, with where each name came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    /// The certificate, then any intermediates (`tls_cert`).
+    pub cert: Sourced<PathBuf>,
+    /// Its private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC) (`tls_key`).
+    pub key: Sourced<PathBuf>,
+}
+
+/// Default [`Config::state_dir`]; picamd.service has `StateDirectory=picamd`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/picamd";
 
 /// Who may connect and how much each client may take.
 #[derive(Debug, Clone, PartialEq)]
@@ -410,6 +438,20 @@ pub struct ConfigLayer {
     /// Requests per second one client address may sustain, 0 (no limit)..=100000, default
     /// 50 (top level only).
     pub max_requests_per_second: Option<i64>,
+    /// `ADDR:PORT` to serve HTTPS on, e.g. `0.0.0.0:443`; default none: no HTTPS (top level
+    /// only).
+    pub tls_listen: Option<String>,
+    /// PEM file with the HTTPS certificate (then any intermediates), with `tls_key`; default
+    /// none: a self-signed certificate in `state_dir` (top level only).
+    pub tls_cert: Option<String>,
+    /// PEM file with the private key of `tls_cert` (top level only).
+    pub tls_key: Option<String>,
+    /// With `tls_listen`: plain HTTP answers 308 to the HTTPS URL for everything but
+    /// `/healthz` (default false: plain HTTP serves as before) (top level only).
+    pub http_redirect: Option<bool>,
+    /// Absolute directory for files picamd makes (the self-signed certificate), default
+    /// `/var/lib/picamd` (top level only).
+    pub state_dir: Option<String>,
 }
 
 /// The `[auth]` table.
@@ -564,6 +606,18 @@ impl ConfigLayer {
                 .map_err(|e| invalid("log_level", v.origin, format!("{:?}: {e}", v.value)))?,
         };
         let security = resolve_security(&flags, &file, &file_origin)?;
+        let state_dir = match top(&flags.state_dir, &file.state_dir, "state-dir") {
+            None => PathBuf::from(DEFAULT_STATE_DIR),
+            Some(v) if Path::new(&v.value).is_absolute() => PathBuf::from(v.value),
+            Some(v) => {
+                return Err(invalid(
+                    "state_dir",
+                    v.origin,
+                    format!("{:?} is not an absolute path", v.value),
+                ))
+            }
+        };
+        let tls = resolve_tls(&flags, &file, &file_origin)?;
         let led = match &file.led {
             None => LedSpec::None,
             Some(t) => t
@@ -632,6 +686,11 @@ impl ConfigLayer {
                     "max_requests_per_second",
                     table.max_requests_per_second.is_some(),
                 ),
+                ("tls_listen", table.tls_listen.is_some()),
+                ("tls_cert", table.tls_cert.is_some()),
+                ("tls_key", table.tls_key.is_some()),
+                ("http_redirect", table.http_redirect.is_some()),
+                ("state_dir", table.state_dir.is_some()),
             ] {
                 if set {
                     return Err(invalid(key, origin, "cannot be set per stream"));
@@ -662,8 +721,99 @@ impl ConfigLayer {
             log_level,
             led,
             security,
+            tls,
+            state_dir,
         })
     }
+}
+
+/// The HTTPS keys: flag, then file. The certificate files go together and need `tls_listen`,
+/// and so does `http_redirect`; reading the files is [`crate::tls`]'s job.
+fn resolve_tls(
+    flags: &ConfigLayer,
+    file: &ConfigLayer,
+    file_origin: &str,
+) -> Result<Option<TlsConfig>, ConfigError> {
+    let top = |get: &dyn Fn(&ConfigLayer) -> Option<String>, flag_name: &str| {
+        get(flags)
+            .map(|v| Sourced {
+                value: v,
+                origin: format!("flag --{flag_name}"),
+            })
+            .or_else(|| {
+                get(file).map(|v| Sourced {
+                    value: v,
+                    origin: file_origin.to_owned(),
+                })
+            })
+    };
+    let listen = top(&|l| l.tls_listen.clone(), "tls-listen");
+    let cert = top(&|l| l.tls_cert.clone(), "tls-cert");
+    let key = top(&|l| l.tls_key.clone(), "tls-key");
+    let redirect = match (flags.http_redirect, file.http_redirect) {
+        (Some(v), _) => Some((v, "flag --http-redirect".to_owned())),
+        (None, Some(v)) => Some((v, file_origin.to_owned())),
+        (None, None) => None,
+    };
+    let path = |key: &'static str, v: Sourced<String>| {
+        if v.value.is_empty() {
+            return Err(invalid(key, v.origin, "is empty; give a PEM file's path"));
+        }
+        Ok(Sourced {
+            value: PathBuf::from(v.value),
+            origin: v.origin,
+        })
+    };
+    let files = match (cert, key) {
+        (None, None) => None,
+        (Some(c), Some(k)) => Some(TlsFiles {
+            cert: path("tls_cert", c)?,
+            key: path("tls_key", k)?,
+        }),
+        (Some(c), None) => {
+            return Err(invalid(
+                "tls_key",
+                c.origin,
+                "must be set together with `tls_cert` (the certificate's private key)",
+            ))
+        }
+        (None, Some(k)) => {
+            return Err(invalid(
+                "tls_cert",
+                k.origin,
+                "must be set together with `tls_key` (the key's certificate)",
+            ))
+        }
+    };
+    let Some(listen) = listen else {
+        if let Some(f) = files {
+            return Err(invalid(
+                "tls_cert",
+                f.cert.origin,
+                "only applies together with `tls_listen`",
+            ));
+        }
+        if let Some((true, origin)) = redirect {
+            return Err(invalid(
+                "http_redirect",
+                origin,
+                "only applies together with `tls_listen`",
+            ));
+        }
+        return Ok(None);
+    };
+    let addr = listen.value.parse::<SocketAddr>().map_err(|e| {
+        invalid(
+            "tls_listen",
+            listen.origin.clone(),
+            format!("{:?}: {e}", listen.value),
+        )
+    })?;
+    Ok(Some(TlsConfig {
+        listen: addr,
+        files,
+        http_redirect: redirect.is_some_and(|(v, _)| v),
+    }))
 }
 
 /// The top-level security keys: flag, then file, then default.
@@ -1240,6 +1390,51 @@ mod tests {
         let m = e("max_viewers_per_client = 0");
         assert!(m.contains("`max_viewers_per_client`"), "{m}");
         let m = e("[[stream]]\nname='a'\nsource='test'\ncontrols_api='off'");
+        assert!(m.contains("per stream"), "{m}");
+    }
+
+    #[test]
+    fn tls_keys_resolve_and_errors_name_the_key() {
+        let c = Config::default();
+        assert_eq!(c.tls, None);
+        assert_eq!(c.state_dir, Path::new("/var/lib/picamd"));
+        let c = resolve_file(
+            "tls_listen = '0.0.0.0:443'\nhttp_redirect = true\nstate_dir = '/srv/p'",
+            ConfigLayer::default(),
+        )
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.listen.to_string(), "0.0.0.0:443");
+        assert!(tls.http_redirect && tls.files.is_none());
+        assert_eq!(c.state_dir, Path::new("/srv/p"));
+        let flags = ConfigLayer {
+            tls_cert: Some("/c.pem".into()),
+            tls_key: Some("/k.pem".into()),
+            ..Default::default()
+        };
+        let c = resolve_file("tls_listen = '[::]:8443'", flags).unwrap();
+        let files = c.tls.unwrap().files.unwrap();
+        assert_eq!(files.cert.value, Path::new("/c.pem"));
+        assert_eq!(files.key.origin, "flag --tls-key");
+
+        let e = |text: &str| {
+            resolve_file(text, ConfigLayer::default())
+                .unwrap_err()
+                .to_string()
+        };
+        let m = e("tls_listen = '0.0.0.0'");
+        assert!(m.contains("`tls_listen`"), "{m}");
+        let m = e("tls_listen = ':443'\ntls_cert = '/c.pem'");
+        assert!(m.contains("`tls_key`") && m.contains("together"), "{m}");
+        let m = e("tls_listen = ':443'\ntls_key = '/k.pem'");
+        assert!(m.contains("`tls_cert`"), "{m}");
+        let m = e("tls_cert = '/c.pem'\ntls_key = '/k.pem'");
+        assert!(m.contains("`tls_cert`") && m.contains("tls_listen"), "{m}");
+        let m = e("http_redirect = true");
+        assert!(m.contains("`http_redirect`"), "{m}");
+        let m = e("state_dir = 'var/lib'");
+        assert!(m.contains("`state_dir`"), "{m}");
+        let m = e("[[stream]]\nname='a'\nsource='test'\ntls_listen=':443'");
         assert!(m.contains("per stream"), "{m}");
     }
 

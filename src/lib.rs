@@ -15,9 +15,8 @@ pub mod privileges;
 pub mod service;
 pub mod shutdown;
 pub mod source;
+pub mod tls;
 pub mod wire;
-
-use tokio::net::TcpListener;
 
 use crate::config::{Config, SourceSpec, StreamConfig};
 use crate::encode::EncoderPool;
@@ -132,10 +131,14 @@ fn start_pipeline(
     })
 }
 
-/// Runs every stream's pipeline, the status LED and the HTTP server on `listener` until
+/// Runs every stream's pipeline, the status LED and the HTTP(S) server on `listeners` until
 /// `shutdown` fires, then stops every stage and waits for its threads. Under systemd it also
 /// reports readiness, status and watchdog pings (see [`service`]).
-pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> std::io::Result<()> {
+pub async fn run(
+    config: Config,
+    listeners: http::Listeners,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
     let policy = http::guard::Policy::new(&config.security)
         .map_err(|e| std::io::Error::other(format!("authentication: {e}")))?;
     if policy.auth.enabled() {
@@ -169,7 +172,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> s
     // Ready means every pipeline is set up and the (already bound) listener is served.
     let service = tokio::spawn(service::supervise(hubs, shutdown.clone()));
     let states = pipelines.iter().map(|p| p.state.clone()).collect();
-    http::serve(listener, states, shutdown.clone()).await;
+    http::serve(listeners, states, shutdown.clone()).await;
 
     // The server returns only on shutdown. Each source thread drops the last encoder handle
     // when it exits, which ends its encoder threads.

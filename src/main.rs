@@ -97,6 +97,23 @@ struct Cli {
     /// limit [default: 50].
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     max_requests_per_second: Option<i64>,
+    /// Address and port to serve HTTPS on, e.g. 0.0.0.0:443 [default: none, no HTTPS].
+    #[arg(long, value_name = "ADDR:PORT")]
+    tls_listen: Option<String>,
+    /// PEM certificate (then any intermediates) for HTTPS, with --tls-key [default: a
+    /// self-signed one in --state-dir, made on first start].
+    #[arg(long, value_name = "PATH")]
+    tls_cert: Option<String>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH")]
+    tls_key: Option<String>,
+    /// With --tls-listen: plain HTTP answers 308 to the HTTPS URL (all but /healthz).
+    #[arg(long)]
+    http_redirect: bool,
+    /// Directory for files picamd makes itself (the self-signed certificate)
+    /// [default: /var/lib/picamd].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<String>,
     /// Read a password from stdin (one line), print its argon2id hash for `[auth]`'s
     /// `password_hash`, then exit.
     #[arg(long)]
@@ -171,6 +188,11 @@ impl Cli {
             max_viewers_total: self.max_viewers_total,
             max_viewers_per_client: self.max_viewers_per_client,
             max_requests_per_second: self.max_requests_per_second,
+            tls_listen: self.tls_listen,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            http_redirect: self.http_redirect.then_some(true),
+            state_dir: self.state_dir,
         };
         ConfigLayer::resolve(file, flags)
     }
@@ -205,7 +227,20 @@ fn main() -> ExitCode {
     if check_only {
         return print_checked(&config);
     }
-    match run(config, plan) {
+    // Before binding and before dropping privileges: a key file may be readable by root only,
+    // and a bad file is a configuration error like any other.
+    let tls = match &config.tls {
+        None => None,
+        Some(t) => match picamd::tls::load(t, &config.state_dir) {
+            Ok(m) => Some(m),
+            Err(picamd::tls::TlsError::Config(e)) => return config_error(&e),
+            Err(e) => {
+                eprintln!("picamd: HTTPS: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    match run(config, plan, tls) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("picamd: {e:#}");
@@ -277,6 +312,34 @@ fn print_checked(config: &Config) -> ExitCode {
     } else {
         text.push_str("auth: off\n");
     }
+    if let Some(tls) = &config.tls {
+        let cert = match &tls.files {
+            Some(files) => match picamd::tls::check_files(files) {
+                Ok(fp) => format!("{} (SHA-256 {fp})", files.cert.value.display()),
+                Err(picamd::tls::TlsError::Config(e)) => return config_error(&e),
+                Err(e) => {
+                    eprintln!("picamd: HTTPS: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+            None => format!(
+                "self-signed, {}",
+                config
+                    .state_dir
+                    .join(picamd::tls::SELF_SIGNED_CERT)
+                    .display()
+            ),
+        };
+        text.push_str(&format!(
+            "https: listen {}, certificate {cert}, plain http {}\n",
+            tls.listen,
+            if tls.http_redirect {
+                "redirects"
+            } else {
+                "serves too"
+            }
+        ));
+    }
     for s in &config.streams {
         text.push_str(&format!(
             "stream {}: source {} @ {} {} fps\n",
@@ -306,8 +369,13 @@ fn listener(config: &Config) -> anyhow::Result<std::net::TcpListener> {
         );
         return Ok(listener);
     }
-    let listener = std::net::TcpListener::bind(config.listen)
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    bind(config.listen)
+}
+
+/// Binds `addr` with a listen backlog of 1024.
+fn bind(addr: std::net::SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let listener =
+        std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     // std listens with a backlog of 128; a burst of viewers reconnecting after a network
     // hiccup deserves the 1024 tokio would have used. Listening again only resizes the queue.
     let backlog = nix::sys::socket::Backlog::new(1024).expect("valid backlog");
@@ -317,15 +385,24 @@ fn listener(config: &Config) -> anyhow::Result<std::net::TcpListener> {
     Ok(listener)
 }
 
-fn run(config: Config, plan: picamd::privileges::Plan) -> anyhow::Result<()> {
+fn run(
+    config: Config,
+    plan: picamd::privileges::Plan,
+    tls: Option<picamd::tls::TlsMaterial>,
+) -> anyhow::Result<()> {
     raise_fd_limit();
-    // Port 80 needs root (or a capability) to bind; nothing else does. So: bind, switch
-    // user, and only then start threads — the runtime's workers included.
+    // Ports 80 and 443 need root (or a capability) to bind; nothing else does. So: bind,
+    // switch user, and only then start threads — the runtime's workers included.
     let listener = listener(&config)?;
+    let tls_listener = match &config.tls {
+        Some(t) => Some(bind(t.listen)?),
+        None => None,
+    };
     picamd::privileges::switch(&plan).context("dropping privileges")?;
-    listener
-        .set_nonblocking(true)
-        .context("making the listener non-blocking")?;
+    for l in std::iter::once(&listener).chain(&tls_listener) {
+        l.set_nonblocking(true)
+            .context("making the listener non-blocking")?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("http")
@@ -335,6 +412,18 @@ fn run(config: Config, plan: picamd::privileges::Plan) -> anyhow::Result<()> {
         let listener =
             tokio::net::TcpListener::from_std(listener).context("registering the listener")?;
         let bound = listener.local_addr().context("reading the bound address")?;
+        let https = match (tls_listener, &tls) {
+            (Some(l), Some(m)) => {
+                let l = tokio::net::TcpListener::from_std(l)
+                    .context("registering the HTTPS listener")?;
+                Some((l, m.server_config.clone()))
+            }
+            _ => None,
+        };
+        let https_bound = match &https {
+            Some((l, _)) => Some(l.local_addr().context("reading the bound address")?),
+            None => None,
+        };
         let int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let streams: Vec<String> = config
@@ -360,8 +449,23 @@ fn run(config: Config, plan: picamd::privileges::Plan) -> anyhow::Result<()> {
             "picamd {}: {streams}, listening on {bound}\n",
             env!("CARGO_PKG_VERSION"),
         );
-        for url in picamd::http::urls_for(bound) {
-            banner.push_str(&format!("open {url}\n"));
+        if let (Some(addr), Some(m)) = (https_bound, &tls) {
+            // The fingerprint is what a browser's certificate warning lets one compare.
+            banner.push_str(&format!(
+                "https on {addr}, certificate SHA-256 {} ({})\n",
+                m.fingerprint, m.origin
+            ));
+            for url in picamd::http::urls_for("https", addr) {
+                banner.push_str(&format!("open {url}\n"));
+            }
+        }
+        let redirect = config.tls.as_ref().is_some_and(|t| t.http_redirect);
+        if redirect {
+            banner.push_str("plain http redirects to https (but /healthz)\n");
+        } else {
+            for url in picamd::http::urls_for("http", bound) {
+                banner.push_str(&format!("open {url}\n"));
+            }
         }
         {
             use std::io::Write;
@@ -370,7 +474,15 @@ fn run(config: Config, plan: picamd::privileges::Plan) -> anyhow::Result<()> {
         }
         let shutdown = Shutdown::new();
         tokio::spawn(handle_signals(shutdown.clone(), int, term));
-        picamd::run(config, listener, shutdown)
+        if let Some(m) = &tls {
+            tracing::info!(fingerprint = %m.fingerprint, origin = %m.origin, "HTTPS certificate");
+        }
+        let listeners = picamd::http::Listeners {
+            http: listener,
+            https,
+            redirect,
+        };
+        picamd::run(config, listeners, shutdown)
             .await
             .context("pipeline")?;
         tracing::info!("stopped");

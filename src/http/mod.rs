@@ -53,6 +53,8 @@ const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// reading pins at most about one frame in user space (frames are shared `Bytes`, so this
 /// is a refcount, not a copy, for frames other clients also hold).
 const MAX_CONN_BUFFER: usize = 64 * 1024;
+/// Time a client has to finish its TLS handshake after connecting to the HTTPS port.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long graceful shutdown waits for connections to finish before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -250,9 +252,20 @@ pub(crate) fn x_timestamp(wall_us: u64) -> String {
     format!("{}.{:06}", wall_us / 1_000_000, wall_us % 1_000_000)
 }
 
-/// Serves `router(streams)` on `listener` until shutdown, then waits up to [`SHUTDOWN_GRACE`]
-/// for open connections.
-pub async fn serve(listener: TcpListener, streams: Vec<AppState>, shutdown: Shutdown) {
+/// The sockets to serve: plain HTTP, and HTTPS when configured.
+pub struct Listeners {
+    /// Plain HTTP.
+    pub http: TcpListener,
+    /// HTTPS and what it serves.
+    pub https: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+    /// Whether plain HTTP only redirects to HTTPS (and answers `/healthz`).
+    pub redirect: bool,
+}
+
+/// Serves `router(streams)` on every listener until shutdown, then waits up to
+/// [`SHUTDOWN_GRACE`] for open connections. With [`Listeners::redirect`], plain HTTP gets
+/// [`redirect_router`] instead.
+pub async fn serve(listeners: Listeners, streams: Vec<AppState>, shutdown: Shutdown) {
     let app = router(streams.into());
     let tracker = TaskTracker::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -261,49 +274,28 @@ pub async fn serve(listener: TcpListener, streams: Vec<AppState>, shutdown: Shut
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_CONN_BUFFER)
         .max_header_size(MAX_REQUEST_HEAD);
-    let mut accept_errors = 0u32;
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(conn) => { accept_errors = 0; conn }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    accept_errors = (accept_errors + 1).min(6);
-                    let wait = Duration::from_millis(10 << accept_errors);
-                    tracing::warn!(error = %e, "accept failed; retrying in {wait:?}");
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-            },
-        };
-        // The guard and the limits need the client's address.
-        let client = ClientAddr(peer.ip());
-        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
-            app.clone(),
-            move |mut req: Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(client);
-                req
-            },
-        ));
-        let builder = builder.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            let io = TokioIo::new(timed(stream));
-            let conn = builder.serve_connection(io, service).with_upgrades();
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                // Clients vanishing mid-frame are normal for a camera; log quietly.
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+    let server = Server {
+        builder,
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let https_port = listeners
+        .https
+        .as_ref()
+        .and_then(|(l, _)| l.local_addr().ok())
+        .map(|a| a.port());
+    let plain_app = match (listeners.redirect, https_port) {
+        (true, Some(port)) => redirect_router(port),
+        _ => app.clone(),
+    };
+    let plain = server.accept_loop(listeners.http, plain_app, None);
+    match listeners.https {
+        Some((listener, config)) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            let secure = server.accept_loop(listener, app, Some(acceptor));
+            tokio::join!(plain, secure);
+        }
+        None => plain.await,
     }
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
@@ -317,6 +309,173 @@ pub async fn serve(listener: TcpListener, streams: Vec<AppState>, shutdown: Shut
     }
 }
 
+/// What every accept loop shares: the connection settings and the tracker of connection
+/// tasks that graceful shutdown waits for.
+struct Server {
+    builder: hyper::server::conn::http1::Builder,
+    tracker: TaskTracker,
+    shutdown: Shutdown,
+}
+
+impl Server {
+    /// Accepts on `listener` until shutdown; each connection (after its TLS handshake, with
+    /// `tls`) is served in a tracked task.
+    async fn accept_loop(
+        &self,
+        listener: TcpListener,
+        app: Router,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) {
+        let mut accept_errors = 0u32;
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(conn) => { accept_errors = 0; conn }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        accept_errors = (accept_errors + 1).min(6);
+                        let wait = Duration::from_millis(10 << accept_errors);
+                        tracing::warn!(error = %e, "accept failed; retrying in {wait:?}");
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                },
+            };
+            // The guard and the limits need the client's address; a redirect without a
+            // `Host` header, the address the client reached.
+            let client = ClientAddr(peer.ip());
+            let local = LocalAddr(stream.local_addr().unwrap_or(peer));
+            let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+                app.clone(),
+                move |mut req: Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(client);
+                    req.extensions_mut().insert(local);
+                    req
+                },
+            ));
+            let builder = self.builder.clone();
+            let shutdown = self.shutdown.clone();
+            let tls = tls.clone();
+            self.tracker.spawn(async move {
+                let stream = timed(stream);
+                let Some(tls) = tls else {
+                    serve_connection(&builder, stream, service, &shutdown, peer).await;
+                    return;
+                };
+                let handshake = tokio::select! {
+                    r = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)) => r,
+                    _ = shutdown.cancelled() => return,
+                };
+                match handshake {
+                    Ok(Ok(stream)) => {
+                        serve_connection(&builder, stream, service, &shutdown, peer).await
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => {
+                        tracing::debug!(%peer, "no TLS handshake within {TLS_HANDSHAKE_TIMEOUT:?}")
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades, for `/ws`) on one connection until it ends or shutdown.
+async fn serve_connection<I, S>(
+    builder: &hyper::server::conn::http1::Builder,
+    io: I,
+    service: S,
+    shutdown: &Shutdown,
+    peer: SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send + 'static,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as http_body::Body>::Data: Send,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        // Clients vanishing mid-frame are normal for a camera; log quietly.
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// The address a connection reached (this end's), for redirects without a `Host` header.
+#[derive(Debug, Clone, Copy)]
+struct LocalAddr(SocketAddr);
+
+/// Plain HTTP when `http_redirect` is on: `/healthz` as usual (monitors), everything else a
+/// `308` to the same path and query over HTTPS on `https_port`. No authentication here, on
+/// purpose: a login prompt over plain HTTP would send the password in clear text.
+pub fn redirect_router(https_port: u16) -> Router {
+    Router::new()
+        .route("/healthz", get(status::healthz))
+        .fallback(move |req: Request| async move { to_https(&req, https_port) })
+}
+
+fn to_https(req: &Request, https_port: u16) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(host_of)
+        .map(str::to_owned)
+        .or_else(|| {
+            req.extensions().get::<LocalAddr>().map(|a| match a.0.ip() {
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
+            })
+        });
+    let Some(host) = host else {
+        return HttpError::BadRequest("no Host header".into()).into_response();
+    };
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{host}{port}{path}");
+    match HeaderValue::from_str(&location) {
+        Ok(v) => (
+            StatusCode::PERMANENT_REDIRECT,
+            [(header::LOCATION, v)],
+            "use HTTPS\n",
+        )
+            .into_response(),
+        Err(_) => HttpError::BadRequest("bad Host header".into()).into_response(),
+    }
+}
+
+/// The host part of a `Host` header (`name`, `name:port`, `[v6]`, `[v6]:port`), if it
+/// looks like one.
+fn host_of(h: &str) -> Option<&str> {
+    let host = if h.starts_with('[') {
+        &h[..=h.find(']')?]
+    } else {
+        h.split(':').next()?
+    };
+    let ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.[]:".contains(c));
+    ok.then_some(host)
+}
+
 fn timed(stream: TcpStream) -> Pin<Box<TimeoutStream<TcpStream>>> {
     // Frames are sent as soon as they exist; Nagle would only add latency.
     let _ = stream.set_nodelay(true);
@@ -325,13 +484,14 @@ fn timed(stream: TcpStream) -> Pin<Box<TimeoutStream<TcpStream>>> {
     Box::pin(s)
 }
 
-/// The URLs worth printing at start-up for a listener bound to `addr`.
-pub fn urls_for(addr: SocketAddr) -> Vec<String> {
+/// The URLs worth printing at start-up for a listener bound to `addr`; `scheme` is `http`
+/// or `https`.
+pub fn urls_for(scheme: &str, addr: SocketAddr) -> Vec<String> {
     let port = addr.port();
     if !addr.ip().is_unspecified() {
-        return vec![format!("http://{}/", SocketAddr::new(addr.ip(), port))];
+        return vec![format!("{scheme}://{}/", SocketAddr::new(addr.ip(), port))];
     }
-    let mut urls = vec![format!("http://127.0.0.1:{port}/")];
+    let mut urls = vec![format!("{scheme}://127.0.0.1:{port}/")];
     if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
         for ifa in addrs {
             let Some(ip) = ifa
@@ -341,7 +501,7 @@ pub fn urls_for(addr: SocketAddr) -> Vec<String> {
                 continue;
             };
             if !ip.is_loopback() {
-                urls.push(format!("http://{ip}:{port}/"));
+                urls.push(format!("{scheme}://{ip}:{port}/"));
             }
         }
     }
