@@ -28,6 +28,8 @@ pub fn run_picamd(args: &[&str]) -> std::process::Output {
 pub struct Picamd {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// Every line picamd has written to stdout so far (the banner).
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Picamd {
@@ -62,8 +64,11 @@ impl Picamd {
             .expect("spawn picamd");
         let stdout = child.stdout.take().expect("stdout piped");
         let (tx, rx) = std::sync::mpsc::channel();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                kept.lock().unwrap().push(line.clone());
                 if let Some(addr) = line.split("listening on ").nth(1) {
                     let _ = tx.send(addr.trim().parse::<SocketAddr>().expect("address"));
                 }
@@ -73,6 +78,7 @@ impl Picamd {
             Ok(addr) => Some(Picamd {
                 child: Some(child),
                 addr,
+                stdout: lines,
             }),
             Err(_) => {
                 let _ = child.kill();
@@ -80,6 +86,36 @@ impl Picamd {
                 None
             }
         }
+    }
+
+    /// The first stdout line starting with `prefix`, waiting up to 5 s for it.
+    pub fn stdout_line(&self, prefix: &str) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = self
+                .stdout
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.starts_with(prefix))
+                .cloned();
+            if found.is_some() || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The HTTPS address from the banner's `https on ADDR, certificate SHA-256 FP (…)`
+    /// line, and the fingerprint (with `--tls-listen`).
+    pub fn https(&self) -> (SocketAddr, String) {
+        let line = self.stdout_line("https on ").expect("an `https on` line");
+        let rest = line.strip_prefix("https on ").unwrap();
+        let (addr, rest) = rest
+            .split_once(", certificate SHA-256 ")
+            .expect("fingerprint");
+        let fp = rest.split_whitespace().next().expect("fingerprint");
+        (addr.parse().expect("address"), fp.to_owned())
     }
 
     pub fn pid(&self) -> u32 {
