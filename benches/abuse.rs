@@ -312,6 +312,18 @@ async fn sample(
     }
 }
 
+/// Cancels `stop` just before `deadline`, so the last sample shows the load, not the clients
+/// leaving.
+fn stop_sampling_at(deadline: Instant, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let at = deadline
+            .checked_sub(Duration::from_millis(500))
+            .unwrap_or(deadline);
+        tokio::time::sleep_until(at.into()).await;
+        stop.cancel();
+    });
+}
+
 /// Waits up to `max` for the descriptor count to come down to `target`, at least `min`;
 /// returns the last usage seen.
 async fn settle(pid: u32, target: usize, min: Duration, max: Duration) -> Option<(Usage, f64)> {
@@ -1067,6 +1079,7 @@ async fn churn(addr: SocketAddr, pid: u32, opts: &Options) -> Result<(), String>
         .map(|id| tokio::spawn(churner(addr, id, deadline, stats.clone())))
         .collect();
     let stop = CancellationToken::new();
+    stop_sampling_at(deadline, stop.clone());
     let connections_at = Arc::new(Mutex::new(Vec::new()));
     let sampler = {
         let (stats, connections_at) = (stats.clone(), connections_at.clone());
@@ -1231,6 +1244,7 @@ async fn soak(addr: SocketAddr, pid: u32, opts: &Options) -> Result<(), String> 
     tasks.push(tokio::spawn(soak_snapshots(addr, deadline, stats.clone())));
 
     let stop = CancellationToken::new();
+    stop_sampling_at(deadline, stop.clone());
     let per_viewer_fps = Arc::new(Mutex::new(Vec::new()));
     let sampler = {
         let (stats, per_viewer_fps) = (stats.clone(), per_viewer_fps.clone());
@@ -1279,11 +1293,13 @@ async fn soak(addr: SocketAddr, pid: u32, opts: &Options) -> Result<(), String> 
     let fds: Vec<(f64, f64)> = samples.iter().map(|s| (s.0, s.1.fds as f64)).collect();
     let summary = |points: &[(f64, f64)], unit: &str, decimals: usize| {
         let values: Vec<f64> = points.iter().map(|p| p.1).collect();
+        // The first sample is taken while the viewers connect: leave it out of the slope.
+        let steady = points.get(1..).unwrap_or_default();
         format!(
-            "{}; slope {:+.decimals$} {unit}/h over {} samples",
+            "{}; slope {:+.decimals$} {unit}/h over the {} samples after the first",
             series_summary(&values, unit, decimals),
-            slope_per_hour(points),
-            points.len()
+            slope_per_hour(steady),
+            steady.len()
         )
     };
     println!("RSS: {}", summary(&rss, "MiB", 2));
