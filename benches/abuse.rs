@@ -81,7 +81,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let fd_limit = raise_fd_limit();
+    let fd_limit = common::raise_fd_limit();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
@@ -206,23 +206,6 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
         size: size.unwrap_or_else(|| default_size.to_owned()),
         fps,
     })
-}
-
-/// Lifts the soft open-file limit to the hard one (the server inherits it); returns the
-/// resulting soft limit.
-fn raise_fd_limit() -> u64 {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => hard,
-            Err(e) => {
-                eprintln!("cannot raise the open-file limit from {soft}: {e}");
-                soft
-            }
-        },
-        Ok((soft, _)) => soft,
-        Err(_) => 0,
-    }
 }
 
 fn load_average() -> String {

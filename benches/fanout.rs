@@ -40,7 +40,7 @@ fn main() {
         .map(Duration::from_secs_f64)
         .unwrap_or(Duration::from_secs(10));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let fd_limit = raise_fd_limit();
+    let fd_limit = common::raise_fd_limit();
     let ticks = clock_ticks();
 
     let mut server = Picamd::start(&[
@@ -138,22 +138,6 @@ fn client_counts() -> Vec<usize> {
         .collect();
     assert!(!counts.is_empty(), "no client counts in {spec:?}");
     counts
-}
-
-/// Lifts the soft open-file limit to the hard one; returns the resulting soft limit.
-fn raise_fd_limit() -> u64 {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => hard,
-            Err(e) => {
-                eprintln!("cannot raise the open-file limit from {soft}: {e}");
-                soft
-            }
-        },
-        Ok((soft, _)) => soft,
-        Err(_) => 0,
-    }
 }
 
 /// `sysconf(_SC_CLK_TCK)` through `getconf`, or the usual 100.
