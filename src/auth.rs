@@ -43,7 +43,7 @@ const MAX_ARGON2_MEMORY_KIB: u32 = 256 * 1024;
 /// Largest argon2 time cost (passes) accepted from the config.
 const MAX_ARGON2_PASSES: u32 = 16;
 /// Longest user name or password accepted from a client, in bytes.
-const MAX_SECRET_LEN: usize = 1024;
+pub const MAX_SECRET_LEN: usize = 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {

@@ -7,6 +7,8 @@
 pub mod auth;
 pub mod config;
 pub mod encode;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 pub mod http;
 pub mod hub;
 pub mod led;

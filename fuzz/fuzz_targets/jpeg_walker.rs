@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use picamd_fuzz::jpeg::{segments, Progress, Walker};
+use picamd::source::jpeg::{segments, Progress, Walker};
 
 fuzz_target!(|input: &[u8]| {
     let [seed, data @ ..] = input else {

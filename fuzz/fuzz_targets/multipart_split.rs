@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use picamd_fuzz::jpeg::{Progress, Walker};
-use picamd_fuzz::multipart::{SplitLimits, Splitter, BUFFER_SLACK};
+use picamd::source::jpeg::{Progress, Walker};
+use picamd::source::multipart::{SplitLimits, Splitter, BUFFER_SLACK};
 
 fuzz_target!(|input: &[u8]| {
     let [limit, shape, s0, s1, stream @ ..] = input else {

@@ -15,7 +15,7 @@ pub mod limits;
 mod mjpeg;
 mod snapshot;
 mod status;
-mod ws;
+pub(crate) mod ws;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -428,37 +428,48 @@ pub fn redirect_router(https_port: u16) -> Router {
 }
 
 fn to_https(req: &Request, https_port: u16) -> Response {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(host_of)
-        .map(str::to_owned)
-        .or_else(|| {
-            req.extensions().get::<LocalAddr>().map(|a| match a.0.ip() {
-                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-                ip => ip.to_string(),
-            })
-        });
-    let Some(host) = host else {
-        return HttpError::BadRequest("no Host header".into()).into_response();
+    let host = req.headers().get(header::HOST).map(|h| h.as_bytes());
+    let local = req.extensions().get::<LocalAddr>().map(|a| a.0.ip());
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    match https_location(host, local, https_port, path) {
+        Ok(location) => (
+            StatusCode::PERMANENT_REDIRECT,
+            [(header::LOCATION, location)],
+            "use HTTPS\n",
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Where a plain-HTTP request is sent: the same host (from `Host`, else the address the
+/// connection reached), the HTTPS port, the same path and query. The host is checked, so a
+/// crafted `Host` cannot smuggle a path, user info or a header into the `Location`.
+pub(crate) fn https_location(
+    host_header: Option<&[u8]>,
+    local: Option<std::net::IpAddr>,
+    https_port: u16,
+    path_and_query: &str,
+) -> Result<HeaderValue, HttpError> {
+    let host = match host_header {
+        Some(h) => std::str::from_utf8(h)
+            .ok()
+            .and_then(host_of)
+            .map(str::to_owned)
+            .ok_or_else(|| HttpError::BadRequest("bad Host header".into()))?,
+        None => match local {
+            Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+            Some(ip) => ip.to_string(),
+            None => return Err(HttpError::BadRequest("no Host header".into())),
+        },
     };
     let port = if https_port == 443 {
         String::new()
     } else {
         format!(":{https_port}")
     };
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let location = format!("https://{host}{port}{path}");
-    match HeaderValue::from_str(&location) {
-        Ok(v) => (
-            StatusCode::PERMANENT_REDIRECT,
-            [(header::LOCATION, v)],
-            "use HTTPS\n",
-        )
-            .into_response(),
-        Err(_) => HttpError::BadRequest("bad Host header".into()).into_response(),
-    }
+    HeaderValue::from_str(&format!("https://{host}{port}{path_and_query}"))
+        .map_err(|_| HttpError::BadRequest("bad request target".into()))
 }
 
 /// The host part of a `Host` header (`name`, `name:port`, `[v6]`, `[v6]:port`), if it

@@ -80,7 +80,7 @@ pub async fn upgrade(
 }
 
 /// Browsers always send `Origin` on WebSocket handshakes; other clients usually do not.
-fn same_origin(headers: &HeaderMap) -> bool {
+pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
@@ -169,7 +169,7 @@ fn message_len(msg: &Option<Result<Message, axum::Error>>) -> usize {
 }
 
 /// The answer to one client text message.
-fn reply_to(msg: &str) -> Value {
+pub(crate) fn reply_to(msg: &str) -> Value {
     let parsed: Value = match serde_json::from_str(msg) {
         Ok(v) => v,
         Err(e) => return error(&format!("invalid JSON: {e}")),

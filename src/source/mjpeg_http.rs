@@ -458,61 +458,10 @@ impl MjpegHttpSource {
 
     /// Parses the response head once it is complete: `None` while more is needed.
     fn parse_head(&self, data: &[u8]) -> Result<Option<ResponseHead>, SourceError> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        let body_at = match resp.parse(data) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(e) => return Err(self.fail(format_args!("bad HTTP response: {e}"))),
-        };
-        let code = resp.code.unwrap_or(0);
-        let header = |name: &str| {
-            resp.headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
-        };
-        if code != 200 {
-            let status = format!(
-                "HTTP/1.{} {code} {}",
-                resp.version.unwrap_or(1),
-                resp.reason.unwrap_or("")
-            );
-            let hint = match code {
-                401 | 403 => " (credentials go in the URL: http://user:password@host/…)",
-                301 | 302 | 303 | 307 | 308 => " (redirects are not followed; use the new URL)",
-                _ => "",
-            };
-            let location = header("location")
-                .map(|l| format!(", Location: {l}"))
-                .unwrap_or_default();
-            return Err(self.fail(format_args!(
-                "the upstream answered \"{}\"{location}{hint}",
-                status.trim_end()
-            )));
-        }
-        let content_type = header("content-type").unwrap_or_default();
-        let mime = content_type.split(';').next().unwrap_or("").trim();
-        // ffmpeg's own HTTP server (`-f mpjpeg -listen 1`) and some cameras label the stream
-        // as generic bytes: let the body's first bytes decide.
-        let generic = mime.is_empty() || mime.eq_ignore_ascii_case("application/octet-stream");
-        if !generic && !mime.to_ascii_lowercase().starts_with("multipart/") {
-            return Err(self.fail(self.not_mjpeg(&content_type)));
-        }
-        let chunked = header("transfer-encoding")
-            .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
-        let length = if chunked {
-            None
-        } else {
-            header("content-length").and_then(|l| l.parse::<usize>().ok())
-        };
-        Ok(Some(ResponseHead {
-            boundary: boundary_param(&content_type),
-            chunked,
-            length,
-            body_at,
-            unverified: generic.then_some(content_type),
-        }))
+        parse_response_head(data).map_err(|e| match e {
+            HeadError::NotMjpeg(content_type) => self.fail(self.not_mjpeg(&content_type)),
+            HeadError::Refused(why) => self.fail(why),
+        })
     }
 
     fn not_mjpeg(&self, content_type: &str) -> String {
@@ -539,14 +488,83 @@ fn sniff(piece: &[u8]) -> Option<bool> {
     })
 }
 
-struct ResponseHead {
-    boundary: Option<String>,
-    chunked: bool,
+pub(crate) struct ResponseHead {
+    pub boundary: Option<String>,
+    pub chunked: bool,
     /// A `Content-Length` on the whole stream (unusual): where the body ends.
-    length: Option<usize>,
-    body_at: usize,
+    pub length: Option<usize>,
+    /// Where the body starts in the data parsed.
+    pub body_at: usize,
     /// The Content-Type when it did not say multipart; the body must show it is.
-    unverified: Option<String>,
+    pub unverified: Option<String>,
+}
+
+/// Why a response head was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HeadError {
+    /// Not HTTP, or not a 200 answer: the message says what came instead.
+    Refused(String),
+    /// A 200 answer with this Content-Type, which is not a multipart stream.
+    NotMjpeg(String),
+}
+
+/// Parses an upstream's response head once it is complete: `None` while more is needed.
+pub(crate) fn parse_response_head(data: &[u8]) -> Result<Option<ResponseHead>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let body_at = match resp.parse(data) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(HeadError::Refused(format!("bad HTTP response: {e}"))),
+    };
+    let code = resp.code.unwrap_or(0);
+    let header = |name: &str| {
+        resp.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
+    };
+    if code != 200 {
+        let status = format!(
+            "HTTP/1.{} {code} {}",
+            resp.version.unwrap_or(1),
+            resp.reason.unwrap_or("")
+        );
+        let hint = match code {
+            401 | 403 => " (credentials go in the URL: http://user:password@host/…)",
+            301 | 302 | 303 | 307 | 308 => " (redirects are not followed; use the new URL)",
+            _ => "",
+        };
+        let location = header("location")
+            .map(|l| format!(", Location: {l}"))
+            .unwrap_or_default();
+        return Err(HeadError::Refused(format!(
+            "the upstream answered \"{}\"{location}{hint}",
+            status.trim_end()
+        )));
+    }
+    let content_type = header("content-type").unwrap_or_default();
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    // ffmpeg's own HTTP server (`-f mpjpeg -listen 1`) and some cameras label the stream
+    // as generic bytes: let the body's first bytes decide.
+    let generic = mime.is_empty() || mime.eq_ignore_ascii_case("application/octet-stream");
+    if !generic && !mime.to_ascii_lowercase().starts_with("multipart/") {
+        return Err(HeadError::NotMjpeg(content_type));
+    }
+    let chunked =
+        header("transfer-encoding").is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
+    let length = if chunked {
+        None
+    } else {
+        header("content-length").and_then(|l| l.parse::<usize>().ok())
+    };
+    Ok(Some(ResponseHead {
+        boundary: boundary_param(&content_type),
+        chunked,
+        length,
+        body_at,
+        unverified: generic.then_some(content_type),
+    }))
 }
 
 /// The `boundary` parameter of a `Content-Type`, unquoted.
@@ -580,7 +598,7 @@ fn is_timeout(e: &std::io::Error) -> bool {
 /// MJPEG clients chunked). Chunk sizes may be anything; only the size line is buffered, and
 /// it is bounded.
 #[derive(Debug, Default)]
-struct Dechunker {
+pub(crate) struct Dechunker {
     state: ChunkState,
     line: Vec<u8>,
 }
@@ -599,12 +617,18 @@ enum ChunkState {
 }
 
 impl Dechunker {
-    fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.state == ChunkState::Done
     }
 
+    /// Bytes of an unfinished line held back (bounded by `MAX_CHUNK_LINE`).
+    #[cfg(fuzzing)]
+    pub(crate) fn line_len(&self) -> usize {
+        self.line.len()
+    }
+
     /// Hands the decoded data in `data` to `out`, piece by piece.
-    fn feed(
+    pub(crate) fn feed(
         &mut self,
         mut data: &[u8],
         mut out: impl FnMut(&[u8]) -> Result<(), String>,
