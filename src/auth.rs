@@ -121,13 +121,16 @@ impl TokenHash {
             .trim()
             .strip_prefix("sha256:")
             .ok_or(AuthError::BadTokenHash)?;
-        if hex_part.len() != 64 {
+        // Checked byte by byte: slicing a string with multi-byte characters in it would panic
+        // (found by the config fuzz target), and from_str_radix would also take a `+`.
+        let digits = hex_part.as_bytes();
+        if digits.len() != 64 || !digits.iter().all(u8::is_ascii_hexdigit) {
             return Err(AuthError::BadTokenHash);
         }
         let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&hex_part[2 * i..2 * i + 2], 16)
-                .map_err(|_| AuthError::BadTokenHash)?;
+        for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+            let nibble = |d: u8| (d as char).to_digit(16).unwrap_or(0) as u8;
+            *byte = nibble(pair[0]) << 4 | nibble(pair[1]);
         }
         Ok(TokenHash(out))
     }
@@ -644,6 +647,14 @@ mod tests {
             assert_eq!(TokenHash::parse(bad), Err(AuthError::BadTokenHash), "{bad}");
         }
         assert!(TokenHash::parse(&format!("sha256:{}é", "0".repeat(62))).is_err());
+        // A multi-byte character across a digit pair (the config fuzz target's find: it
+        // panicked) and a sign that from_str_radix would take.
+        let odd = format!("sha256:{}ǝ{}", "0".repeat(41), "0".repeat(21));
+        assert_eq!(TokenHash::parse(&odd), Err(AuthError::BadTokenHash));
+        let plus = format!("sha256:+f{}", "0".repeat(62));
+        assert_eq!(TokenHash::parse(&plus), Err(AuthError::BadTokenHash));
+        let upper = format!("sha256:{}", "AB".repeat(32));
+        assert_eq!(TokenHash::parse(&upper), Ok(TokenHash([0xAB; 32])));
     }
 
     #[test]

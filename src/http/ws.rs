@@ -81,8 +81,13 @@ pub async fn upgrade(
 
 /// Browsers always send `Origin` on WebSocket handshakes; other clients usually do not.
 pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+    let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
+    };
+    // An Origin that is not visible ASCII is no origin picamd serves (the fuzz target found
+    // it being taken for a missing one).
+    let Ok(origin) = origin.to_str() else {
+        return false;
     };
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     let origin_host = origin.split_once("://").map(|(_, rest)| rest);
@@ -238,6 +243,12 @@ mod tests {
         h.insert(
             header::ORIGIN,
             HeaderValue::from_static("https://evil.example"),
+        );
+        assert!(!same_origin(&h));
+        // Not text: not the same origin (it used to count as no Origin at all).
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_bytes(b"http://pi.local:8080\xff").unwrap(),
         );
         assert!(!same_origin(&h));
     }
