@@ -114,8 +114,8 @@ struct Cli {
     /// [default: /var/lib/picamd].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<String>,
-    /// Read a password from stdin (one line), print its argon2id hash for `[auth]`'s
-    /// `password_hash`, then exit.
+    /// Read a password from stdin (on a terminal: twice, not shown; from a pipe: one line),
+    /// print its argon2id hash for `[auth]`'s `password_hash`, then exit.
     #[arg(long)]
     hash_password: bool,
     /// Print a new random token and the `sha256:` hash to list in `[auth]`'s `tokens`, then
@@ -249,22 +249,41 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--hash-password`: one line from stdin → its PHC string on stdout. The prompt goes to
-/// stderr, and only when stdin is a terminal; the password is read as typed (no echo hiding:
-/// pipe it in, e.g. `read -rs P && printf '%s' "$P" | picamd --hash-password`).
+/// `--hash-password`: a password from stdin → its PHC string on stdout.
+///
+/// When stdin is a terminal, the prompts go to stderr, the password is read twice with echo
+/// off ([`EchoOff`]: the terminal's settings come back on every path, Ctrl-C and the other
+/// signals that end the process included), and two different entries exit with 1. Otherwise
+/// (a pipe, a file) one line is read, without prompt or confirmation. An empty password is
+/// refused with exit status 2, as before.
 fn hash_password() -> ExitCode {
-    use std::io::{BufRead, IsTerminal, Write};
-    if std::io::stdin().is_terminal() {
-        eprint!("password (shown as typed): ");
+    use std::io::{IsTerminal, Write};
+    let password = if std::io::stdin().is_terminal() {
+        match read_hidden_twice() {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                eprintln!("picamd: the two passwords differ; nothing hashed");
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("picamd: cannot read the password: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        match read_password_line() {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("picamd: cannot read the password: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    if password.is_empty() {
+        eprintln!("picamd: the password is empty; nothing hashed");
+        return ExitCode::from(2);
     }
-    let mut line = String::new();
-    if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
-        eprintln!("picamd: cannot read the password: {e}");
-        return ExitCode::FAILURE;
-    }
-    let password = line.strip_suffix('\n').unwrap_or(&line);
-    let password = password.strip_suffix('\r').unwrap_or(password);
-    match picamd::auth::hash_password(password) {
+    match picamd::auth::hash_password(&password) {
         Ok(phc) => {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{phc}").and_then(|()| out.flush());
@@ -273,6 +292,154 @@ fn hash_password() -> ExitCode {
         Err(e) => {
             eprintln!("picamd: password: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// One line from stdin, without its line end.
+fn read_password_line() -> std::io::Result<String> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    Ok(password.to_owned())
+}
+
+/// Prompts on stderr and reads the password from the terminal on stdin with echo off, then
+/// once more: `None` when the two differ. An empty first entry is returned at once (the
+/// caller refuses it) instead of being asked for again.
+fn read_hidden_twice() -> std::io::Result<Option<String>> {
+    let _echo_off = EchoOff::new().map_err(std::io::Error::from)?;
+    let hidden = |prompt: &str| {
+        eprint!("{prompt}");
+        let line = read_password_line();
+        // The Enter typed was not echoed either.
+        eprintln!();
+        line
+    };
+    let first = hidden("password (not shown): ")?;
+    if first.is_empty() {
+        return Ok(Some(first));
+    }
+    let again = hidden("again: ")?;
+    Ok((first == again).then_some(first))
+}
+
+/// The terminal settings of stdin before [`EchoOff`] changed them, and the ones it set: for
+/// its signal handlers, which may not allocate or lock.
+static TERMINAL: std::sync::OnceLock<(nix::libc::termios, nix::libc::termios)> =
+    std::sync::OnceLock::new();
+
+/// Signals whose default action ends the process (Ctrl-C, Ctrl-\, a closed terminal, `kill`):
+/// the terminal is restored first.
+const ENDING_SIGNALS: [nix::sys::signal::Signal; 4] = [
+    nix::sys::signal::Signal::SIGINT,
+    nix::sys::signal::Signal::SIGQUIT,
+    nix::sys::signal::Signal::SIGHUP,
+    nix::sys::signal::Signal::SIGTERM,
+];
+
+/// Echo off on the terminal that is stdin, until dropped; the settings before are restored
+/// then, whatever the path out (`?`, panic unwinding). While it lives, the signals that end
+/// the process ([`ENDING_SIGNALS`]) restore them too before the process dies of the signal,
+/// and Ctrl-Z (`SIGTSTP`) restores them while stopped and turns echo off again on `fg`.
+/// Not covered: `SIGKILL`, which nothing can catch (`stty sane` repairs the terminal then).
+struct EchoOff {
+    saved: nix::sys::termios::Termios,
+    /// The signal actions replaced, put back on drop.
+    previous: Vec<(nix::sys::signal::Signal, nix::sys::signal::SigAction)>,
+}
+
+impl EchoOff {
+    fn new() -> nix::Result<EchoOff> {
+        use nix::libc;
+        use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+        use nix::sys::termios::{tcgetattr, tcsetattr, SetArg, Termios};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin)?;
+        let before: libc::termios = saved.clone().into();
+        let mut quiet = before;
+        quiet.c_lflag &= !(libc::ECHO | libc::ECHOE | libc::ECHOK | libc::ECHONL);
+        // `--hash-password` makes one EchoOff per process: the first settings are the ones.
+        let (before, quiet) = *TERMINAL.get_or_init(|| (before, quiet));
+        let mut guard = EchoOff {
+            saved: Termios::from(before),
+            previous: Vec::new(),
+        };
+        let handlers = ENDING_SIGNALS
+            .iter()
+            .map(|&s| {
+                (
+                    s,
+                    SigHandler::Handler(restore_and_die),
+                    SaFlags::SA_RESETHAND,
+                )
+            })
+            .chain([(
+                Signal::SIGTSTP,
+                SigHandler::Handler(restore_while_stopped),
+                SaFlags::SA_RESTART,
+            )]);
+        for (signal, handler, flags) in handlers {
+            let action = SigAction::new(handler, flags, SigSet::empty());
+            // SAFETY: both handlers only read TERMINAL (initialized above, before any
+            // handler is installed) and call async-signal-safe functions.
+            let previous = unsafe { sigaction(signal, &action) }?;
+            if previous.handler() == SigHandler::SigIgn {
+                // Ignored on purpose (`nohup`, a shell without job control): stays ignored.
+                // SAFETY: puts back the action that was there.
+                unsafe { sigaction(signal, &previous) }?;
+                continue;
+            }
+            guard.previous.push((signal, previous));
+        }
+        // TCSANOW, not TCSAFLUSH: what was typed ahead of the prompt is kept.
+        tcsetattr(&stdin, SetArg::TCSANOW, &Termios::from(quiet))?;
+        Ok(guard)
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        use nix::sys::termios::{tcsetattr, SetArg};
+        // The terminal first: a signal arriving in between finds it restored already.
+        let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.saved);
+        for (signal, action) in self.previous.drain(..).rev() {
+            // SAFETY: puts back the action that was there before EchoOff::new.
+            let _ = unsafe { nix::sys::signal::sigaction(signal, &action) };
+        }
+    }
+}
+
+/// Signal handler: the terminal as it was, a line end, then the signal's default action
+/// (SA_RESETHAND put it back), so the process ends the way it would have without picamd's
+/// handler. Only async-signal-safe calls.
+extern "C" fn restore_and_die(signal: nix::libc::c_int) {
+    use nix::libc;
+    if let Some((before, _)) = TERMINAL.get() {
+        // SAFETY: tcsetattr, write and raise are async-signal-safe; `before` is a valid
+        // termios that is never written again.
+        unsafe {
+            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, before);
+            libc::write(libc::STDERR_FILENO, b"\n".as_ptr().cast(), 1);
+        }
+    }
+    // SAFETY: as above.
+    unsafe { libc::raise(signal) };
+}
+
+/// `SIGTSTP` handler (Ctrl-Z): the terminal as it was while stopped, echo off again once
+/// continued.
+extern "C" fn restore_while_stopped(_: nix::libc::c_int) {
+    use nix::libc;
+    if let Some((before, quiet)) = TERMINAL.get() {
+        // SAFETY: tcsetattr and raise are async-signal-safe; both termios are valid and
+        // never written again.
+        unsafe {
+            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, before);
+            libc::raise(libc::SIGSTOP);
+            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, quiet);
         }
     }
 }

@@ -239,3 +239,187 @@ fn check_config_reports_and_exits_without_serving() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("`fps`") && out.stdout.is_empty(), "{err}");
 }
+
+/// `picamd --hash-password` with `input` piped to it: exit code, stdout, stderr.
+fn hash_password_piped(input: &[u8]) -> (Option<i32>, String, String) {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_picamd"))
+        .arg("--hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn verifies(phc: &str, password: &str) -> bool {
+    picamd::auth::PasswordHashString::parse(phc)
+        .unwrap_or_else(|e| panic!("{phc:?}: {e}"))
+        .verify(password.as_bytes())
+}
+
+#[test]
+fn hash_password_from_a_pipe_reads_one_line_without_prompts() {
+    for empty in [&b""[..], b"\n", b"\r\n"] {
+        let (code, out, err) = hash_password_piped(empty);
+        assert_eq!(code, Some(2), "{empty:?}: {err}");
+        assert!(out.is_empty(), "{empty:?}: {out}");
+        assert!(err.contains("the password is empty"), "{empty:?}: {err}");
+    }
+    // One line, no confirmation: a second line is not read.
+    let (code, out, err) = hash_password_piped(b"pipe pass\nsomething else\n");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.is_empty(), "no prompt on a pipe: {err}");
+    let phc = out.strip_suffix('\n').unwrap();
+    assert!(
+        phc.starts_with("$argon2id$v=19$") && !phc.contains('\n'),
+        "{out}"
+    );
+    assert!(verifies(phc, "pipe pass"));
+    // Without a line end, and with a CRLF one.
+    for (input, password) in [(&b"no newline"[..], "no newline"), (b"crlf\r\n", "crlf")] {
+        let (code, out, err) = hash_password_piped(input);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(verifies(out.trim_end(), password), "{input:?}");
+    }
+}
+
+/// Runs `shell` (a `/bin/sh` command line) on a pseudo-terminal with util-linux `script`,
+/// typing each `(wait_for, keys)`'s keys once the terminal shows `wait_for`; returns all
+/// the terminal showed (echoed input included) once the command has ended.
+fn on_a_terminal(shell: &str, typing: &[(&str, &str)]) -> String {
+    use std::io::Read;
+    use std::process::Stdio;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", shell, "/dev/null"])
+        .env("SHELL", "/bin/sh")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("util-linux `script` (Debian: bsdutils) runs the terminal tests");
+    let shown = Arc::new(Mutex::new(Vec::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = {
+        let shown = shown.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                shown.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let text =
+        |shown: &Mutex<Vec<u8>>| String::from_utf8_lossy(&shown.lock().unwrap()).into_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut seen = 0;
+    for (wait_for, keys) in typing {
+        // Each prompt after the previous one: "again: " must not match an earlier text.
+        loop {
+            let t = text(&shown);
+            if let Some(at) = t[seen..].find(wait_for) {
+                seen += at + wait_for.len();
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {wait_for:?} on the terminal:\n{t}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stdin.write_all(keys.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+    // stdin stays open until the command ends: at EOF, script would end the session.
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the command did not end:\n{}", text(&shown));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(stdin);
+    reader.join().unwrap();
+    text(&shown)
+}
+
+/// After `picamd --hash-password` on a terminal: its exit code, and whether `stty -a`
+/// shows echo on.
+const THEN_STATUS_AND_ECHO: &str =
+    r#"echo "exit=$?"; stty -a | tr ' ;' '\n\n' | grep -x -e echo -e -echo"#;
+
+fn picamd_quoted() -> String {
+    format!("'{}'", env!("CARGO_BIN_EXE_picamd"))
+}
+
+#[test]
+fn hash_password_on_a_terminal_hides_the_password_and_asks_twice() {
+    let shell = format!(
+        "{} --hash-password; {THEN_STATUS_AND_ECHO}",
+        picamd_quoted()
+    );
+    let typed = "tty s3cret pass";
+    let line = format!("{typed}\n");
+    let shown = on_a_terminal(&shell, &[("password", &line), ("again: ", &line)]);
+    assert!(!shown.contains(typed), "the password was echoed:\n{shown}");
+    assert!(shown.contains("exit=0"), "{shown}");
+    let phc = shown
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .find(|l| l.starts_with("$argon2id$v=19$"))
+        .unwrap_or_else(|| panic!("no hash:\n{shown}"));
+    assert!(verifies(phc, typed));
+    // The prompts are on lines of their own (a line end after each hidden entry), and
+    // echo is back on afterwards.
+    assert!(shown.contains("again: \r\n$argon2id$"), "{shown:?}");
+    assert!(shown.lines().any(|l| l.trim_end() == "echo"), "{shown}");
+
+    // Two different entries: nothing hashed, exit 1, echo back on.
+    let shown = on_a_terminal(
+        &shell,
+        &[("password", "first try\n"), ("again: ", "second try\n")],
+    );
+    assert!(
+        shown.contains("differ") && shown.contains("exit=1"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("$argon2id$") && !shown.contains(" try"),
+        "{shown}"
+    );
+    assert!(shown.lines().any(|l| l.trim_end() == "echo"), "{shown}");
+
+    // An empty entry is refused at once, without asking again.
+    let shown = on_a_terminal(&shell, &[("password", "\n")]);
+    assert!(
+        shown.contains("the password is empty") && shown.contains("exit=2"),
+        "{shown}"
+    );
+    assert!(!shown.contains("again"), "{shown}");
+}
+
+#[test]
+fn hash_password_interrupted_on_a_terminal_restores_echo() {
+    // sh runs its trap once picamd is gone, then the rest; picamd dies of the SIGINT.
+    let shell = format!(
+        "trap 'echo interrupted' INT; {} --hash-password; {THEN_STATUS_AND_ECHO}",
+        picamd_quoted()
+    );
+    let shown = on_a_terminal(&shell, &[("password", "half typed"), ("", "\x03")]);
+    assert!(!shown.contains("half typed"), "{shown}");
+    assert!(shown.contains("exit=130"), "{shown}");
+    assert!(
+        shown.lines().any(|l| l.trim_end() == "echo"),
+        "echo still off after Ctrl-C:\n{shown}"
+    );
+}

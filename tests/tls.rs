@@ -310,6 +310,51 @@ async fn plain_http_redirects_when_asked() {
     );
 }
 
+/// The redirect is not a way around the request rate: plain HTTP counts against the same
+/// per-client budget as HTTPS, and `/healthz` against none.
+#[tokio::test]
+async fn redirects_count_against_the_request_rate() {
+    let dir = TempDir::new("redirect-rate");
+    let p = Picamd::start(&[
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--http-redirect",
+        "--max-requests-per-second",
+        "1",
+        "--state-dir",
+        dir.0.to_str().unwrap(),
+    ]);
+    let (addr, _) = p.https();
+    // Handshake done before the burst, so the HTTPS request below follows it closely.
+    let tls = tls_connect(&dir.path("tls-cert.pem"), addr).await;
+    // 1 per second allows bursts of 4.
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        let r = p.get(&format!("/snapshot?n={i}")).await;
+        if r.status == 429 {
+            let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+            assert!((1..=2).contains(&retry), "Retry-After: {retry}");
+        }
+        statuses.push(r.status);
+    }
+    assert!(
+        statuses.iter().all(|&s| s == 308 || s == 429),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[0], 308, "{statuses:?}");
+    assert!(
+        statuses.iter().filter(|&&s| s == 429).count() >= 6,
+        "plain HTTP is not rate limited: {statuses:?}"
+    );
+    // The HTTPS side shares the budget the redirects spent.
+    let r = send_request(tls, addr, "/state").await;
+    assert_eq!(r.status, 429, "HTTPS has a budget of its own");
+    // Monitors are not limited.
+    for _ in 0..10 {
+        assert_eq!(p.get("/healthz").await.status, 200);
+    }
+}
+
 #[tokio::test]
 async fn silent_client_is_dropped_after_the_handshake_timeout() {
     let dir = TempDir::new("silent");

@@ -20,7 +20,7 @@ pub(crate) mod ws;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -266,6 +266,8 @@ pub struct Listeners {
 /// [`SHUTDOWN_GRACE`] for open connections. With [`Listeners::redirect`], plain HTTP gets
 /// [`redirect_router`] instead.
 pub async fn serve(listeners: Listeners, streams: Vec<AppState>, shutdown: Shutdown) {
+    // Shared with the redirect, for one request budget per client over both ports.
+    let policy = streams[0].policy.clone();
     let app = router(streams.into());
     let tracker = TaskTracker::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -285,7 +287,7 @@ pub async fn serve(listeners: Listeners, streams: Vec<AppState>, shutdown: Shutd
         .and_then(|(l, _)| l.local_addr().ok())
         .map(|a| a.port());
     let plain_app = match (listeners.redirect, https_port) {
-        (true, Some(port)) => redirect_router(port),
+        (true, Some(port)) => redirect_router(port, policy),
         _ => app.clone(),
     };
     let plain = server.accept_loop(listeners.http, plain_app, None);
@@ -421,10 +423,24 @@ struct LocalAddr(SocketAddr);
 /// Plain HTTP when `http_redirect` is on: `/healthz` as usual (monitors), everything else a
 /// `308` to the same path and query over HTTPS on `https_port`. No authentication here, on
 /// purpose: a login prompt over plain HTTP would send the password in clear text.
-pub fn redirect_router(https_port: u16) -> Router {
+///
+/// The redirects count against the client's request rate like any other request (`429`
+/// with `Retry-After` past it), with `policy`'s limiter: the one the HTTPS side's guard
+/// uses, so a client has one budget over both ports. `/healthz` is not counted, as there.
+pub fn redirect_router(https_port: u16, policy: Arc<Policy>) -> Router {
     Router::new()
         .route("/healthz", get(status::healthz))
-        .fallback(move |req: Request| async move { to_https(&req, https_port) })
+        .fallback(move |client: ClientIp, req: Request| {
+            let policy = policy.clone();
+            async move {
+                let limit = policy.requests.as_ref();
+                if let Some(Err(wait)) = limit.map(|l| l.take(client.0, Instant::now())) {
+                    tracing::debug!(ip = %client.0, "request rate limit reached");
+                    return HttpError::TooManyRequests(wait).into_response();
+                }
+                to_https(&req, https_port)
+            }
+        })
 }
 
 fn to_https(req: &Request, https_port: u16) -> Response {
