@@ -271,6 +271,17 @@ impl Credentials {
         })
     }
 
+    /// A token from a `Cookie` header's [`TOKEN_COOKIE`] pair (`name=value` pairs separated
+    /// by `;`, whitespace around them trimmed; the first pair of that name counts). The value
+    /// is taken as it is, not percent-decoded: tokens from `picamd --new-token` are URL-safe
+    /// base64, and the guard sets the cookie only to values made of cookie octets. Empty,
+    /// longer than [`MAX_SECRET_LEN`] or not cookie octets (RFC 6265 `cookie-octet`): `None`.
+    pub fn from_cookie(header: &str) -> Option<Credentials> {
+        let v = cookie_value(header, TOKEN_COOKIE)?;
+        (!v.is_empty() && v.len() <= MAX_SECRET_LEN && is_cookie_value(v))
+            .then(|| Credentials::Token(v.to_owned()))
+    }
+
     /// The cache key: a SHA-256 keyed with a per-process secret, so the cache holds nothing
     /// a memory dump could brute-force faster than the argon2 hashes.
     fn cache_key(&self, secret: &[u8; 32]) -> [u8; 32] {
@@ -290,6 +301,25 @@ impl Credentials {
         }
         h.finalize().into()
     }
+}
+
+/// The cookie that carries a token once a page was opened with `?token=`.
+pub const TOKEN_COOKIE: &str = "picamd_token";
+
+/// The value of the first pair called `name` in a `Cookie` header (`a=1; b=2`), trimmed;
+/// `Some("")` for `name=`, `None` when there is no such pair.
+pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k.trim() == name).then(|| v.trim())
+    })
+}
+
+/// Whether `s` is made of RFC 6265 `cookie-octet`s only (printable ASCII without space,
+/// `"`, `,`, `;` and `\`), so it can be sent as a cookie value unquoted.
+pub fn is_cookie_value(s: &str) -> bool {
+    s.bytes()
+        .all(|b| matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E))
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -617,6 +647,97 @@ mod tests {
         assert_eq!(Credentials::from_query("token="), None);
         assert_eq!(Credentials::from_query("token=%zz"), None);
         assert_eq!(Credentials::from_query("token=%e"), None);
+    }
+
+    #[test]
+    fn cookie_tokens_parse() {
+        let t = |v: &str| Some(Credentials::Token(v.into()));
+        // A token from --new-token: URL-safe base64, used as it is.
+        let tok = "k7Yc3Q-test_token-0123456789abcdefghijklmnopq";
+        assert_eq!(
+            Credentials::from_cookie(&format!("picamd_token={tok}")),
+            t(tok)
+        );
+        // Among other cookies, with or without spaces around the pairs and the `=`.
+        assert_eq!(
+            Credentials::from_cookie(&format!("theme=dark; picamd_token={tok}; lang=en")),
+            t(tok)
+        );
+        assert_eq!(
+            Credentials::from_cookie(&format!("a=1;picamd_token={tok};b=2")),
+            t(tok)
+        );
+        assert_eq!(
+            Credentials::from_cookie(&format!("  a=1 ;  picamd_token = {tok}  ; b")),
+            t(tok)
+        );
+        assert_eq!(
+            Credentials::from_cookie(&format!("\tpicamd_token={tok}\t")),
+            t(tok)
+        );
+        // The first pair of that name counts.
+        assert_eq!(
+            Credentials::from_cookie("picamd_token=first; picamd_token=second"),
+            t("first")
+        );
+        // `=` inside the value is kept (base64 padding).
+        assert_eq!(Credentials::from_cookie("picamd_token=ab=="), t("ab=="));
+        // No percent-decoding, no `+` to space: the bytes are the token.
+        assert_eq!(
+            Credentials::from_cookie("picamd_token=a%2Bb+c"),
+            t("a%2Bb+c")
+        );
+        // Other names, near misses included.
+        for none in [
+            "",
+            ";",
+            " ; ; ",
+            "picamd_token",
+            "theme=dark",
+            "xpicamd_token=abc",
+            "picamd_tokens=abc",
+            "picamd-token=abc",
+            "PICAMD_TOKEN=abc",
+            "token=abc",
+            "session=picamd_token=abc",
+        ] {
+            assert_eq!(Credentials::from_cookie(none), None, "{none:?}");
+        }
+        // Empty, too long, or not cookie octets: no credentials.
+        assert_eq!(Credentials::from_cookie("picamd_token="), None);
+        assert_eq!(Credentials::from_cookie("picamd_token=  ; a=1"), None);
+        // An empty first pair is not skipped for a later one.
+        assert_eq!(
+            Credentials::from_cookie("picamd_token=; picamd_token=x"),
+            None
+        );
+        let longest = "a".repeat(MAX_SECRET_LEN);
+        assert_eq!(
+            Credentials::from_cookie(&format!("picamd_token={longest}")),
+            t(&longest)
+        );
+        let too_long = "a".repeat(MAX_SECRET_LEN + 1);
+        assert_eq!(
+            Credentials::from_cookie(&format!("picamd_token={too_long}")),
+            None
+        );
+        for bad in [
+            "picamd_token=a b",
+            "picamd_token=\"abc\"",
+            "picamd_token=a,b",
+            "picamd_token=a\\b",
+            "picamd_token=héllo",
+            "picamd_token=a\u{7f}",
+        ] {
+            assert_eq!(Credentials::from_cookie(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            cookie_value("a=1; picamd_token=; b=2", TOKEN_COOKIE),
+            Some("")
+        );
+        assert_eq!(cookie_value("a=1; b=2", TOKEN_COOKIE), None);
+        assert!(is_cookie_value(tok));
+        assert!(!is_cookie_value("a;b"));
     }
 
     #[test]

@@ -216,6 +216,221 @@ async fn every_url_but_healthz_needs_credentials() {
     assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
 }
 
+/// Every `Set-Cookie` header of a response.
+fn set_cookies(r: &Resp) -> Vec<&str> {
+    r.headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// What a request let in by `?token=TOKEN` sets, over plain HTTP.
+fn token_cookie() -> String {
+    format!("picamd_token={TOKEN}; Path=/; HttpOnly; SameSite=Strict")
+}
+
+/// What a `401` for a wrong or stale cookie sets, over plain HTTP.
+const CLEAR_COOKIE: &str = "picamd_token=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict";
+
+#[tokio::test]
+async fn a_token_in_the_page_url_becomes_a_cookie_for_the_page_s_own_requests() {
+    let config = auth_config("");
+    let p = Picamd::start(&["--config", config.as_str()]);
+    let r = get(p.addr, &with_token("/", TOKEN), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("/assets/app.js"), "the player page");
+    assert_eq!(set_cookies(&r), [token_cookie().as_str()]);
+
+    // What the page then loads by itself, with nothing but the cookie.
+    let cookie = format!("picamd_token={TOKEN}");
+    for path in [
+        "/assets/app.js",
+        "/assets/player.css",
+        "/state",
+        "/snapshot",
+        "/stream",
+        "/streams",
+        "/cam/main/state",
+    ] {
+        let r = get(p.addr, path, &[("Cookie", &cookie)]).await;
+        assert_eq!(r.status, 200, "{path} with the cookie: {}", r.text());
+        assert_eq!(
+            set_cookies(&r),
+            [] as [&str; 0],
+            "{path}: only ?token= sets it"
+        );
+    }
+    let r = get(p.addr, "/snapshot", &[("Cookie", &cookie)]).await;
+    assert_eq!(&r.body[..2], &[0xFF, 0xD8], "a JPEG");
+    // Among a browser's other cookies for the host, and on the WebSocket upgrade.
+    let jar = format!("theme=dark;{cookie} ;  lang=en");
+    assert_eq!(get(p.addr, "/state", &[("Cookie", &jar)]).await.status, 200);
+    let mut ws = ws_connect(p.addr, "/ws", &[("cookie", &cookie)])
+        .await
+        .unwrap();
+    assert_eq!(hello(&mut ws).await["type"], "hello");
+
+    // Any URL let in by ?token= sets it; Basic and Bearer never do.
+    let r = get(p.addr, &with_token("/state", TOKEN), &[]).await;
+    assert_eq!(
+        (r.status, set_cookies(&r)),
+        (200, vec![token_cookie().as_str()])
+    );
+    for auth in [basic("alice", PASSWORD), format!("Bearer {TOKEN}")] {
+        for path in ["/", "/assets/app.js", "/state"] {
+            let r = get(p.addr, path, &[("Authorization", &auth)]).await;
+            assert_eq!(r.status, 200, "{path}");
+            assert_eq!(set_cookies(&r), [] as [&str; 0], "{path} with {auth:.6}");
+        }
+    }
+    // The Authorization header goes first: the cookie does not rescue a wrong one (and is
+    // not cleared, since it was not what failed).
+    let s = from(40, p.addr).await;
+    let wrong = basic("alice", "wrong");
+    let r = call_on(
+        s,
+        p.addr,
+        "GET",
+        "/state",
+        &[("Authorization", &wrong), ("Cookie", &cookie)],
+        "",
+    )
+    .await;
+    assert_eq!((r.status, set_cookies(&r)), (401, vec![]));
+    // So does ?token=: a wrong one with a good cookie is refused, the cookie kept.
+    let s = from(41, p.addr).await;
+    let r = call_on(
+        s,
+        p.addr,
+        "GET",
+        &with_token("/state", "wrong"),
+        &[("Cookie", &cookie)],
+        "",
+    )
+    .await;
+    assert_eq!((r.status, set_cookies(&r)), (401, vec![]));
+
+    // /healthz is left alone.
+    let r = get(p.addr, &with_token("/healthz", TOKEN), &[]).await;
+    assert_eq!((r.status, set_cookies(&r)), (200, vec![]));
+    // No credentials at all: the usual 401, no cookie either way.
+    let r = get(p.addr, "/state", &[("Cookie", "theme=dark")]).await;
+    assert_eq!((r.status, set_cookies(&r)), (401, vec![]));
+}
+
+#[tokio::test]
+async fn a_wrong_cookie_is_refused_cleared_and_counted_as_a_failure() {
+    let config = auth_config("");
+    let p = Picamd::start(&["--config", config.as_str()]);
+    for (i, path) in ["/", "/assets/app.js", "/state", "/snapshot", "/stream"]
+        .into_iter()
+        .enumerate()
+    {
+        let s = from(50 + i as u8, p.addr).await;
+        let cookie = format!("theme=dark; picamd_token={TOKEN}x");
+        let r = call_on(s, p.addr, "GET", path, &[("Cookie", &cookie)], "").await;
+        assert_eq!(r.status, 401, "{path} with a wrong cookie");
+        assert_eq!(r.header("www-authenticate"), Some(CHALLENGE), "{path}");
+        assert_eq!(set_cookies(&r), [CLEAR_COOKIE], "{path}");
+    }
+    // A cookie that is no token at all (empty, too long) is cleared too.
+    let long = format!(
+        "picamd_token={}",
+        "a".repeat(picamd::auth::MAX_SECRET_LEN + 1)
+    );
+    for cookie in ["picamd_token=", long.as_str()] {
+        let s = from(60, p.addr).await;
+        let r = call_on(s, p.addr, "GET", "/state", &[("Cookie", cookie)], "").await;
+        assert_eq!((r.status, set_cookies(&r)), (401, vec![CLEAR_COOKIE]));
+    }
+    let e = ws_connect(p.addr, "/ws", &[("cookie", "picamd_token=nope")])
+        .await
+        .unwrap_err();
+    assert!(e.contains("401"), "{e}");
+
+    // Wrong cookies count towards the lockout like wrong ?token=s.
+    let wrong_cookie = |i: u32| async move {
+        let s = from(70, p.addr).await;
+        let cookie = format!("picamd_token=guess{i}");
+        call_on(s, p.addr, "GET", "/state", &[("Cookie", &cookie)], "").await
+    };
+    for i in 0..picamd::auth::MAX_FAILURES {
+        assert_eq!(wrong_cookie(i).await.status, 401, "guess {i}");
+    }
+    let r = wrong_cookie(99).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(
+        set_cookies(&r),
+        [] as [&str; 0],
+        "a lockout says nothing of the cookie"
+    );
+    // The right cookie from elsewhere is fine.
+    let s = from(71, p.addr).await;
+    let cookie = format!("picamd_token={TOKEN}");
+    let r = call_on(s, p.addr, "GET", "/state", &[("Cookie", &cookie)], "").await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn the_token_cookie_is_secure_over_https() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("picamd-security-cookie-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = auth_config("");
+    let p = Picamd::start(&[
+        "--config",
+        config.as_str(),
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        dir.to_str().unwrap(),
+    ]);
+    let (https, _) = p.https();
+    // curl -k: the self-signed certificate is tests/tls.rs's business.
+    let curl = |path: String, cookie: Option<&str>| {
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args(["-sSk", "--max-time", "10", "-o", "/dev/null", "-D", "-"]);
+        if let Some(c) = cookie {
+            cmd.args(["-H", &format!("Cookie: {c}")]);
+        }
+        let out = cmd
+            .arg(format!("https://127.0.0.1:{}{path}", https.port()))
+            .output()
+            .expect("run curl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let head = String::from_utf8(out.stdout).unwrap();
+        let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let cookies: Vec<String> = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+            .map(|(_, v)| v.trim().to_owned())
+            .collect();
+        (status, cookies)
+    };
+    // curl runs to its end while this test's runtime waits: picamd is another process.
+    let (status, cookies) = curl(with_token("/", TOKEN), None);
+    assert_eq!(status, 200);
+    assert_eq!(cookies, [format!("{}; Secure", token_cookie())]);
+    let (status, cookies) = curl("/state".into(), Some(&format!("picamd_token={TOKEN}")));
+    assert_eq!((status, cookies.len()), (200, 0));
+    let (status, cookies) = curl("/state".into(), Some("picamd_token=nope"));
+    assert_eq!(status, 401);
+    assert_eq!(cookies, [format!("{CLEAR_COOKIE}; Secure")]);
+    // The same server over plain HTTP: no Secure (the browser would not send it back).
+    let r = get(p.addr, &with_token("/", TOKEN), &[]).await;
+    assert_eq!(set_cookies(&r), [token_cookie().as_str()]);
+    drop(p);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn post_controls_needs_credentials() {
     let config = auth_config("");

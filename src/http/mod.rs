@@ -348,11 +348,15 @@ impl Server {
             // `Host` header, the address the client reached.
             let client = ClientAddr(peer.ip());
             let local = LocalAddr(stream.local_addr().unwrap_or(peer));
+            let over_tls = tls.is_some();
             let service = TowerToHyperService::new(tower::ServiceExt::map_request(
                 app.clone(),
                 move |mut req: Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(client);
                     req.extensions_mut().insert(local);
+                    if over_tls {
+                        req.extensions_mut().insert(Tls);
+                    }
                     req
                 },
             ));
@@ -419,6 +423,10 @@ async fn serve_connection<I, S>(
 /// The address a connection reached (this end's), for redirects without a `Host` header.
 #[derive(Debug, Clone, Copy)]
 struct LocalAddr(SocketAddr);
+
+/// Marks a request that came over the HTTPS listener (the guard's cookie gets `Secure`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tls;
 
 /// Plain HTTP when `http_redirect` is on: `/healthz` as usual (monitors), everything else a
 /// `308` to the same path and query over HTTPS on `https_port`. No authentication here, on
