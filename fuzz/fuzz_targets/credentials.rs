@@ -1,14 +1,14 @@
-//! Credentials as clients present them: `Authorization` header values (Basic, Bearer, junk)
-//! and query strings (`?token=`). No panic; what is accepted is bounded; and what a client
+//! Credentials as clients present them: `Authorization` header values (Basic, Bearer, junk),
+//! query strings (`?token=`) and `Cookie` headers (the `picamd_token` cookie). No panic; what is accepted is bounded; and what a client
 //! encodes correctly is read back exactly.
 //!
-//! Input: the raw bytes are tried as a header value and as a query string; then, split at
+//! Input: the raw bytes are tried as a header value, a query string and a cookie header; then, split at
 //! the first NUL, as a user and a password (or a token) that are encoded like a client would.
 #![no_main]
 
 use base64::Engine;
 use libfuzzer_sys::fuzz_target;
-use picamd::auth::{Credentials, MAX_SECRET_LEN};
+use picamd::auth::{is_cookie_value, Credentials, MAX_SECRET_LEN, TOKEN_COOKIE};
 
 fuzz_target!(|data: &[u8]| {
     match Credentials::from_authorization(data) {
@@ -30,6 +30,14 @@ fuzz_target!(|data: &[u8]| {
             };
             assert!(!token.is_empty() && token.len() <= MAX_SECRET_LEN);
             assert!(token.len() <= query.len());
+        }
+        if let Some(found) = Credentials::from_cookie(query) {
+            let Credentials::Token(token) = found else {
+                panic!("a cookie gave Basic credentials");
+            };
+            assert!(!token.is_empty() && token.len() <= MAX_SECRET_LEN);
+            assert!(is_cookie_value(&token), "{token:?} is not a cookie value");
+            assert!(query.contains(&format!("{TOKEN_COOKIE}={token}")));
         }
     }
 
@@ -71,6 +79,13 @@ fuzz_target!(|data: &[u8]| {
             Credentials::from_query(&query),
             Some(Credentials::Token(token.to_owned()))
         );
+        if is_cookie_value(token) {
+            let header = format!("theme=dark; {TOKEN_COOKIE}={token};x=1");
+            assert_eq!(
+                Credentials::from_cookie(&header),
+                Some(Credentials::Token(token.to_owned()))
+            );
+        }
         if token == token.trim() && !token.contains(['\r', '\n']) {
             let header = format!("Bearer {token}");
             assert_eq!(
