@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::auth::{AuthSpec, PasswordHashString, TokenHash, User};
 use crate::http::cors::CorsPolicy;
+use crate::http::forwarded::TrustedProxies;
 use crate::led::{LedConfig, LedSpec};
 use crate::source::controls::Controls;
 use crate::source::faults::FaultSchedule;
@@ -83,6 +84,9 @@ pub struct SecurityConfig {
     pub max_viewers_per_client: usize,
     /// Requests per second one client address may sustain (bursts of 4 s worth); 0: no limit.
     pub max_requests_per_second: u32,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`trusted_proxies`); none:
+    /// the client is always the TCP peer.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Default [`SecurityConfig::max_viewers_total`].
@@ -438,6 +442,10 @@ pub struct ConfigLayer {
     /// Requests per second one client address may sustain, 0 (no limit)..=100000, default
     /// 50 (top level only).
     pub max_requests_per_second: Option<i64>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client: IP addresses or CIDR
+    /// networks (`127.0.0.1`, `10.0.0.0/8`, `::1`, `fd00::/8`); default none: the header is
+    /// ignored (top level only).
+    pub trusted_proxies: Option<Vec<String>>,
     /// `ADDR:PORT` to serve HTTPS on, e.g. `0.0.0.0:443`; default none: no HTTPS (top level
     /// only).
     pub tls_listen: Option<String>,
@@ -691,6 +699,7 @@ impl ConfigLayer {
                     "max_requests_per_second",
                     table.max_requests_per_second.is_some(),
                 ),
+                ("trusted_proxies", table.trusted_proxies.is_some()),
                 ("tls_listen", table.tls_listen.is_some()),
                 ("tls_cert", table.tls_cert.is_some()),
                 ("tls_key", table.tls_key.is_some()),
@@ -879,6 +888,13 @@ fn resolve_security(
         0..=100_000,
         DEFAULT_MAX_REQUESTS_PER_SECOND as i64,
     )? as u32;
+    let trusted_proxies = match (&flags.trusted_proxies, &file.trusted_proxies) {
+        (Some(list), _) => (list, "flag --trusted-proxy".to_owned()),
+        (None, Some(list)) => (list, file_origin.to_owned()),
+        (None, None) => (&Vec::new(), String::new()),
+    };
+    let trusted_proxies = TrustedProxies::parse(trusted_proxies.0)
+        .map_err(|e| invalid("trusted_proxies", trusted_proxies.1, e))?;
     Ok(SecurityConfig {
         auth,
         cors,
@@ -886,6 +902,7 @@ fn resolve_security(
         max_viewers_total,
         max_viewers_per_client,
         max_requests_per_second,
+        trusted_proxies,
     })
 }
 
@@ -1369,6 +1386,36 @@ mod tests {
         assert!(c.security.cors.allows("https://octopi.local"));
         assert_eq!(c.security.max_viewers_per_client, 3);
         assert_eq!(c.security.max_requests_per_second, 0);
+        assert!(c.security.trusted_proxies.is_empty());
+
+        let c = resolve_file(
+            "trusted_proxies = ['127.0.0.1', '10.0.0.0/8', '::1', 'fd00::/8']",
+            ConfigLayer::default(),
+        )
+        .unwrap();
+        let t = &c.security.trusted_proxies;
+        assert_eq!(t.len(), 4);
+        assert!(t.contains("10.1.2.3".parse().unwrap()));
+        assert!(t.contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!t.contains("192.168.1.2".parse().unwrap()));
+        let flags = ConfigLayer {
+            trusted_proxies: Some(vec!["192.168.1.0/24".into()]),
+            ..Default::default()
+        };
+        let c = resolve_file("trusted_proxies = ['127.0.0.1']", flags).unwrap();
+        let t = &c.security.trusted_proxies;
+        assert!(
+            t.contains("192.168.1.2".parse().unwrap()) && !t.contains("127.0.0.1".parse().unwrap())
+        );
+        let flags = ConfigLayer {
+            trusted_proxies: Some(vec!["proxy.lan".into()]),
+            ..Default::default()
+        };
+        let m = resolve_file("", flags).unwrap_err().to_string();
+        assert!(
+            m.contains("`trusted_proxies`") && m.contains("flag --trusted-proxy"),
+            "{m}"
+        );
 
         let e = |text: &str| {
             resolve_file(text, ConfigLayer::default())
@@ -1394,6 +1441,18 @@ mod tests {
         assert!(m.contains("`cors_origins`"), "{m}");
         let m = e("max_viewers_per_client = 0");
         assert!(m.contains("`max_viewers_per_client`"), "{m}");
+        let m = e("trusted_proxies = ['127.0.0.1', '10.0.0.0/33']");
+        assert!(
+            m.contains("`trusted_proxies`") && m.contains("10.0.0.0/33"),
+            "{m}"
+        );
+        let m = e("trusted_proxies = ['nginx']");
+        assert!(
+            m.contains("`trusted_proxies`") && m.contains("nginx"),
+            "{m}"
+        );
+        let m = e("[[stream]]\nname='a'\nsource='test'\ntrusted_proxies=['::1']");
+        assert!(m.contains("per stream"), "{m}");
         let m = e("[[stream]]\nname='a'\nsource='test'\ncontrols_api='off'");
         assert!(m.contains("per stream"), "{m}");
     }

@@ -97,6 +97,11 @@ struct Cli {
     /// limit [default: 50].
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     max_requests_per_second: Option<i64>,
+    /// A reverse proxy (IP address or CIDR network) whose X-Forwarded-For names the client
+    /// (repeatable; replaces the file's `trusted_proxies`) [default: none, the header is
+    /// ignored].
+    #[arg(long = "trusted-proxy", value_name = "ADDR")]
+    trusted_proxies: Vec<String>,
     /// Address and port to serve HTTPS on, e.g. 0.0.0.0:443 [default: none, no HTTPS].
     #[arg(long, value_name = "ADDR:PORT")]
     tls_listen: Option<String>,
@@ -188,6 +193,7 @@ impl Cli {
             max_viewers_total: self.max_viewers_total,
             max_viewers_per_client: self.max_viewers_per_client,
             max_requests_per_second: self.max_requests_per_second,
+            trusted_proxies: (!self.trusted_proxies.is_empty()).then_some(self.trusted_proxies),
             tls_listen: self.tls_listen,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,

@@ -38,6 +38,7 @@ fn invalid_flags_name_the_key_and_exit_non_zero() {
         (&["--listen", "nowhere"][..], "`listen`"),
         (&["--source", "webcam9"][..], "`source`"),
         (&["--rotation", "45"][..], "`rotation`"),
+        (&["--trusted-proxy", "proxy.lan"][..], "`trusted_proxies`"),
     ] {
         let out = run_picamd(args);
         let err = String::from_utf8_lossy(&out.stderr);

@@ -901,6 +901,154 @@ async fn the_request_rate_is_limited_per_client() {
     );
 }
 
+/// Opens `/stream` on `conn` (a connection from some address) with these
+/// `X-Forwarded-For` lines; the status, and the socket, which holds the viewer while open.
+async fn stream_as(mut conn: TcpStream, addr: SocketAddr, xff: &[&str]) -> (u16, TcpStream) {
+    let mut req = format!("GET /stream HTTP/1.1\r\nHost: {addr}\r\n");
+    for v in xff {
+        req.push_str(&format!("X-Forwarded-For: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), read_response(&mut conn))
+        .await
+        .expect("a response within 10 s");
+    (r.status, conn)
+}
+
+/// A connection from the proxy, 127.0.0.1.
+async fn via_proxy(addr: SocketAddr) -> TcpStream {
+    from(1, addr).await
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_limits() {
+    let config = TempFile::with(
+        "size = \"320x240\"\nfps = 5\nmax_viewers_per_client = 1\n\
+         trusted_proxies = [\"127.0.0.1\"]\n",
+    );
+    let p = Picamd::start(&["--config", config.as_str()]);
+    let a = "198.51.100.1";
+    let b = "198.51.100.2";
+    let (status, _a) = stream_as(via_proxy(p.addr).await, p.addr, &[a]).await;
+    assert_eq!(status, 200, "the first client through the proxy");
+    let (status, _b) = stream_as(via_proxy(p.addr).await, p.addr, &[b]).await;
+    assert_eq!(
+        status, 200,
+        "another client through the same proxy is not limited"
+    );
+    let (status, _) = stream_as(via_proxy(p.addr).await, p.addr, &[a]).await;
+    assert_eq!(
+        status, 429,
+        "the first client again: its one viewer is taken"
+    );
+    // What a client writes into the header itself is left of what the proxy appends, and
+    // is not believed: client `a` cannot pass for someone else.
+    let spoofed = format!("203.0.113.50, {a}");
+    let (status, _) = stream_as(via_proxy(p.addr).await, p.addr, &[&spoofed]).await;
+    assert_eq!(status, 429, "a spoofed left-hand entry does not help");
+    let (status, _) = stream_as(via_proxy(p.addr).await, p.addr, &["203.0.113.50", a]).await;
+    assert_eq!(status, 429, "nor in a header line of its own");
+    // No header, or a malformed one: the proxy's own address, a client of its own.
+    let (status, _proxy) = stream_as(via_proxy(p.addr).await, p.addr, &[]).await;
+    assert_eq!(status, 200);
+    let (status, _) = stream_as(via_proxy(p.addr).await, p.addr, &["not-an-address"]).await;
+    assert_eq!(status, 429, "a malformed header counts as the proxy");
+    // A peer that is not a listed proxy cannot pick its address.
+    let (status, _c) = stream_as(from(2, p.addr).await, p.addr, &["198.51.100.3"]).await;
+    assert_eq!(status, 200);
+    let (status, _) = stream_as(from(2, p.addr).await, p.addr, &["198.51.100.4"]).await;
+    assert_eq!(
+        status, 429,
+        "X-Forwarded-For from an unlisted peer is ignored"
+    );
+}
+
+#[tokio::test]
+async fn without_trusted_proxies_x_forwarded_for_is_ignored() {
+    let p = Picamd::start(&[
+        "--size",
+        "320x240",
+        "--fps",
+        "5",
+        "--max-viewers-per-client",
+        "1",
+    ]);
+    let (status, _a) = stream_as(via_proxy(p.addr).await, p.addr, &["198.51.100.1"]).await;
+    assert_eq!(status, 200);
+    for xff in ["198.51.100.2", "127.0.0.2", "::1"] {
+        let (status, _) = stream_as(via_proxy(p.addr).await, p.addr, &[xff]).await;
+        assert_eq!(status, 429, "X-Forwarded-For: {xff}");
+    }
+}
+
+#[tokio::test]
+async fn forwarded_clients_have_their_own_request_rate_and_lockout() {
+    let config = auth_config("max_requests_per_second = 3\ntrusted_proxies = [\"127.0.0.0/8\"]");
+    let p = Picamd::start(&["--config", config.as_str()]);
+    let good = basic("alice", PASSWORD);
+    let get_as = |xff: &'static str, auth: String| async move {
+        let conn = via_proxy(p.addr).await;
+        let headers = [("X-Forwarded-For", xff), ("Authorization", auth.as_str())];
+        call_on(conn, p.addr, "GET", "/state", &headers, "").await
+    };
+    // The request rate: a burst of 12, then 429, for that client only.
+    let mut statuses = Vec::new();
+    for _ in 0..16 {
+        statuses.push(get_as("198.51.100.1", good.clone()).await.status);
+    }
+    assert_eq!(&statuses[..12], &[200; 12], "{statuses:?}");
+    assert!(statuses[12..].contains(&429), "{statuses:?}");
+    assert_eq!(get_as("198.51.100.2", good.clone()).await.status, 200);
+    // The lockout: wrong passwords lock out the client that sent them, not the proxy.
+    for i in 0..picamd::auth::MAX_FAILURES {
+        let r = get_as("198.51.100.3", basic("alice", &format!("guess{i}"))).await;
+        assert_eq!(r.status, 401, "guess {i}");
+    }
+    let r = get_as("198.51.100.3", basic("alice", "guess")).await;
+    assert_eq!(r.status, 429);
+    assert!(r.text().contains("failed logins"), "{}", r.text());
+    let r = get_as("198.51.100.4", basic("alice", "guess")).await;
+    assert_eq!(
+        r.status, 401,
+        "another client behind the same proxy is not locked out"
+    );
+}
+
+#[test]
+fn an_invalid_trusted_proxy_is_a_config_error_naming_the_key() {
+    for text in [
+        "trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/33\"]",
+        "trusted_proxies = [\"nginx.lan\"]",
+    ] {
+        let bad = TempFile::with(text);
+        let out = common::run_picamd(&["--check-config", "--allow-root", "--config", bad.as_str()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        assert!(err.contains("`trusted_proxies`"), "{text}: {err}");
+    }
+    let out = common::run_picamd(&[
+        "--check-config",
+        "--allow-root",
+        "--trusted-proxy",
+        "fd00::/8x",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("`trusted_proxies`") && err.contains("--trusted-proxy"),
+        "{err}"
+    );
+    let good =
+        TempFile::with("trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\", \"::1\", \"fd00::/8\"]");
+    let out = common::run_picamd(&["--check-config", "--allow-root", "--config", good.as_str()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test]
 async fn the_controls_api_can_be_switched_off_and_takes_json_only() {
     let p = Picamd::start(&["--size", "320x240", "--controls-api", "off"]);

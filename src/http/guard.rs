@@ -32,6 +32,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::cors::CorsPolicy;
+use super::forwarded::TrustedProxies;
 use super::limits::{ClientAddr, RequestLimiter, ViewerSlots};
 use super::{HttpError, Tls};
 use crate::auth::{
@@ -52,6 +53,9 @@ pub struct Policy {
     pub controls_api: bool,
     pub viewers: Arc<ViewerSlots>,
     pub requests: Option<RequestLimiter>,
+    /// Proxies whose `X-Forwarded-For` is believed; read by the accept loop, which sets each
+    /// request's [`ClientAddr`].
+    pub trusted_proxies: Arc<TrustedProxies>,
 }
 
 impl Policy {
@@ -62,6 +66,7 @@ impl Policy {
             controls_api: config.controls_api,
             viewers: ViewerSlots::new(config.max_viewers_total, config.max_viewers_per_client),
             requests: RequestLimiter::new(config.max_requests_per_second),
+            trusted_proxies: Arc::new(config.trusted_proxies.clone()),
         }))
     }
 

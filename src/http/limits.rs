@@ -1,12 +1,14 @@
 //! Per-client limits: viewer slots (per client address and over all streams) and a request
 //! rate (a token bucket per client address).
 //!
-//! The client address is the TCP peer, put into each request's extensions by the accept loop
-//! ([`ClientAddr`]); behind a reverse proxy every client is the proxy, so raise the
-//! per-client limits there. IPv6 clients count by /64 ([`ClientKey`]). Every map is bounded:
-//! viewer slots only hold clients with a viewer open (at most `max_viewers_total` of them),
-//! and the request buckets are capped at [`MAX_BUCKETS`], dropping buckets that are full
-//! again (the same as never seen) and then the stalest.
+//! The client address is put into each request's extensions by the accept loop
+//! ([`ClientAddr`]): the TCP peer, or, when the peer is in `trusted_proxies`, the client named
+//! by its `X-Forwarded-For` ([`super::forwarded`]). Behind a reverse proxy that is not listed
+//! every client is the proxy, so raise the per-client limits there. IPv6 clients count by
+//! /64 ([`ClientKey`]). Every map is bounded: viewer slots only hold clients with a viewer
+//! open (at most `max_viewers_total` of them), and the request buckets are capped at
+//! [`MAX_BUCKETS`], dropping buckets that are full again (the same as never seen) and then
+//! the stalest.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -24,7 +26,8 @@ const MAX_BUCKETS: usize = 4096;
 /// A client may burst this many seconds' worth of its rate.
 const BURST_SECONDS: f64 = 4.0;
 
-/// The TCP peer's address, set by the accept loop on every request.
+/// The client's address, set by the accept loop on every request: the TCP peer's, or the
+/// forwarded client's when the peer is a trusted proxy.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub IpAddr);
 

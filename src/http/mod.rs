@@ -3,13 +3,16 @@
 //! One file per output (`mjpeg`, `snapshot`, `ws`, `status`, `assets`, `controls`); `guard`
 //! (rate, CORS, authentication), `cors` and `limits` protect them all. Connections are served
 //! by hyper's HTTP/1 server with upgrades (for `/ws`), each in its own task tracked for
-//! graceful shutdown. Every socket has a write timeout, so a client that stops reading is
-//! disconnected after [`WRITE_STALL_TIMEOUT`] instead of being kept forever; it never slows
-//! the others, since each output only ever holds the newest frame.
+//! graceful shutdown. Each request's client address ([`ClientAddr`]) is set here, once: the
+//! TCP peer, or behind a trusted proxy the client it forwarded for ([`forwarded`]). Every
+//! socket has a write timeout, so a client that stops reading is disconnected after
+//! [`WRITE_STALL_TIMEOUT`] instead of being kept forever; it never slows the others, since
+//! each output only ever holds the newest frame.
 
 mod assets;
 mod controls;
 pub mod cors;
+pub mod forwarded;
 pub mod guard;
 pub mod limits;
 mod mjpeg;
@@ -34,6 +37,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_io_timeout::TimeoutStream;
 use tokio_util::task::TaskTracker;
 
+use self::forwarded::TrustedProxies;
 use self::guard::Policy;
 use self::limits::{ClientAddr, ClientIp, SlotError};
 use crate::hub::{Hub, ViewerLimit};
@@ -280,6 +284,7 @@ pub async fn serve(listeners: Listeners, streams: Vec<AppState>, shutdown: Shutd
         builder,
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
+        trusted_proxies: policy.trusted_proxies.clone(),
     };
     let https_port = listeners
         .https
@@ -317,6 +322,8 @@ struct Server {
     builder: hyper::server::conn::http1::Builder,
     tracker: TaskTracker,
     shutdown: Shutdown,
+    /// Peers whose `X-Forwarded-For` names the client (`trusted_proxies`).
+    trusted_proxies: Arc<TrustedProxies>,
 }
 
 impl Server {
@@ -344,15 +351,18 @@ impl Server {
                     }
                 },
             };
-            // The guard and the limits need the client's address; a redirect without a
-            // `Host` header, the address the client reached.
-            let client = ClientAddr(peer.ip());
+            // The guard, the limits and the logs need the client's address: the peer, or
+            // behind a trusted proxy the client it names, per request (a proxy may send
+            // several clients' requests over one connection). A redirect without a `Host`
+            // header needs the address the client reached.
             let local = LocalAddr(stream.local_addr().unwrap_or(peer));
             let over_tls = tls.is_some();
+            let trusted = self.trusted_proxies.clone();
             let service = TowerToHyperService::new(tower::ServiceExt::map_request(
                 app.clone(),
                 move |mut req: Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(client);
+                    let ip = forwarded::client_ip_from_headers(peer.ip(), req.headers(), &trusted);
+                    req.extensions_mut().insert(ClientAddr(ip));
                     req.extensions_mut().insert(local);
                     if over_tls {
                         req.extensions_mut().insert(Tls);
