@@ -143,16 +143,7 @@ fn main() {
         println!("BROKEN: {why}");
     }
     if usage(pid).is_some() {
-        let status = server.stop();
-        println!(
-            "picamd stopped with SIGTERM: {status}{}",
-            if status.success() {
-                " (clean exit)"
-            } else {
-                " — NOT a clean exit"
-            }
-        );
-        failed |= !status.success();
+        failed |= !server.stop_and_report();
     } else {
         // Already gone: keep the helper's drop from asserting on it.
         std::mem::forget(server);

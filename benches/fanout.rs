@@ -104,17 +104,8 @@ fn main() {
         row.print_row(Some(baseline));
     }
 
-    let status = server.stop();
     println!();
-    println!(
-        "picamd stopped with SIGTERM: {status}{}",
-        if status.success() {
-            " (clean exit)"
-        } else {
-            " — NOT a clean exit"
-        }
-    );
-    if !status.success() {
+    if !server.stop_and_report() {
         std::process::exit(1);
     }
 }

@@ -243,16 +243,7 @@ fn check_config_reports_and_exits_without_serving() {
 
 /// `picamd --hash-password` with `input` piped to it: exit code, stdout, stderr.
 fn hash_password_piped(input: &[u8]) -> (Option<i32>, String, String) {
-    use std::process::Stdio;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_picamd"))
-        .arg("--hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::run_picamd_with_stdin(&["--hash-password"], input);
     (
         out.status.code(),
         String::from_utf8(out.stdout).unwrap(),

@@ -1075,22 +1075,7 @@ async fn the_controls_api_can_be_switched_off_and_takes_json_only() {
 
 #[test]
 fn hash_password_and_new_token_make_working_config_lines() {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_picamd"))
-        .arg("--hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"s3cret pass\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::run_picamd_with_stdin(&["--hash-password"], b"s3cret pass\n");
     assert!(out.status.success());
     let phc = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(phc.starts_with("$argon2id$v=19$"), "{phc}");

@@ -24,6 +24,21 @@ pub fn run_picamd(args: &[&str]) -> std::process::Output {
         .expect("run picamd")
 }
 
+/// Runs `picamd <args>` to its end with `input` piped to its stdin (`--hash-password`).
+pub fn run_picamd_with_stdin(args: &[&str], input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_picamd"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run picamd");
+    // A write error means picamd exited early; its output says why.
+    let _ = child.stdin.take().expect("piped stdin").write_all(input);
+    child.wait_with_output().expect("wait for picamd")
+}
+
 /// A running `picamd`; SIGTERM on drop, and the exit must be clean.
 pub struct Picamd {
     child: Option<Child>,
@@ -149,6 +164,19 @@ impl Picamd {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// [`Picamd::stop`], then a line for a bench's report; whether the exit was clean.
+    pub fn stop_and_report(&mut self) -> bool {
+        let status = self.stop();
+        let clean = status.success();
+        let verdict = if clean {
+            " (clean exit)"
+        } else {
+            " — NOT a clean exit"
+        };
+        println!("picamd stopped with SIGTERM: {status}{verdict}");
+        clean
     }
 
     pub async fn get(&self, path: &str) -> Response {
