@@ -8,11 +8,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
 import {
-  Picamd, PICAMD_BIN, freePort, launch, stats, waitForStats,
+  PICAMD_BIN, launch, startWithConfig, stats, waitForStats,
 } from './harness.mjs';
 
 const USER = 'alice';
@@ -20,7 +17,6 @@ const PASSWORD = 'open sesame';
 
 let browser;
 let server;
-let dir;
 /** A token from `picamd --new-token`, also in the config. */
 let token;
 
@@ -29,16 +25,12 @@ before(async () => {
   const newToken = execFileSync(PICAMD_BIN, ['--new-token']).toString();
   token = newToken.match(/^token: (\S+)$/m)[1];
   const tokenLine = newToken.match(/^for \[auth\] tokens: (\S+)$/m)[1];
-  dir = await mkdtemp(path.join(tmpdir(), 'picamd-auth-'));
-  const config = path.join(dir, 'picamd.toml');
-  await writeFile(config, `size = "320x240"\nfps = 15\n[auth]\nusers = [{ name = "${USER}", password_hash = "${hash}" }]\ntokens = [${tokenLine}]\n`);
   browser = await launch();
-  server = await new Picamd(await freePort(), ['--config', config]).start();
+  server = await startWithConfig(`size = "320x240"\nfps = 15\n[auth]\nusers = [{ name = "${USER}", password_hash = "${hash}" }]\ntokens = [${tokenLine}]\n`);
 });
 after(async () => {
   await browser?.close();
   await server?.stop();
-  if (dir) await rm(dir, { recursive: true, force: true });
 });
 
 /** Opens the player; `httpCredentials` answer the Basic prompt as a user would. */

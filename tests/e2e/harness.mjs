@@ -2,7 +2,9 @@
 // Debian's Chromium driven by playwright-core (never a downloaded browser).
 
 import { spawn } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
@@ -75,7 +77,28 @@ export class Picamd {
 
   async stop() {
     if (this.proc) await this.signal('SIGCONT');
-    return this.signal('SIGTERM');
+    const exit = await this.signal('SIGTERM');
+    if (this.tempDir) await rm(this.tempDir, { recursive: true, force: true });
+    this.tempDir = null;
+    return exit;
+  }
+}
+
+/**
+ * Starts picamd on a free port with `toml` as its config file, written to a temporary
+ * directory that `stop()` removes.
+ */
+export async function startWithConfig(toml) {
+  const dir = await mkdtemp(path.join(tmpdir(), 'picamd-e2e-'));
+  const config = path.join(dir, 'picamd.toml');
+  await writeFile(config, toml);
+  const server = new Picamd(await freePort(), ['--config', config]);
+  server.tempDir = dir;
+  try {
+    return await server.start();
+  } catch (e) {
+    await server.stop();
+    throw e;
   }
 }
 

@@ -4,11 +4,8 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
 import {
-  Picamd, freePort, launch, openPlayer, stats, waitForStats, sleep, setPageHidden,
+  Picamd, freePort, launch, openPlayer, startWithConfig, stats, waitForStats, sleep, setPageHidden,
 } from './harness.mjs';
 
 const CONFIG = `
@@ -27,19 +24,14 @@ size = "160x120"
 
 let browser;
 let server;
-let dir;
 
 before(async () => {
-  dir = await mkdtemp(path.join(tmpdir(), 'picamd-streams-'));
-  const config = path.join(dir, 'picamd.toml');
-  await writeFile(config, CONFIG);
   browser = await launch();
-  server = await new Picamd(await freePort(), ['--config', config]).start();
+  server = await startWithConfig(CONFIG);
 });
 after(async () => {
   await browser?.close();
   await server?.stop();
-  if (dir) await rm(dir, { recursive: true, force: true });
 });
 
 /** WebSocket viewers of one stream, as the server counts them. */
