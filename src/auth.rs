@@ -309,9 +309,12 @@ pub const TOKEN_COOKIE: &str = "picamd_token";
 /// The value of the first pair called `name` in a `Cookie` header (`a=1; b=2`), trimmed;
 /// `Some("")` for `name=`, `None` when there is no such pair.
 pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    // Only HTTP's own whitespace (space, tab) is trimmed: `str::trim` would also take other
+    // characters away and turn `\u{a0}abc` into a valid-looking `abc` (the fuzz target's find).
+    let ows = |s: &'a str| s.trim_matches([' ', '\t']);
     header.split(';').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
-        (k.trim() == name).then(|| v.trim())
+        (ows(k) == name).then(|| ows(v))
     })
 }
 
@@ -738,6 +741,10 @@ mod tests {
         assert_eq!(cookie_value("a=1; b=2", TOKEN_COOKIE), None);
         assert!(is_cookie_value(tok));
         assert!(!is_cookie_value("a;b"));
+        // Only spaces and tabs are trimmed: other whitespace is part of the value, and so
+        // not a token (the fuzz target found `\u{a0}abc` read as `abc`, `\r=` as `=`).
+        assert_eq!(Credentials::from_cookie("picamd_token=\u{a0}abc"), None);
+        assert_eq!(Credentials::from_cookie("picamd_token=\r="), None);
     }
 
     #[test]

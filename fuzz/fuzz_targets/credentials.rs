@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
             };
             assert!(!token.is_empty() && token.len() <= MAX_SECRET_LEN);
             assert!(is_cookie_value(&token), "{token:?} is not a cookie value");
-            assert!(query.contains(&format!("{TOKEN_COOKIE}={token}")));
+            assert!(query.contains(TOKEN_COOKIE) && query.contains(&token));
         }
     }
 

@@ -186,7 +186,15 @@ pub(crate) fn reply_to(msg: &str) -> Value {
             "t": parsed.get("t").cloned().unwrap_or(Value::Null),
             "server_us": now_us(),
         }),
-        Some(other) => error(&format!("unknown message type {other:?}")),
+        Some(other) => {
+            // At most 32 characters of it: escaping could make a long one several times
+            // longer than the message (the fuzz target's find), and a reply must not be.
+            let mut shown: String = other.chars().take(32).collect();
+            if shown.len() < other.len() {
+                shown.push('…');
+            }
+            error(&format!("unknown message type {shown:?}"))
+        }
         None => error("message has no \"type\""),
     }
 }
@@ -218,6 +226,16 @@ mod tests {
         assert_eq!(r["id"], 7);
         assert_eq!(r["t"], 123.5);
         assert!(r["server_us"].as_u64().unwrap() > 1_600_000_000_000_000);
+    }
+
+    #[test]
+    fn replies_are_not_larger_than_messages() {
+        // 1000 DEL characters would be 1000 × `\u{7f}` in a Debug string (7 kB with JSON's
+        // escaping); the reply names 32 and stays a few hundred bytes.
+        let message = format!(r#"{{"type":"{}"}}"#, "\u{7f}".repeat(1000));
+        let reply = reply_to(&message).to_string();
+        assert!(reply.len() < 400, "{} bytes: {reply}", reply.len());
+        assert!(reply.contains('…'));
     }
 
     #[test]
