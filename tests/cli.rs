@@ -288,15 +288,32 @@ fn hash_password_from_a_pipe_reads_one_line_without_prompts() {
 /// the terminal showed (echoed input included) once the command has ended.
 fn on_a_terminal(shell: &str, typing: &[(&str, &str)]) -> String {
     use std::io::Read;
+    use std::os::unix::process::CommandExt;
     use std::process::Stdio;
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
-    let mut child = Command::new("script")
+    let mut command = Command::new("script");
+    command
         .args(["-q", "-e", "-c", shell, "/dev/null"])
         .env("SHELL", "/bin/sh")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    // A test run started in the background by a non-interactive shell (`cargo test &`, as a
+    // CI script may) has SIGINT and SIGQUIT ignored, and ignored signals stay ignored across
+    // exec: script, sh and picamd would all ignore the Ctrl-C typed below. The terminal
+    // tests are about a user's interactive shell, where they are not ignored.
+    // SAFETY: only sigaction (async-signal-safe) runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            use nix::sys::signal::{signal, SigHandler, Signal};
+            for s in [Signal::SIGINT, Signal::SIGQUIT] {
+                signal(s, SigHandler::SigDfl).map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
         .spawn()
         .expect("util-linux `script` (Debian: bsdutils) runs the terminal tests");
     let shown = Arc::new(Mutex::new(Vec::new()));
