@@ -4,10 +4,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::peers::TempDir;
 use common::{decode, run_picamd, send_request, Picamd};
 use futures_util::StreamExt;
 use rustls::pki_types::pem::PemObject;
@@ -16,27 +17,18 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-/// An empty directory under the target directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("picamd-tls-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.0.join(name).to_str().unwrap().to_owned()
-    }
+/// `name` in `dir`, as a string for flags and for curl.
+fn file(dir: &TempDir, name: &str) -> String {
+    dir.path().join(name).to_str().unwrap().to_owned()
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// picamd with HTTPS on a free port and its state (the self-signed certificate) in `dir`,
+/// plus `extra` flags.
+fn start_https(dir: &TempDir, extra: &[&str]) -> Picamd {
+    let state_dir = dir.path().to_str().unwrap();
+    let mut args = vec!["--tls-listen", "127.0.0.1:0", "--state-dir", state_dir];
+    args.extend_from_slice(extra);
+    Picamd::start(&args)
 }
 
 /// `curl --cacert CA https://localhost:PORT/PATH`: status and body. Debian's curl verifies
@@ -98,17 +90,9 @@ fn sha256_colons(der: &[u8]) -> String {
 #[tokio::test]
 async fn self_signed_round_trip_then_reused_on_restart() {
     let dir = TempDir::new("self");
-    let args = [
-        "--size",
-        "320x240",
-        "--tls-listen",
-        "127.0.0.1:0",
-        "--state-dir",
-        dir.0.to_str().unwrap(),
-    ];
-    let p = Picamd::start(&args);
+    let p = start_https(&dir, &["--size", "320x240"]);
     let (addr, fp) = p.https();
-    let cert = dir.path("tls-cert.pem");
+    let cert = file(&dir, "tls-cert.pem");
     let line = p.stdout_line("https on ").unwrap();
     assert!(line.contains("self-signed, made now in"), "{line}");
     // The fingerprint printed is the file's.
@@ -119,7 +103,7 @@ async fn self_signed_round_trip_then_reused_on_restart() {
         .is_some());
     // The key is the service's alone.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir.path("tls-key.pem"))
+    let mode = std::fs::metadata(file(&dir, "tls-key.pem"))
         .unwrap()
         .permissions()
         .mode();
@@ -139,7 +123,7 @@ async fn self_signed_round_trip_then_reused_on_restart() {
     assert_eq!(state["resolution"]["width"], 320);
     drop(p);
 
-    let p = Picamd::start(&args);
+    let p = start_https(&dir, &["--size", "320x240"]);
     let (addr, again) = p.https();
     assert_eq!(again, fp, "the certificate is reused");
     let line = p.stdout_line("https on ").unwrap();
@@ -150,16 +134,9 @@ async fn self_signed_round_trip_then_reused_on_restart() {
 #[tokio::test]
 async fn websocket_over_tls() {
     let dir = TempDir::new("wss");
-    let p = Picamd::start(&[
-        "--size",
-        "320x240",
-        "--tls-listen",
-        "127.0.0.1:0",
-        "--state-dir",
-        dir.0.to_str().unwrap(),
-    ]);
+    let p = start_https(&dir, &["--size", "320x240"]);
     let (addr, _) = p.https();
-    let tls = tls_connect(&dir.path("tls-cert.pem"), addr).await;
+    let tls = tls_connect(&file(&dir, "tls-cert.pem"), addr).await;
     let url = format!("wss://localhost:{}/ws", addr.port());
     let (mut ws, resp) = tokio_tungstenite::client_async(url, tls)
         .await
@@ -188,26 +165,17 @@ async fn configured_certificate_is_served() {
         .unwrap()
         .self_signed(&key)
         .unwrap();
-    let (cert_path, key_path) = (dir.path("mine.pem"), dir.path("mine.key"));
+    let (cert_path, key_path) = (file(&dir, "mine.pem"), file(&dir, "mine.key"));
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    let p = Picamd::start(&[
-        "--tls-listen",
-        "127.0.0.1:0",
-        "--tls-cert",
-        &cert_path,
-        "--tls-key",
-        &key_path,
-        "--state-dir",
-        dir.0.to_str().unwrap(),
-    ]);
+    let p = start_https(&dir, &["--tls-cert", &cert_path, "--tls-key", &key_path]);
     let (addr, fp) = p.https();
     assert_eq!(fp, sha256_colons(cert.der()));
     let (status, jpeg) = curl(&cert_path, addr.port(), "/snapshot");
     assert_eq!(status, 200);
     decode(&jpeg);
     assert!(
-        !Path::new(&dir.path("tls-cert.pem")).exists(),
+        !Path::new(&file(&dir, "tls-cert.pem")).exists(),
         "no self-signed certificate is made"
     );
 
@@ -237,19 +205,19 @@ fn bad_certificate_files_are_configuration_errors() {
         .unwrap()
         .self_signed(&key)
         .unwrap();
-    let good_cert = dir.path("cert.pem");
-    let good_key = dir.path("key.pem");
+    let good_cert = file(&dir, "cert.pem");
+    let good_key = file(&dir, "key.pem");
     std::fs::write(&good_cert, cert.pem()).unwrap();
     std::fs::write(&good_key, key.serialize_pem()).unwrap();
-    let garbage = dir.path("garbage.pem");
+    let garbage = file(&dir, "garbage.pem");
     std::fs::write(&garbage, "not a certificate\n").unwrap();
-    let other_key = dir.path("other.key");
+    let other_key = file(&dir, "other.key");
     std::fs::write(
         &other_key,
         rcgen::KeyPair::generate().unwrap().serialize_pem(),
     )
     .unwrap();
-    let missing = dir.path("missing.pem");
+    let missing = file(&dir, "missing.pem");
     for (cert, key, names) in [
         (&missing, &good_key, "tls_cert"),
         (&garbage, &good_key, "tls_cert"),
@@ -287,13 +255,7 @@ fn bad_certificate_files_are_configuration_errors() {
 #[tokio::test]
 async fn plain_http_redirects_when_asked() {
     let dir = TempDir::new("redirect");
-    let p = Picamd::start(&[
-        "--tls-listen",
-        "127.0.0.1:0",
-        "--http-redirect",
-        "--state-dir",
-        dir.0.to_str().unwrap(),
-    ]);
+    let p = start_https(&dir, &["--http-redirect"]);
     let (addr, _) = p.https();
     let r = p.get("/snapshot?x=1").await;
     assert_eq!(r.status, 308);
@@ -305,7 +267,7 @@ async fn plain_http_redirects_when_asked() {
     assert_eq!(p.get("/healthz").await.status, 200);
     // HTTPS itself serves.
     assert_eq!(
-        curl(&dir.path("tls-cert.pem"), addr.port(), "/healthz").0,
+        curl(&file(&dir, "tls-cert.pem"), addr.port(), "/healthz").0,
         200
     );
 }
@@ -315,18 +277,10 @@ async fn plain_http_redirects_when_asked() {
 #[tokio::test]
 async fn redirects_count_against_the_request_rate() {
     let dir = TempDir::new("redirect-rate");
-    let p = Picamd::start(&[
-        "--tls-listen",
-        "127.0.0.1:0",
-        "--http-redirect",
-        "--max-requests-per-second",
-        "1",
-        "--state-dir",
-        dir.0.to_str().unwrap(),
-    ]);
+    let p = start_https(&dir, &["--http-redirect", "--max-requests-per-second", "1"]);
     let (addr, _) = p.https();
     // Handshake done before the burst, so the HTTPS request below follows it closely.
-    let tls = tls_connect(&dir.path("tls-cert.pem"), addr).await;
+    let tls = tls_connect(&file(&dir, "tls-cert.pem"), addr).await;
     // 1 per second allows bursts of 4.
     let mut statuses = Vec::new();
     for i in 0..12 {
@@ -358,12 +312,7 @@ async fn redirects_count_against_the_request_rate() {
 #[tokio::test]
 async fn silent_client_is_dropped_after_the_handshake_timeout() {
     let dir = TempDir::new("silent");
-    let p = Picamd::start(&[
-        "--tls-listen",
-        "127.0.0.1:0",
-        "--state-dir",
-        dir.0.to_str().unwrap(),
-    ]);
+    let p = start_https(&dir, &[]);
     let (addr, _) = p.https();
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let start = Instant::now();
@@ -379,7 +328,7 @@ async fn silent_client_is_dropped_after_the_handshake_timeout() {
     );
     // Others are still served.
     assert_eq!(
-        curl(&dir.path("tls-cert.pem"), addr.port(), "/healthz").0,
+        curl(&file(&dir, "tls-cert.pem"), addr.port(), "/healthz").0,
         200
     );
 }
