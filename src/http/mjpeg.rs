@@ -4,23 +4,26 @@
 //! the boundary line is written right after the JPEG bytes, not before the next frame:
 //! browsers paint a part only once they see the boundary that ends it. A part is three body
 //! chunks (headers, the shared JPEG `Bytes`, the boundary), so no frame is copied per client.
-//! The stream always sends the newest frame: a client that reads slowly skips frames. When
-//! no new frame arrives for [`IDLE_RESEND`], the last one is sent again so clients and
+//! The stream always sends the newest frame: a client that reads slowly skips frames. The
+//! next frame is picked only once the previous one has been written to the socket (see
+//! [`super::backlog`]: otherwise hyper's write buffer would hold most of a second frame, and
+//! the kernel's send queue seconds of them), so the frame a slow client gets is current.
+//! When no new frame arrives for [`IDLE_RESEND`], the last one is sent again so clients and
 //! proxies do not time out.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use super::backlog::{Stalled, WriteProgress};
 use super::limits::{ClientIp, ViewerSlot};
-use super::{no_cache_headers, x_timestamp, AppState, HttpError};
+use super::{no_cache_headers, x_timestamp, AppState, HttpError, WRITE_STALL_TIMEOUT};
 use crate::hub::{EncodedFrame, Output, ViewerGuard};
 use crate::shutdown::Shutdown;
 
@@ -33,7 +36,13 @@ const PART_END: &[u8] = b"\r\n--picamdframe\r\n";
 /// Resend the last frame after this long without a new one.
 pub const IDLE_RESEND: Duration = Duration::from_secs(1);
 
-pub async fn stream(State(state): State<AppState>, ClientIp(ip): ClientIp) -> Response {
+/// `progress` is the connection's write counter (set by the accept loop; absent only when
+/// the router is driven without a socket).
+pub async fn stream(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    progress: Option<Extension<WriteProgress>>,
+) -> Response {
     let slot = match state.policy.viewers.take(ip) {
         Ok(s) => s,
         Err(e) => return HttpError::from(e).into_response(),
@@ -45,7 +54,13 @@ pub async fn stream(State(state): State<AppState>, ClientIp(ip): ClientIp) -> Re
     let mut rx = state.hub.subscribe();
     rx.mark_unchanged();
     let first = state.hub.latest_if_fresh();
+    let progress = progress.map(|Extension(p)| p);
+    // Bytes this response has handed hyper, counted on the connection's scale (whatever it
+    // wrote before, e.g. an earlier response, is already behind).
+    let yielded = progress.as_ref().map_or(0, WriteProgress::written) + OPENING.len() as u64;
     let mut parts = PartStream {
+        progress,
+        yielded,
         rx,
         shutdown: state.shutdown.clone(),
         _guard: guard,
@@ -56,9 +71,14 @@ pub async fn stream(State(state): State<AppState>, ClientIp(ip): ClientIp) -> Re
     };
     parts.queue(first.as_deref());
     let opening = futures_util::stream::once(async { Ok(Bytes::from_static(OPENING)) });
-    let frames = futures_util::stream::unfold(parts, |mut parts| async move {
-        let chunk = parts.next_chunk().await?;
-        Some((Ok::<_, Infallible>(chunk), parts))
+    // An error (a client that took nothing for WRITE_STALL_TIMEOUT) aborts the connection.
+    let frames = futures_util::stream::unfold(Some(parts), |parts| async move {
+        let mut parts = parts?;
+        match parts.next_chunk().await {
+            Ok(Some(chunk)) => Some((Ok(chunk), Some(parts))),
+            Ok(None) => None,
+            Err(e) => Some((Err(e), None)),
+        }
     });
     let body = futures_util::StreamExt::chain(opening, frames);
     let mut resp = (StatusCode::OK, Body::from_stream(body)).into_response();
@@ -72,6 +92,10 @@ pub async fn stream(State(state): State<AppState>, ClientIp(ip): ClientIp) -> Re
 struct PartStream {
     rx: watch::Receiver<Option<Arc<EncodedFrame>>>,
     shutdown: Shutdown,
+    /// The connection's write counter, and where it will stand once everything this body
+    /// has yielded is written.
+    progress: Option<WriteProgress>,
+    yielded: u64,
     _guard: ViewerGuard,
     _slot: ViewerSlot,
     /// Chunks of the part being sent, in order.
@@ -97,17 +121,29 @@ impl PartStream {
         self.last_sent_at = Instant::now();
     }
 
-    /// The next chunk, or `None` to end the response (shutdown).
-    async fn next_chunk(&mut self) -> Option<Bytes> {
+    /// The next chunk, `None` to end the response (shutdown), or `Err` for a client that
+    /// stopped reading.
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, Stalled> {
         loop {
             if let Some(c) = self.queued.iter_mut().find_map(Option::take) {
-                return Some(c);
+                self.yielded += c.len() as u64;
+                return Ok(Some(c));
+            }
+            // The previous part must have (nearly) left the machine before the next frame is
+            // chosen, or the choice is stale by the time it is sent.
+            if let Some(progress) = &self.progress {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return Ok(None),
+                    r = progress.sent(self.yielded, WRITE_STALL_TIMEOUT) => r?,
+                }
             }
             let resend_at = tokio::time::Instant::from_std(self.last_sent_at + IDLE_RESEND);
             tokio::select! {
-                _ = self.shutdown.cancelled() => return None,
+                _ = self.shutdown.cancelled() => return Ok(None),
                 changed = self.rx.changed() => {
-                    changed.ok()?;
+                    if changed.is_err() {
+                        return Ok(None);
+                    }
                     self.last = self.rx.borrow_and_update().clone();
                 }
                 _ = tokio::time::sleep_until(resend_at) => {}

@@ -10,6 +10,7 @@
 //! each output only ever holds the newest frame.
 
 mod assets;
+pub mod backlog;
 mod controls;
 pub mod cors;
 pub mod forwarded;
@@ -25,7 +26,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{Extension, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -33,10 +34,11 @@ use axum::routing::get;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_io_timeout::TimeoutStream;
 use tokio_util::task::TaskTracker;
 
+use self::backlog::{Counted, WriteProgress};
 use self::forwarded::TrustedProxies;
 use self::guard::Policy;
 use self::limits::{ClientAddr, ClientIp, SlotError};
@@ -83,11 +85,11 @@ pub type Streams = Arc<[AppState]>;
 /// Every route is behind [`guard::guard`] (rate, CORS, authentication).
 pub fn router(streams: Streams) -> Router {
     let policy = streams[0].policy.clone();
-    let mut app = stream_routes("", streams[0].clone());
+    let mut app = stream_routes("", streams[0].clone(), Some(streams.clone()));
     for s in streams.iter() {
         let name = &s.hub.info().name;
         app = app
-            .merge(stream_routes(&format!("/cam/{name}"), s.clone()))
+            .merge(stream_routes(&format!("/cam/{name}"), s.clone(), None))
             .route(
                 &format!("/cam/{name}"),
                 get(Redirect::permanent(&format!("/cam/{name}/"))),
@@ -106,12 +108,19 @@ pub fn router(streams: Streams) -> Router {
     .layer(middleware::from_fn_with_state(policy, guard::guard))
 }
 
-/// One stream's URLs under `prefix` (empty for the root ones).
-fn stream_routes(prefix: &str, state: AppState) -> Router {
+/// One stream's URLs under `prefix` (empty for the root ones). `all` is every stream, for
+/// the root page's `?stream=<name>`.
+fn stream_routes(prefix: &str, state: AppState, all: Option<Streams>) -> Router {
     let at = |path: &str| format!("{prefix}{path}");
+    let root_state = state.clone();
     Router::new()
         // The page, or mjpg-streamer's `?action=stream` and `?action=snapshot`.
-        .route(&at("/"), get(root))
+        .route(
+            &at("/"),
+            get(move |client: ClientIp, q: Query<RootQuery>, req: Request| {
+                root(root_state.clone(), all.clone(), client, q.0, req)
+            }),
+        )
         // multipart/x-mixed-replace MJPEG.
         .route(&at("/stream"), get(mjpeg::stream))
         .route(&at("/stream.mjpg"), get(mjpeg::stream))
@@ -133,22 +142,52 @@ fn stream_routes(prefix: &str, state: AppState) -> Router {
 #[derive(serde::Deserialize)]
 struct RootQuery {
     action: Option<String>,
+    /// Which stream: the player reads it from the page's URL, and `?action=` serves it.
+    stream: Option<String>,
 }
 
+/// The page, or with `?action=` the stream or a snapshot of `here` — or, on the root URL
+/// (`all` given), of the stream `?stream=` names. Under `/cam/<name>/` a `?stream=` naming
+/// another stream is a 400 rather than a silent choice of one of the two.
 async fn root(
-    State(state): State<AppState>,
+    here: AppState,
+    all: Option<Streams>,
     client: ClientIp,
-    Query(q): Query<RootQuery>,
+    q: RootQuery,
     req: Request,
 ) -> Response {
-    match q.action.as_deref() {
-        None => assets::serve("index.html"),
-        Some("stream") => mjpeg::stream(State(state), client).await,
-        Some("snapshot") => snapshot::snapshot(State(state)).await,
-        Some(other) => HttpError::BadRequest(format!(
-            "unknown action {other:?}; use action=stream or action=snapshot"
-        ))
-        .into_response_for(req.uri().path()),
+    let path = req.uri().path();
+    let snapshot = match q.action.as_deref() {
+        None => return assets::serve("index.html"),
+        Some("stream") => false,
+        Some("snapshot") => true,
+        Some(other) => {
+            return HttpError::BadRequest(format!(
+                "unknown action {other:?}; use action=stream or action=snapshot"
+            ))
+            .into_response_for(path)
+        }
+    };
+    let state = match (q.stream, all) {
+        (None, _) => here,
+        (Some(name), Some(all)) => match all.iter().find(|s| s.hub.info().name == name) {
+            Some(s) => s.clone(),
+            None => return HttpError::NoSuchStream(name).into_response_for(path),
+        },
+        (Some(name), None) if name == here.hub.info().name => here,
+        (Some(name), None) => {
+            return HttpError::BadRequest(format!(
+                "stream={name:?} names another stream than this URL's ({:?}); leave stream= out, or ask the root URL /?stream=…",
+                here.hub.info().name
+            ))
+            .into_response_for(path)
+        }
+    };
+    if snapshot {
+        snapshot::snapshot(State(state)).await
+    } else {
+        let progress = req.extensions().get::<WriteProgress>().cloned();
+        mjpeg::stream(State(state), client, progress.map(Extension)).await
     }
 }
 
@@ -161,6 +200,8 @@ async fn not_found(req: Request) -> Response {
 pub enum HttpError {
     #[error("not found")]
     NotFound,
+    #[error("no stream named {0:?}; /streams lists them")]
+    NoSuchStream(String),
     #[error("{0}")]
     BadRequest(String),
     #[error(transparent)]
@@ -183,7 +224,7 @@ pub enum HttpError {
 impl HttpError {
     fn status(&self) -> StatusCode {
         match self {
-            HttpError::NotFound => StatusCode::NOT_FOUND,
+            HttpError::NotFound | HttpError::NoSuchStream(_) => StatusCode::NOT_FOUND,
             HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
             HttpError::Unauthorized => StatusCode::UNAUTHORIZED,
             HttpError::Slot(SlotError::PerClient(_))
@@ -357,6 +398,10 @@ impl Server {
             // header needs the address the client reached.
             let local = LocalAddr(stream.local_addr().unwrap_or(peer));
             let over_tls = tls.is_some();
+            // What this connection has written, for the MJPEG body's "previous frame has
+            // left" wait (backlog.rs).
+            let progress = WriteProgress::default();
+            let counted = Counted::new(stream, progress.clone());
             let trusted = self.trusted_proxies.clone();
             let service = TowerToHyperService::new(tower::ServiceExt::map_request(
                 app.clone(),
@@ -364,6 +409,7 @@ impl Server {
                     let ip = forwarded::client_ip_from_headers(peer.ip(), req.headers(), &trusted);
                     req.extensions_mut().insert(ClientAddr(ip));
                     req.extensions_mut().insert(local);
+                    req.extensions_mut().insert(progress.clone());
                     if over_tls {
                         req.extensions_mut().insert(Tls);
                     }
@@ -374,7 +420,7 @@ impl Server {
             let shutdown = self.shutdown.clone();
             let tls = tls.clone();
             self.tracker.spawn(async move {
-                let stream = timed(stream);
+                let stream = timed(counted);
                 let Some(tls) = tls else {
                     serve_connection(&builder, stream, service, &shutdown, peer).await;
                     return;
@@ -521,9 +567,10 @@ fn host_of(h: &str) -> Option<&str> {
     ok.then_some(host)
 }
 
-fn timed(stream: TcpStream) -> Pin<Box<TimeoutStream<TcpStream>>> {
+fn timed(stream: Counted) -> Pin<Box<TimeoutStream<Counted>>> {
     // Frames are sent as soon as they exist; Nagle would only add latency.
-    let _ = stream.set_nodelay(true);
+    let _ = stream.get_ref().set_nodelay(true);
+    backlog::limit_unsent(stream.get_ref());
     let mut s = TimeoutStream::new(stream);
     s.set_write_timeout(Some(WRITE_STALL_TIMEOUT));
     Box::pin(s)

@@ -3,7 +3,8 @@
 //! Binary message = the 32-byte header documented in [`crate::wire`] + the JPEG. The encoder
 //! already built that buffer, so every client is sent the same `Bytes`. Like the MJPEG output,
 //! a client that reads slowly skips frames: while one send is in flight, newer frames only
-//! replace each other in the hub.
+//! replace each other in the hub, and the next frame is picked once the kernel has (nearly)
+//! sent the previous one ([`super::backlog`]).
 //!
 //! Text messages (JSON):
 //! - server → client on connect: `{"type":"hello","version":1,"header_len":32,"width":…,
@@ -22,14 +23,15 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 
+use super::backlog::WriteProgress;
 use super::limits::{ClientIp, ViewerSlot};
-use super::{AppState, HttpError};
+use super::{AppState, HttpError, WRITE_STALL_TIMEOUT};
 use crate::hub::{Output, ViewerGuard};
 use crate::wire;
 
@@ -48,6 +50,7 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 pub async fn upgrade(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    progress: Option<Extension<WriteProgress>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -73,7 +76,8 @@ pub async fn upgrade(
     ws.max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
         .on_upgrade(move |socket| async move {
-            if let Err(e) = run(socket, state, (guard, slot)).await {
+            let progress = progress.map(|Extension(p)| p);
+            if let Err(e) = run(socket, state, progress, (guard, slot)).await {
                 tracing::debug!(error = %e, "websocket client ended with an error");
             }
         })
@@ -89,14 +93,54 @@ pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
     let Ok(origin) = origin.to_str() else {
         return false;
     };
+    let Some((scheme, origin_authority)) = origin.split_once("://") else {
+        return false;
+    };
+    // A Host without a port means the scheme's default one, and so does an Origin: proxies
+    // that add `:80` to Host (or browsers that leave it out of Origin) must still match.
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" | "ws" => 80,
+        "https" | "wss" => 443,
+        _ => return false,
+    };
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
-    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+    match (
+        authority_parts(origin_authority, default_port),
+        host.and_then(|h| authority_parts(h, default_port)),
+    ) {
+        (Some(o), Some(h)) => o == h,
+        _ => false,
+    }
+}
+
+/// `host[:port]` or `[v6]` / `[v6]:port` → (lower-case host, port), the port being
+/// `default_port` when none is written; `None` when it is not an authority.
+fn authority_parts(authority: &str, default_port: u16) -> Option<(String, u16)> {
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']')? {
+            (addr, "") => (addr, None),
+            (addr, after) => (addr, Some(after.strip_prefix(':')?)),
+        },
+        None => match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => p.parse().ok()?,
+        Some(_) => return None,
+    };
+    Some((host.to_ascii_lowercase(), port))
 }
 
 async fn run(
     socket: WebSocket,
     state: AppState,
+    progress: Option<WriteProgress>,
     _guards: (ViewerGuard, ViewerSlot),
 ) -> Result<(), axum::Error> {
     let hub = &state.hub;
@@ -134,7 +178,16 @@ async fn run(
                 }
                 let frame = frames.borrow_and_update().clone();
                 if let Some(f) = frame {
+                    // `send` returns once the message is written; then wait until the kernel
+                    // has (nearly) sent it, so the next frame picked is current.
                     sink.send(Message::Binary(f.wire())).await?;
+                    if let Some(p) = &progress {
+                        tokio::select! {
+                            // The loop's shutdown arm says goodbye.
+                            _ = state.shutdown.cancelled() => {}
+                            r = p.sent(p.written(), WRITE_STALL_TIMEOUT) => r.map_err(axum::Error::new)?,
+                        }
+                    }
                     keepalive.reset();
                 }
             }
@@ -269,5 +322,34 @@ mod tests {
             HeaderValue::from_bytes(b"http://pi.local:8080\xff").unwrap(),
         );
         assert!(!same_origin(&h));
+    }
+
+    fn check(host: &'static str, origin: &'static str) -> bool {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static(host));
+        h.insert(header::ORIGIN, HeaderValue::from_static(origin));
+        same_origin(&h)
+    }
+
+    #[test]
+    fn default_ports_compare_equal() {
+        // Proxies that write the port into Host, browsers that leave it out of Origin.
+        assert!(check("cam.example:80", "http://cam.example"));
+        assert!(check("cam.example", "http://cam.example:80"));
+        assert!(check("cam.example:443", "https://cam.example"));
+        assert!(check("CAM.example:443", "https://cam.EXAMPLE:443"));
+        assert!(check("[::1]:80", "http://[::1]"));
+        assert!(check("[fe80::1]:8080", "http://[FE80::1]:8080"));
+        // The default port of the other scheme is a different origin.
+        assert!(!check("cam.example:443", "http://cam.example"));
+        assert!(!check("cam.example:80", "https://cam.example"));
+        assert!(!check("cam.example", "http://cam.example:8080"));
+        assert!(!check("cam.example:8080", "http://cam.example:8081"));
+        // Not authorities.
+        assert!(!check("cam.example:", "http://cam.example"));
+        assert!(!check("cam.example:x80", "http://cam.example"));
+        assert!(!check(":80", "http://"));
+        assert!(!check("cam.example", "ftp://cam.example"));
+        assert!(!check("cam.example", "cam.example"));
     }
 }
