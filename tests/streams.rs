@@ -141,3 +141,36 @@ async fn streams_from_flags_and_their_errors() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+#[tokio::test]
+async fn the_root_urls_action_forms_honour_stream() {
+    let cfg = TempFile::with(TWO_STREAMS);
+    let p = Picamd::start(&["--config", cfg.as_str()]);
+
+    // `/?stream=<name>` picks the stream for the page, and now for `?action=` too (it used
+    // to serve the default stream silently, and count the viewer there).
+    let r = p.get("/?stream=door-2&action=snapshot").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(decode(&r.body).0, 160);
+    let r = p.get("/?action=snapshot&stream=printer").await;
+    assert_eq!(decode(&r.body).0, 320);
+    let mut door = MjpegReader::new(open(p.addr, "/?stream=door-2&action=stream").await).await;
+    assert_eq!(decode(&door.next_part().await.expect("a part").jpeg).0, 160);
+    let viewers = |v: serde_json::Value| v["viewers"]["mjpeg"].clone();
+    let door_state = serde_json::from_slice(&p.get("/cam/door-2/state").await.body).unwrap();
+    assert_eq!(viewers(door_state), 1, "the viewer counts on door-2");
+    assert_eq!(viewers(p.state().await), 0, "not on the default stream");
+
+    // A stream that does not exist, or one that contradicts the path, is an error that
+    // names it, never a silent choice.
+    let r = p.get("/?stream=nope&action=stream").await;
+    assert_eq!(r.status, 404);
+    assert!(String::from_utf8_lossy(&r.body).contains("\"nope\""));
+    let r = p.get("/cam/printer/?stream=door-2&action=snapshot").await;
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("stream=\"door-2\""));
+    let r = p.get("/cam/door-2/?stream=door-2&action=snapshot").await;
+    assert_eq!((r.status, decode(&r.body).0), (200, 160));
+    // The page itself still takes `?stream=` (the player reads it).
+    assert_eq!(p.get("/?stream=door-2").await.status, 200);
+}

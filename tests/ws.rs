@@ -101,3 +101,41 @@ async fn cross_origin_handshakes_are_refused() {
     let err = tokio_tungstenite::connect_async(req).await.unwrap_err();
     assert!(err.to_string().contains("403"), "{err}");
 }
+
+/// The status line of a raw WebSocket handshake with these `Host` and `Origin` headers.
+async fn handshake_status(p: &Picamd, host: &str, origin: &str) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).await.unwrap();
+    line.trim_end().to_owned()
+}
+
+#[tokio::test]
+async fn default_ports_in_host_and_origin_are_the_same_origin() {
+    let p = Picamd::start(&["--size", "320x240"]);
+    // A reverse proxy that writes the default port into Host (browsers leave it out of
+    // Origin): the same origin. This used to be refused with 403.
+    for (host, origin) in [
+        ("cam.example:80", "http://cam.example"),
+        ("cam.example:443", "https://cam.example"),
+        ("cam.example", "http://cam.example:80"),
+    ] {
+        let status = handshake_status(&p, host, origin).await;
+        assert!(status.contains(" 101 "), "{host} / {origin}: {status}");
+    }
+    // Other ports, or the other scheme's default, are other origins.
+    for (host, origin) in [
+        ("cam.example:8080", "http://cam.example"),
+        ("cam.example:443", "http://cam.example"),
+    ] {
+        let status = handshake_status(&p, host, origin).await;
+        assert!(status.contains(" 403 "), "{host} / {origin}: {status}");
+    }
+}

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod peers;
+pub mod slow_link;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};
@@ -62,7 +63,29 @@ impl Picamd {
     /// [`Picamd::try_start`] with extra environment variables (systemd's, for the service
     /// tests).
     pub fn try_start_with_env(listen: &str, args: &[&str], env: &[(&str, &str)]) -> Option<Picamd> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_picamd"))
+        Picamd::spawn(
+            Command::new(env!("CARGO_BIN_EXE_picamd")),
+            listen,
+            args,
+            env,
+        )
+    }
+
+    /// [`Picamd::start`] inside network namespace `ns` (`ip netns exec`, which execs picamd,
+    /// so the child is picamd itself), listening on `listen`.
+    pub fn start_in_netns(ns: &str, listen: &str, args: &[&str]) -> Picamd {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_picamd")]);
+        Picamd::spawn(cmd, listen, args, &[]).expect("picamd did not report its address")
+    }
+
+    fn spawn(
+        mut cmd: Command,
+        listen: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Option<Picamd> {
+        let mut child = cmd
             .envs(env.iter().copied())
             .args(["--listen", listen])
             // CI runs as root, which picamd refuses unless told (tests/service.rs covers that).

@@ -1,0 +1,325 @@
+//! Slow clients see the present: a client that takes fewer frames than the stream has, or
+//! sits behind a slow link, gets fewer frames, each current — never a growing backlog — and
+//! a client on a long but fast link still gets every frame.
+//!
+//! Lag is receive time minus capture time (`X-Timestamp`, or the WebSocket header's capture
+//! time), on one machine's clock. Each test prints its figures. The bounds are the issue's
+//! (0.3 s for a paced reader, 0.5 s behind a 5 Mbit/s link); without picamd's send-queue
+//! limits the same readers were measured 10 s behind after 15 s and still falling back.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use common::slow_link::{Shape, SlowLink, SERVER_IP};
+use common::{decode, header, now_us, parse_x_timestamp, send_request, MjpegReader, Picamd};
+use futures_util::StreamExt;
+use picamd::wire::FrameHeader;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+const SIZE: (usize, usize) = (1280, 720);
+const ARGS: &[&str] = &["--size", "1280x720", "--fps", "30"];
+/// How long each reader reads, and how much of the start is left out of the figures (the
+/// source starting, TCP finding its rate).
+const READ_FOR: Duration = Duration::from_secs(15);
+const WARM_UP: Duration = Duration::from_secs(5);
+
+/// One frame as a reader got it.
+struct Got {
+    /// Since the reader started.
+    at: Duration,
+    lag_s: f64,
+    bytes: usize,
+}
+
+/// What a reader saw after the warm-up.
+struct Figures {
+    fps: f64,
+    median_lag_s: f64,
+    max_lag_s: f64,
+    /// Median lag over the first and the second half of the measured time: equal for a
+    /// steady lag, growing for a backlog.
+    halves_s: (f64, f64),
+    mean_bytes: f64,
+}
+
+fn figures(name: &str, got: &[Got]) -> Figures {
+    let measured: Vec<&Got> = got.iter().filter(|g| g.at >= WARM_UP).collect();
+    assert!(measured.len() > 5, "{name}: only {} frames", measured.len());
+    let median = |v: &[&Got]| {
+        let mut lags: Vec<f64> = v.iter().map(|g| g.lag_s).collect();
+        lags.sort_by(f64::total_cmp);
+        lags[lags.len() / 2]
+    };
+    let window = (READ_FOR - WARM_UP).as_secs_f64();
+    let mid = WARM_UP + (READ_FOR - WARM_UP) / 2;
+    let (first, second): (Vec<&Got>, Vec<&Got>) = measured.iter().partition(|g| g.at < mid);
+    let f = Figures {
+        fps: measured.len() as f64 / window,
+        median_lag_s: median(&measured),
+        max_lag_s: measured.iter().map(|g| g.lag_s).fold(0.0, f64::max),
+        halves_s: (median(&first), median(&second)),
+        mean_bytes: measured.iter().map(|g| g.bytes as f64).sum::<f64>() / measured.len() as f64,
+    };
+    println!(
+        "{name}: {:.1} frames/s, lag median {:.3} s, max {:.3} s (median {:.3} s then {:.3} s), \
+         {:.0} bytes/frame, {} frames after {} s",
+        f.fps,
+        f.median_lag_s,
+        f.max_lag_s,
+        f.halves_s.0,
+        f.halves_s.1,
+        f.mean_bytes,
+        measured.len(),
+        WARM_UP.as_secs()
+    );
+    f
+}
+
+/// Paces a reader to `per_second` frames (none: as fast as they come).
+struct Pace {
+    next: Instant,
+    every: Option<Duration>,
+}
+
+impl Pace {
+    fn new(per_second: Option<f64>) -> Pace {
+        Pace {
+            next: Instant::now(),
+            every: per_second.map(|r| Duration::from_secs_f64(1.0 / r)),
+        }
+    }
+
+    async fn wait(&mut self) {
+        if let Some(every) = self.every {
+            self.next += every;
+            tokio::time::sleep_until(self.next.into()).await;
+        }
+    }
+}
+
+/// A TCP connection to `addr` whose receive buffer is `rcvbuf` bytes (`SO_RCVBUF`; Linux
+/// doubles it), or left to the kernel's autotuning.
+async fn connect(addr: SocketAddr, rcvbuf: Option<u32>) -> TcpStream {
+    let sock = TcpSocket::new_v4().expect("socket");
+    if let Some(n) = rcvbuf {
+        sock.set_recv_buffer_size(n).expect("SO_RCVBUF");
+    }
+    sock.connect(addr).await.expect("connect")
+}
+
+/// The socket's receive buffer as the kernel sizes it now (autotuning included).
+fn recv_buffer(fd: i32) -> usize {
+    // SAFETY: the caller's stream owns `fd` and outlives this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&fd)
+        .recv_buffer_size()
+        .expect("SO_RCVBUF")
+}
+
+/// Reads `/stream` for [`READ_FOR`], `per_second` frames at most; every part must be a whole
+/// JPEG of [`SIZE`]. Returns the frames and the socket's final receive buffer size.
+async fn read_mjpeg(
+    addr: SocketAddr,
+    rcvbuf: Option<u32>,
+    per_second: Option<f64>,
+) -> (Vec<Got>, usize) {
+    let stream = connect(addr, rcvbuf).await;
+    let fd = stream.as_raw_fd();
+    let mut reader = MjpegReader::new(send_request(stream, addr, "/stream").await).await;
+    let start = Instant::now();
+    let mut pace = Pace::new(per_second);
+    let mut got = Vec::new();
+    while start.elapsed() < READ_FOR {
+        let part = reader.next_part().await.expect("the stream goes on");
+        let received = now_us();
+        let ts = parse_x_timestamp(header(&part.headers, "x-timestamp").expect("X-Timestamp"));
+        let (w, h, _) = decode(&part.jpeg);
+        assert_eq!((w, h), SIZE, "a whole, valid JPEG");
+        got.push(Got {
+            at: start.elapsed(),
+            lag_s: received.saturating_sub(ts) as f64 / 1e6,
+            bytes: part.jpeg.len(),
+        });
+        pace.wait().await;
+    }
+    (got, recv_buffer(fd))
+}
+
+/// [`read_mjpeg`] over `/ws`: binary messages, header + JPEG.
+async fn read_ws(
+    addr: SocketAddr,
+    rcvbuf: Option<u32>,
+    per_second: Option<f64>,
+) -> (Vec<Got>, usize) {
+    let stream = connect(addr, rcvbuf).await;
+    let fd = stream.as_raw_fd();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
+        .await
+        .expect("websocket handshake");
+    let start = Instant::now();
+    let mut pace = Pace::new(per_second);
+    let mut got = Vec::new();
+    while start.elapsed() < READ_FOR {
+        let msg = ws
+            .next()
+            .await
+            .expect("the socket stays open")
+            .expect("a message");
+        let Message::Binary(data) = msg else { continue };
+        let received = now_us();
+        let (h, jpeg) = FrameHeader::parse(&data).expect("a valid header");
+        let (w, hgt, _) = decode(jpeg);
+        assert_eq!((w, hgt), SIZE, "a whole, valid JPEG");
+        assert_eq!((h.width as usize, h.height as usize), SIZE);
+        got.push(Got {
+            at: start.elapsed(),
+            lag_s: received.saturating_sub(h.capture_us) as f64 / 1e6,
+            bytes: jpeg.len(),
+        });
+        pace.wait().await;
+    }
+    (got, recv_buffer(fd))
+}
+
+/// What a reader that takes 10 of the 30 frames a second must show.
+///
+/// - With a receive buffer of about one frame (`SO_RCVBUF` 16 KiB, 32 KiB once Linux doubles
+///   it), the issue's bound: lag under 0.3 s.
+/// - With the kernel's defaults, the client's own receive buffer fills up (Linux autotunes
+///   it to a few hundred KB) and holds frames no server can take back: its lag is at most
+///   that buffer's worth of frames, at 10 a second, plus the frame in flight, and steady.
+fn check_paced_readers(output: &str, small: (Vec<Got>, usize), default: (Vec<Got>, usize)) {
+    let small_f = figures(
+        &format!("{output}, 10 fps reader, 32 KiB receive buffer"),
+        &small.0,
+    );
+    let default_f = figures(
+        &format!(
+            "{output}, 10 fps reader, autotuned receive buffer (now {} KiB)",
+            default.1 / 1024
+        ),
+        &default.0,
+    );
+    for f in [&small_f, &default_f] {
+        assert!(
+            (8.5..=10.5).contains(&f.fps),
+            "{output}: a 10 fps reader got {:.1} frames/s",
+            f.fps
+        );
+    }
+    assert!(
+        small_f.max_lag_s < 0.3,
+        "{output}: lag up to {:.3} s",
+        small_f.max_lag_s
+    );
+    let buffered_frames = default.1 as f64 / default_f.mean_bytes;
+    let bound = (buffered_frames + 2.0) * 0.1 + 0.1;
+    assert!(
+        default_f.max_lag_s < bound,
+        "{output}: lag up to {:.3} s; its {} KiB receive buffer explains {bound:.2} s",
+        default_f.max_lag_s,
+        default.1 / 1024
+    );
+    assert!(
+        default_f.halves_s.1 < default_f.halves_s.0 + 0.15,
+        "{output}: lag grows ({:.3} s then {:.3} s)",
+        default_f.halves_s.0,
+        default_f.halves_s.1
+    );
+}
+
+#[tokio::test]
+async fn a_10_fps_mjpeg_reader_of_a_30_fps_stream_sees_current_frames() {
+    let p = Picamd::start(ARGS);
+    let (small, default) = tokio::join!(
+        read_mjpeg(p.addr, Some(16 * 1024), Some(10.0)),
+        read_mjpeg(p.addr, None, Some(10.0)),
+    );
+    check_paced_readers("MJPEG", small, default);
+}
+
+#[tokio::test]
+async fn a_10_fps_websocket_reader_of_a_30_fps_stream_sees_current_frames() {
+    let p = Picamd::start(ARGS);
+    let (small, default) = tokio::join!(
+        read_ws(p.addr, Some(16 * 1024), Some(10.0)),
+        read_ws(p.addr, None, Some(10.0)),
+    );
+    check_paced_readers("WebSocket", small, default);
+}
+
+/// A [`SlowLink`], or `None` with the reason printed where this machine cannot make one
+/// (not root, no TUN device). CI runs as root and sets `PICAMD_REQUIRE_NETNS=1`, which
+/// turns that into a failure instead.
+fn slow_link(shape: Shape) -> Option<SlowLink> {
+    match SlowLink::new(shape) {
+        Ok(link) => Some(link),
+        Err(why) if std::env::var_os("PICAMD_REQUIRE_NETNS").is_none() => {
+            eprintln!("SKIPPED: no network namespaces here ({why}); run as root to test it");
+            None
+        }
+        Err(why) => panic!("PICAMD_REQUIRE_NETNS is set, but the link failed: {why}"),
+    }
+}
+
+/// A viewer reading `/stream` as fast as the link allows, from the client namespace.
+fn read_across(link: &SlowLink) -> Vec<Got> {
+    let addr: SocketAddr = format!("{SERVER_IP}:8080").parse().expect("address");
+    link.in_client(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(read_mjpeg(addr, None, None))
+            .0
+    })
+}
+
+#[test]
+fn a_viewer_behind_a_5_mbit_link_gets_fewer_current_frames() {
+    // 720p30 MJPEG is ~10 Mbit/s: twice what this link carries.
+    let Some(link) = slow_link(Shape {
+        one_way: Duration::from_millis(10),
+        rate: Some("5mbit"),
+    }) else {
+        return;
+    };
+    let _p = Picamd::start_in_netns(&link.server_ns, &format!("{SERVER_IP}:8080"), ARGS);
+    let got = read_across(&link);
+    let f = figures("MJPEG over 5 Mbit/s, 20 ms round trip", &got);
+    let mbit = f.fps * f.mean_bytes * 8.0 / 1e6;
+    println!("  {mbit:.1} Mbit/s of JPEG");
+    assert!(
+        (5.0..=25.0).contains(&f.fps),
+        "{:.1} frames/s: a 5 Mbit/s link carries about 15 of these",
+        f.fps
+    );
+    assert!(f.max_lag_s < 0.5, "lag up to {:.3} s", f.max_lag_s);
+    assert!(
+        f.halves_s.1 < f.halves_s.0 + 0.1,
+        "lag grows ({:.3} s then {:.3} s)",
+        f.halves_s.0,
+        f.halves_s.1
+    );
+}
+
+#[test]
+fn a_viewer_on_a_fast_100_ms_link_gets_the_full_rate() {
+    // The low-water mark bounds unsent bytes only, not bytes in flight: a client a long way
+    // off that can keep up must not be slowed to one frame per round trip (10 fps here).
+    let Some(link) = slow_link(Shape {
+        one_way: Duration::from_millis(50),
+        rate: None,
+    }) else {
+        return;
+    };
+    let _p = Picamd::start_in_netns(&link.server_ns, &format!("{SERVER_IP}:8080"), ARGS);
+    let got = read_across(&link);
+    let f = figures("MJPEG over an unthrottled link, 100 ms round trip", &got);
+    assert!(f.fps >= 27.0, "{:.1} frames/s of 30", f.fps);
+    assert!(f.max_lag_s < 0.5, "lag up to {:.3} s", f.max_lag_s);
+}
