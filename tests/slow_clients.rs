@@ -232,24 +232,50 @@ fn check_paced_readers(output: &str, small: (Vec<Got>, usize), default: (Vec<Got
     );
 }
 
+/// Two readers of `output` taking 10 frames a second side by side, one with a receive
+/// buffer of about a frame, one with the kernel's defaults; see [`check_paced_readers`].
+async fn paced_readers(output: Output) {
+    let p = Picamd::start(ARGS);
+    let read = |rcvbuf| output.read(p.addr, rcvbuf, Some(10.0));
+    let (small, default) = tokio::join!(read(Some(16 * 1024)), read(None));
+    check_paced_readers(output.name(), small, default);
+}
+
+#[derive(Clone, Copy)]
+enum Output {
+    Mjpeg,
+    WebSocket,
+}
+
+impl Output {
+    fn name(self) -> &'static str {
+        match self {
+            Output::Mjpeg => "MJPEG",
+            Output::WebSocket => "WebSocket",
+        }
+    }
+
+    async fn read(
+        self,
+        addr: SocketAddr,
+        rcvbuf: Option<u32>,
+        per_second: Option<f64>,
+    ) -> (Vec<Got>, usize) {
+        match self {
+            Output::Mjpeg => read_mjpeg(addr, rcvbuf, per_second).await,
+            Output::WebSocket => read_ws(addr, rcvbuf, per_second).await,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_10_fps_mjpeg_reader_of_a_30_fps_stream_sees_current_frames() {
-    let p = Picamd::start(ARGS);
-    let (small, default) = tokio::join!(
-        read_mjpeg(p.addr, Some(16 * 1024), Some(10.0)),
-        read_mjpeg(p.addr, None, Some(10.0)),
-    );
-    check_paced_readers("MJPEG", small, default);
+    paced_readers(Output::Mjpeg).await;
 }
 
 #[tokio::test]
 async fn a_10_fps_websocket_reader_of_a_30_fps_stream_sees_current_frames() {
-    let p = Picamd::start(ARGS);
-    let (small, default) = tokio::join!(
-        read_ws(p.addr, Some(16 * 1024), Some(10.0)),
-        read_ws(p.addr, None, Some(10.0)),
-    );
-    check_paced_readers("WebSocket", small, default);
+    paced_readers(Output::WebSocket).await;
 }
 
 /// A [`SlowLink`], or `None` with the reason printed where this machine cannot make one
