@@ -7,15 +7,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use picamd::encode::{EncoderPool, JpegEncoder};
+use picamd::encode::{EncodeEvent, EncodeSink, EncoderPool, JpegEncoder};
+use picamd::frame::{CaptureTime, EncodedFrame, Frame, Payload, SourceInfo, Yuv420Buffer};
 use picamd::hub::{Hub, PipelineInfo};
 use picamd::source::i420::PooledI420;
 use picamd::source::test_pattern::TestPattern;
-use picamd::source::{CaptureTime, Frame, Payload, SourceInfo, Yuv420Buffer};
 
 const SIZES: [(u32, u32); 2] = [(1280, 720), (1920, 1080)];
 const QUALITY: u8 = 80;
@@ -536,6 +536,34 @@ impl PoolResult {
     }
 }
 
+/// The pool's output in the bench: frames go to a hub as in picamd, counted here.
+struct PoolCounts {
+    hub: Hub,
+    encoded: AtomicU64,
+    dropped_busy: AtomicU64,
+    encode_us_total: AtomicU64,
+}
+
+impl EncodeSink for PoolCounts {
+    fn publish(&self, frame: EncodedFrame) {
+        self.hub.publish(frame);
+    }
+
+    fn count(&self, event: EncodeEvent) {
+        match event {
+            EncodeEvent::Encoded(took) => {
+                self.encoded.fetch_add(1, Ordering::Relaxed);
+                self.encode_us_total
+                    .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+            }
+            EncodeEvent::Busy => {
+                self.dropped_busy.fetch_add(1, Ordering::Relaxed);
+            }
+            EncodeEvent::Failed => {}
+        }
+    }
+}
+
 fn bench_pool(
     frames: &[Arc<Vec<u8>>],
     w: u32,
@@ -556,8 +584,13 @@ fn bench_pool(
         quality: QUALITY,
         max_viewers: 1,
     });
-    let (pool, threads) = EncoderPool::start(workers, QUALITY, hub.clone()).expect("start pool");
-    let stats = hub.stats();
+    let stats = Arc::new(PoolCounts {
+        hub,
+        encoded: AtomicU64::new(0),
+        dropped_busy: AtomicU64::new(0),
+        encode_us_total: AtomicU64::new(0),
+    });
+    let (pool, threads) = EncoderPool::start(workers, QUALITY, stats.clone()).expect("start pool");
     let mut seq = 0u64;
     let mut submit_until = |deadline: Instant| {
         while Instant::now() < deadline {

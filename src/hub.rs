@@ -1,94 +1,28 @@
 //! The hub: the newest encoded frame, who is watching, and the counters behind `/state`.
+//! It knows no source and no codec: encoded units with their capture time come in, outputs
+//! take them, and the stream's pipeline posts the state it computed ([`SourceState`]) here
+//! for the outputs to read.
 //!
 //! Encoders [`Hub::publish`] into a `tokio::sync::watch` that holds only the newest frame
 //! (latest wins): an output that is busy writing simply sees a later frame next time, so a
 //! slow client skips frames and never queues them. Sending one frame to a thousand clients is
-//! a thousand refcount bumps on the same `Bytes`.
+//! a thousand refcount bumps on the same `Bytes`. This is the JPEG track. A second kind of
+//! unit per stream (H.264 access units, where a new consumer starts at the newest keyframe
+//! and a slow one skips to the next keyframe) belongs beside it as a track of its own with
+//! its own subscribe call, so outputs that use only JPEG do not change.
 //!
-//! Outputs hold a [`ViewerGuard`] while they need frames. The count drives on-demand capture:
-//! with no guard alive (after a short linger) the source blocks in
-//! [`Hub::wait_for_demand`], and it wakes as soon as a guard is created.
+//! Outputs hold a [`ViewerGuard`] while they need frames. The count drives on-demand
+//! capture: the pipeline registers one listener ([`Hub::on_viewers`]) and decides from the
+//! counts when the source runs.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::shutdown::Shutdown;
-use crate::source::{CaptureTime, Frame, SourceInfo};
-use crate::wire::{self, FrameHeader};
-
-/// A JPEG ready to send, with the WebSocket header in front of it in the same buffer.
-#[derive(Debug)]
-pub struct EncodedFrame {
-    pub seq: u64,
-    pub captured: CaptureTime,
-    pub width: u32,
-    pub height: u32,
-    pub no_signal: bool,
-    /// `wire` header + JPEG, exactly what a `/ws` binary message carries.
-    wire: Bytes,
-}
-
-impl EncodedFrame {
-    /// Builds the frame by copying `jpeg` once behind a freshly written wire header.
-    pub fn new(
-        seq: u64,
-        captured: CaptureTime,
-        width: u32,
-        height: u32,
-        no_signal: bool,
-        jpeg: &[u8],
-    ) -> Self {
-        let header = FrameHeader {
-            version: wire::VERSION,
-            kind: wire::TYPE_JPEG,
-            flags: if no_signal { wire::FLAG_NO_SIGNAL } else { 0 },
-            seq,
-            capture_us: captured.wall_us,
-            width,
-            height,
-        };
-        let mut buf = Vec::with_capacity(wire::HEADER_LEN + jpeg.len());
-        let mut head = [0u8; wire::HEADER_LEN];
-        header.write(&mut head);
-        buf.extend_from_slice(&head);
-        buf.extend_from_slice(jpeg);
-        EncodedFrame {
-            seq,
-            captured,
-            width,
-            height,
-            no_signal,
-            wire: Bytes::from(buf),
-        }
-    }
-
-    /// The encoded form of `frame`, whose JPEG is `jpeg`.
-    pub fn for_frame(frame: &Frame, jpeg: &[u8]) -> Self {
-        Self::new(
-            frame.seq,
-            frame.captured,
-            frame.width,
-            frame.height,
-            frame.no_signal,
-            jpeg,
-        )
-    }
-
-    /// The JPEG alone (shares memory with [`Self::wire`]).
-    pub fn jpeg(&self) -> Bytes {
-        self.wire.slice(wire::HEADER_LEN..)
-    }
-
-    /// Header + JPEG, for WebSocket clients.
-    pub fn wire(&self) -> Bytes {
-        self.wire.clone()
-    }
-}
+use crate::frame::{EncodedFrame, SourceInfo};
 
 /// Which output a viewer uses; counted separately for `/state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,26 +153,20 @@ pub struct PipelineInfo {
     pub max_viewers: usize,
 }
 
-/// How long capture keeps running after the last viewer leaves, so a client that reconnects
-/// or polls snapshots every second does not restart the source each time.
-pub const IDLE_LINGER: Duration = Duration::from_secs(1);
-/// How often a thread blocked in `wait_for_demand` rechecks for shutdown.
-const DEMAND_POLL: Duration = Duration::from_millis(100);
 /// Publish times kept for the measured frame rate (enough for 2 s at 120 fps).
 const FPS_WINDOW_FRAMES: usize = 256;
 /// Frames older than this do not count toward the measured rate.
 const FPS_WINDOW: Duration = Duration::from_secs(2);
 
-#[derive(Debug)]
-struct Demand {
-    viewers: usize,
-    last_left: Option<Instant>,
-}
+/// Told the number of viewers (all outputs) each time it changes.
+pub type ViewerListener = Box<dyn Fn(usize) + Send + Sync>;
 
 struct Shared {
     latest: watch::Sender<Option<Arc<EncodedFrame>>>,
-    demand: Mutex<Demand>,
-    demand_cv: Condvar,
+    /// Viewers of every output; changed and reported under this lock, so the listener sees
+    /// the counts in order.
+    viewers_total: Mutex<usize>,
+    listener: OnceLock<ViewerListener>,
     viewers: [AtomicUsize; OUTPUTS],
     stats: Stats,
     publish_times: Mutex<VecDeque<Instant>>,
@@ -257,6 +185,26 @@ pub struct Hub {
     shared: Arc<Shared>,
 }
 
+#[cfg(test)]
+impl PipelineInfo {
+    /// A 16x16, 30 fps stream of the `test` kind, one worker, for unit tests.
+    pub(crate) fn for_tests(max_viewers: usize) -> PipelineInfo {
+        PipelineInfo {
+            name: "main".into(),
+            source: SourceInfo {
+                kind: "test",
+                name: "unit".into(),
+            },
+            width: 16,
+            height: 16,
+            fps: 30,
+            workers: 1,
+            quality: 80,
+            max_viewers,
+        }
+    }
+}
+
 /// Too many viewers already; the output answers 503.
 #[derive(Debug, thiserror::Error)]
 #[error("viewer limit of {0} reached")]
@@ -268,11 +216,8 @@ impl Hub {
         Hub {
             shared: Arc::new(Shared {
                 latest,
-                demand: Mutex::new(Demand {
-                    viewers: 0,
-                    last_left: None,
-                }),
-                demand_cv: Condvar::new(),
+                viewers_total: Mutex::new(0),
+                listener: OnceLock::new(),
                 viewers: Default::default(),
                 stats: Stats::default(),
                 publish_times: Mutex::new(VecDeque::with_capacity(FPS_WINDOW_FRAMES)),
@@ -288,19 +233,7 @@ impl Hub {
     /// A 16x16, 30 fps hub for unit tests anywhere in the crate.
     #[cfg(test)]
     pub(crate) fn for_tests(max_viewers: usize) -> Hub {
-        Hub::new(PipelineInfo {
-            name: "main".into(),
-            source: SourceInfo {
-                kind: "test",
-                name: "unit".into(),
-            },
-            width: 16,
-            height: 16,
-            fps: 30,
-            workers: 1,
-            quality: 80,
-            max_viewers,
-        })
+        Hub::new(PipelineInfo::for_tests(max_viewers))
     }
 
     pub fn info(&self) -> &PipelineInfo {
@@ -316,14 +249,16 @@ impl Hub {
         self.shared.next_seq.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Records that the source produced a frame; a stalled source is streaming again.
+    /// Records that the source produced a frame.
     pub fn note_captured(&self) {
         self.shared.stats.captured.fetch_add(1, Ordering::Relaxed);
         *lock(&self.shared.last_captured) = Some(Instant::now());
-        let mut state = lock(&self.shared.source_state);
-        if !matches!(*state, SourceState::Streaming) {
-            *state = SourceState::Streaming;
-        }
+    }
+
+    /// Registers the one listener told the number of viewers whenever it changes (the
+    /// pipeline, for on-demand capture). A second registration is refused.
+    pub fn on_viewers(&self, listener: ViewerListener) -> Result<(), ViewerListener> {
+        self.shared.listener.set(listener)
     }
 
     /// When the source last produced a frame, if ever.
@@ -333,7 +268,7 @@ impl Hub {
 
     /// Stream and snapshot viewers right now.
     pub fn total_viewers(&self) -> usize {
-        lock(&self.shared.demand).viewers
+        *lock(&self.shared.viewers_total)
     }
 
     pub fn uptime(&self) -> Duration {
@@ -389,7 +324,7 @@ impl Hub {
         let max = self.shared.info.max_viewers;
         let counted = output != Output::Snapshot;
         {
-            let mut d = lock(&self.shared.demand);
+            let mut total = lock(&self.shared.viewers_total);
             if counted && self.stream_viewers() >= max {
                 self.shared
                     .stats
@@ -397,10 +332,10 @@ impl Hub {
                     .fetch_add(1, Ordering::Relaxed);
                 return Err(ViewerLimit(max));
             }
-            d.viewers += 1;
+            *total += 1;
             self.shared.viewers[output as usize].fetch_add(1, Ordering::Relaxed);
+            self.report_viewers(*total);
         }
-        self.shared.demand_cv.notify_all();
         Ok(ViewerGuard {
             hub: self.clone(),
             output,
@@ -416,43 +351,14 @@ impl Hub {
         self.viewers(Output::Mjpeg) + self.viewers(Output::WebSocket)
     }
 
-    /// Whether capture should go on right now (a viewer, or the linger after the last one).
-    /// Never blocks: for sources that must notice the end of demand between frames, such as
-    /// a child process to stop.
-    pub fn has_demand(&self) -> bool {
-        let d = lock(&self.shared.demand);
-        d.viewers > 0 || d.last_left.is_some_and(|t| t.elapsed() < IDLE_LINGER)
-    }
-
-    /// Blocks the calling (source) thread until someone watches. Returns `false` on shutdown.
-    /// Keeps returning `true` for [`IDLE_LINGER`] after the last viewer leaves.
-    pub fn wait_for_demand(&self, shutdown: &Shutdown) -> bool {
-        let mut d = lock(&self.shared.demand);
-        let mut idle_reported = false;
-        loop {
-            if shutdown.is_cancelled() {
-                return false;
-            }
-            let lingering = d.last_left.is_some_and(|t| t.elapsed() < IDLE_LINGER);
-            if d.viewers > 0 || lingering {
-                if idle_reported {
-                    self.set_source_state(SourceState::Streaming);
-                }
-                return true;
-            }
-            if !idle_reported {
-                self.set_source_state(SourceState::Idle);
-                idle_reported = true;
-            }
-            d = self
-                .shared
-                .demand_cv
-                .wait_timeout(d, DEMAND_POLL)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+    /// Tells the listener, if any; called with the count's lock held.
+    fn report_viewers(&self, total: usize) {
+        if let Some(listener) = self.shared.listener.get() {
+            listener(total);
         }
     }
 
+    /// Posts the stream's state (the pipeline's state machine is its only writer).
     pub fn set_source_state(&self, state: SourceState) {
         *lock(&self.shared.source_state) = state;
     }
@@ -513,12 +419,10 @@ pub struct ViewerGuard {
 impl Drop for ViewerGuard {
     fn drop(&mut self) {
         let shared = &self.hub.shared;
-        let mut d = lock(&shared.demand);
-        d.viewers -= 1;
+        let mut total = lock(&shared.viewers_total);
+        *total -= 1;
         shared.viewers[self.output as usize].fetch_sub(1, Ordering::Relaxed);
-        if d.viewers == 0 {
-            d.last_left = Some(Instant::now());
-        }
+        self.hub.report_viewers(*total);
     }
 }
 
@@ -557,6 +461,7 @@ mod tests {
     }
 
     fn frame(seq: u64) -> EncodedFrame {
+        use crate::frame::CaptureTime;
         EncodedFrame::new(
             seq,
             CaptureTime::now(),
@@ -579,7 +484,7 @@ mod tests {
         assert_eq!(h.latest().unwrap().seq, 3);
         assert_eq!(
             h.latest().unwrap().jpeg(),
-            Bytes::from_static(&[0xFF, 0xD8, 0xFF, 0xD9])
+            bytes::Bytes::from_static(&[0xFF, 0xD8, 0xFF, 0xD9])
         );
     }
 
@@ -598,18 +503,19 @@ mod tests {
     }
 
     #[test]
-    fn demand_wakes_a_waiting_source() {
+    fn the_listener_hears_every_count_in_order() {
         let h = hub(10);
-        let sd = Shutdown::new();
-        let (h2, sd2) = (h.clone(), sd.clone());
-        let t = std::thread::spawn(move || h2.wait_for_demand(&sd2));
-        std::thread::sleep(Duration::from_millis(150));
-        assert_eq!(h.source_state(), SourceState::Idle);
-        let _g = h.add_viewer(Output::WebSocket).unwrap();
-        assert!(t.join().unwrap());
-
-        drop(_g);
-        sd.trigger();
-        assert!(!h.wait_for_demand(&sd));
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let seen = heard.clone();
+        assert!(h
+            .on_viewers(Box::new(move |n| seen.lock().unwrap().push(n)))
+            .is_ok());
+        assert!(h.on_viewers(Box::new(|_| {})).is_err(), "one listener");
+        let a = h.add_viewer(Output::Mjpeg).unwrap();
+        let b = h.add_viewer(Output::Snapshot).unwrap();
+        drop(a);
+        drop(b);
+        assert_eq!(*heard.lock().unwrap(), [1, 2, 1, 0]);
+        assert_eq!(h.total_viewers(), 0);
     }
 }

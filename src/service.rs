@@ -70,7 +70,7 @@ struct LiveCheck {
 impl LiveCheck {
     fn new(fps: u32) -> Self {
         LiveCheck {
-            stall_window: crate::source::stall_window(fps),
+            stall_window: crate::pipeline::state::stall_window(fps),
             live_since: None,
         }
     }

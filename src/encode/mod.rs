@@ -1,4 +1,5 @@
-//! The encoder pool: YUV 4:2:0 frames in, JPEGs into the hub.
+//! The encoder pool: YUV 4:2:0 frames in, JPEGs out to an [`EncodeSink`] (the pipeline
+//! connects it to the stream's hub; this module knows no hub and no source).
 //!
 //! N worker threads (`enc-0`, `enc-1`, …) each own one reusable TurboJPEG compressor and one
 //! worst-case-sized output buffer, allocated once. A worker compresses straight from the
@@ -9,19 +10,36 @@
 //!
 //! Frames reach the workers through a zero-capacity channel: `submit` succeeds only if a
 //! worker is idle, otherwise the frame is dropped at once, so the source never waits and no
-//! queue of stale frames can build up. Frames that finish out of order are dropped by the hub.
-//! Already-encoded JPEG frames bypass the workers.
+//! queue of stale frames can build up. Frames that finish out of order are dropped by the
+//! sink (the hub keeps only the newest). Already-encoded JPEG frames bypass the workers.
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use turbojpeg::{Compressor, Subsamp, YuvPlanesImage};
 
-use crate::hub::{EncodedFrame, Hub};
-use crate::source::{Frame, Payload, Yuv420Buffer};
+use crate::frame::{EncodedFrame, Frame, Payload, Yuv420Buffer};
+
+/// Where encoded frames go, and what the pool tells about its work.
+pub trait EncodeSink: Send + Sync + 'static {
+    /// A frame ready to send (encoded here, or a JPEG that came ready-made).
+    fn publish(&self, frame: EncodedFrame);
+    /// What happened to one frame, for the counters.
+    fn count(&self, event: EncodeEvent);
+}
+
+/// Counted outcomes of the pool's work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncodeEvent {
+    /// A worker encoded a frame in this long.
+    Encoded(Duration),
+    /// A worker failed to encode a frame; it was dropped.
+    Failed,
+    /// Every worker was busy; the frame was dropped.
+    Busy,
+}
 
 /// Why a frame could not be encoded.
 #[derive(Debug, thiserror::Error)]
@@ -32,12 +50,11 @@ pub enum EncodeError {
     BadPlanes { width: u32, height: u32 },
 }
 
-/// Handle used by the source to submit frames; cheap to clone.
+/// Handle used to submit frames; cheap to clone.
 #[derive(Clone)]
 pub struct EncoderPool {
     tx: SyncSender<Frame>,
-    hub: Hub,
-    quality: Arc<AtomicU8>,
+    sink: Arc<dyn EncodeSink>,
 }
 
 /// The worker threads; joining waits for them to finish after every pool handle is dropped.
@@ -54,55 +71,49 @@ impl EncoderThreads {
 }
 
 impl EncoderPool {
-    /// Starts `workers` threads that publish into `hub`.
+    /// Starts `workers` threads that encode at `quality` into `sink`.
     pub fn start(
         workers: usize,
         quality: u8,
-        hub: Hub,
+        sink: Arc<dyn EncodeSink>,
     ) -> std::io::Result<(EncoderPool, EncoderThreads)> {
         let (tx, rx) = mpsc::sync_channel::<Frame>(0);
         let rx = Arc::new(Mutex::new(rx));
-        let quality = Arc::new(AtomicU8::new(quality));
         let mut handles = Vec::with_capacity(workers);
         for i in 0..workers {
-            let (rx, hub, quality) = (rx.clone(), hub.clone(), quality.clone());
+            let (rx, sink) = (rx.clone(), sink.clone());
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("enc-{i}"))
-                    .spawn(move || worker(rx, hub, quality))?,
+                    .spawn(move || worker(rx, sink, quality))?,
             );
         }
-        Ok((EncoderPool { tx, hub, quality }, EncoderThreads { handles }))
+        Ok((EncoderPool { tx, sink }, EncoderThreads { handles }))
     }
 
-    /// Hands `frame` to an idle worker, or drops it if all are busy. Never blocks.
-    pub fn submit(&self, frame: Frame) {
+    /// Hands `frame` to an idle worker, or drops it if all are busy; `false` when dropped.
+    /// Never blocks.
+    pub fn submit(&self, frame: Frame) -> bool {
         if let Payload::Jpeg(jpeg) = &frame.payload {
-            self.hub.publish(EncodedFrame::for_frame(&frame, jpeg));
-            return;
+            self.sink.publish(EncodedFrame::for_frame(&frame, jpeg));
+            return true;
         }
         match self.tx.try_send(frame) {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(TrySendError::Full(_)) => {
-                self.hub
-                    .stats()
-                    .dropped_busy
-                    .fetch_add(1, Ordering::Relaxed);
+                self.sink.count(EncodeEvent::Busy);
+                false
             }
             Err(TrySendError::Disconnected(_)) => {
                 tracing::debug!("encoder pool stopped; frame dropped");
+                false
             }
         }
     }
-
-    /// Changes the JPEG quality for the next frames (1..=100).
-    pub fn set_quality(&self, quality: u8) {
-        self.quality.store(quality.clamp(1, 100), Ordering::Relaxed);
-    }
 }
 
-fn worker(rx: Arc<Mutex<Receiver<Frame>>>, hub: Hub, quality: Arc<AtomicU8>) {
-    let mut encoder = match JpegEncoder::new(quality.load(Ordering::Relaxed)) {
+fn worker(rx: Arc<Mutex<Receiver<Frame>>>, sink: Arc<dyn EncodeSink>, quality: u8) {
+    let mut encoder = match JpegEncoder::new(quality) {
         Ok(e) => e,
         Err(e) => {
             tracing::error!(error = %e, "cannot create a JPEG compressor; worker exits");
@@ -122,22 +133,17 @@ fn worker(rx: Arc<Mutex<Receiver<Frame>>>, hub: Hub, quality: Arc<AtomicU8>) {
         let Payload::Yuv420(planes) = &frame.payload else {
             continue;
         };
-        let wanted = quality.load(Ordering::Relaxed);
         let start = Instant::now();
-        match encoder.encode(planes.as_ref(), frame.width, frame.height, wanted) {
+        match encoder.encode(planes.as_ref(), frame.width, frame.height, quality) {
             Ok(jpeg) => {
-                let stats = hub.stats();
-                stats.encoded.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .encode_us_total
-                    .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+                sink.count(EncodeEvent::Encoded(start.elapsed()));
                 let encoded = EncodedFrame::for_frame(&frame, jpeg);
                 // Give the planes back to their owner before publishing.
                 drop(frame);
-                hub.publish(encoded);
+                sink.publish(encoded);
             }
             Err(e) => {
-                hub.stats().encode_errors.fetch_add(1, Ordering::Relaxed);
+                sink.count(EncodeEvent::Failed);
                 tracing::warn!(seq = frame.seq, error = %e, "encode failed; frame dropped");
             }
         }

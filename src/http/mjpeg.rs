@@ -24,7 +24,8 @@ use tokio::sync::watch;
 use super::backlog::{Stalled, WriteProgress};
 use super::limits::{ClientIp, ViewerSlot};
 use super::{no_cache_headers, x_timestamp, AppState, HttpError, WRITE_STALL_TIMEOUT};
-use crate::hub::{EncodedFrame, Output, ViewerGuard};
+use crate::frame::EncodedFrame;
+use crate::hub::{Output, ViewerGuard};
 use crate::shutdown::Shutdown;
 
 /// The response type, naming the boundary `picamdframe`.

@@ -13,7 +13,8 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use super::{no_cache_headers, x_timestamp, AppState, HttpError};
-use crate::hub::{EncodedFrame, Output};
+use crate::frame::EncodedFrame;
+use crate::hub::Output;
 
 /// Longest wait for a fresh frame, whatever the frame rate.
 const MIN_WAIT: Duration = Duration::from_secs(5);

@@ -39,8 +39,8 @@ use bytes::Bytes;
 
 use super::i420::{i420_len, BufferPool, PooledI420};
 use super::multipart::{SplitLimits, Splitter};
-use super::{CaptureTime, Frame, Payload, Source, SourceContext, SourceError, SourceInfo};
-use crate::hub::SourceState;
+use super::{Source, SourceContext, SourceError};
+use crate::frame::{CaptureTime, Frame, Payload, SourceInfo};
 
 /// Settings for [`FfmpegSource`].
 #[derive(Debug, Clone, Copy)]
@@ -524,9 +524,9 @@ impl Source for FfmpegSource {
                     drop(child);
                     // The watchdog shows this to viewers as "no signal"; a new viewing
                     // session plays the file again.
-                    ctx.set_state(SourceState::Error(
+                    ctx.mark_down(
                         "end of file; set loop = true (or --loop) to play it continuously".into(),
-                    ));
+                    );
                     while ctx.has_demand() {
                         if ctx.sleep(POLL_SLICE) {
                             return Ok(());

@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::font::{self, GLYPH_W};
-use super::Yuv420Buffer;
+use crate::frame::Yuv420Buffer;
 
 /// Luma and chroma values (BT.601 limited range).
 pub const Y_BLACK: u8 = 16;

@@ -51,9 +51,8 @@ use super::controls::{
     self, AfMode, AwbMode, CameraControls, ControlError, Controls, ExposureMode, HdrMode,
 };
 use super::i420::deinterleave_uv;
-use super::{
-    CaptureTime, Frame, Payload, Source, SourceContext, SourceError, SourceInfo, Yuv420Buffer,
-};
+use super::{Source, SourceContext, SourceError};
+use crate::frame::{CaptureTime, Frame, Payload, SourceInfo, Yuv420Buffer};
 
 /// Buffers allocated when the caller does not say (enough for a few busy encoders plus two
 /// queued with the camera, so capture never waits for an encode).
@@ -1028,7 +1027,6 @@ impl Mailbox {
 /// The emit thread: waits for demand, numbers and emits frames from the mailbox.
 fn emit_loop(ctx: &mut SourceContext, gate: &Gate, mailbox: &Mailbox) {
     let mut fresh_after = Instant::now();
-    let mut announced = false;
     loop {
         gate.update(|s| {
             s.waiting_since.get_or_insert_with(Instant::now);
@@ -1054,10 +1052,6 @@ fn emit_loop(ctx: &mut SourceContext, gate: &Gate, mailbox: &Mailbox) {
         };
         if frame.captured.mono < fresh_after {
             continue;
-        }
-        if !announced {
-            ctx.set_state(crate::hub::SourceState::Streaming);
-            announced = true;
         }
         frame.seq = ctx.next_seq();
         ctx.emit(frame);

@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::multipart::{SplitLimits, Splitter};
-use super::{Source, SourceContext, SourceError, SourceInfo};
+use super::{Source, SourceContext, SourceError};
+use crate::frame::SourceInfo;
 
 /// Settings for [`MjpegHttpSource`].
 #[derive(Debug, Clone, Copy)]

@@ -14,7 +14,8 @@ use super::controls::{self, CameraControls, ControlError, Controls};
 use super::faults::{FaultSchedule, Phase};
 use super::font::{GLYPH_H, GLYPH_W};
 use super::i420::{format_utc, BufferPool, Canvas, PooledI420, C_NEUTRAL, Y_BLACK, Y_WHITE};
-use super::{CaptureTime, Frame, Payload, Source, SourceContext, SourceError, SourceInfo};
+use super::{Source, SourceContext, SourceError};
+use crate::frame::{CaptureTime, Frame, Payload, SourceInfo};
 
 /// Bits of the frame number drawn as cells along the top edge.
 pub const SEQ_BITS: u32 = 32;
@@ -194,7 +195,6 @@ impl Source for TestPattern {
     }
 
     fn run(&mut self, ctx: &mut SourceContext) -> Result<(), SourceError> {
-        ctx.set_state(crate::hub::SourceState::Streaming);
         let mut next = Instant::now();
         loop {
             if !ctx.wait_for_demand() {
@@ -314,7 +314,7 @@ fn render_background(w: usize, h: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::Yuv420Buffer;
+    use crate::frame::Yuv420Buffer;
 
     #[test]
     fn frames_differ_and_carry_their_number() {

@@ -42,8 +42,8 @@ use super::controls::{
 };
 use super::i420::{deinterleave_uv, BufferPool};
 use super::jpeg;
-use super::{CaptureTime, Frame, Payload, Source, SourceContext, SourceError, SourceInfo};
-use crate::hub::SourceState;
+use super::{Source, SourceContext, SourceError};
+use crate::frame::{CaptureTime, Frame, Payload, SourceInfo};
 
 /// Memory-mapped buffers shared with the driver.
 const STREAM_BUFFERS: u32 = 4;
@@ -1265,7 +1265,6 @@ impl Session {
                 self.last_good = Instant::now();
                 self.frames += 1;
                 if self.frames == 1 {
-                    ctx.set_state(SourceState::Streaming);
                     tracing::debug!(device = %path.display(), "first frame");
                 }
                 let seq = ctx.next_seq();
@@ -2036,7 +2035,7 @@ mod tests {
             10, 100, 11, 200, 12, 102, 13, 202, 20, 110, 21, 210, 22, 112, 23, 213,
         ];
         convert(PixelFormat::Yuyv, &src, 8, 4, 2, buf.planes_mut()).unwrap();
-        use crate::source::Yuv420Buffer;
+        use crate::frame::Yuv420Buffer;
         let [y, u, v] = buf.planes();
         assert_eq!(y, &[10, 11, 12, 13, 20, 21, 22, 23]);
         assert_eq!((u, v), (&[105u8, 107][..], &[205u8, 208][..]));
@@ -2395,39 +2394,12 @@ mod tests {
         assert!(meta.to_string().contains("not a video capture node"));
     }
 
-    fn context(
-        shutdown: &crate::shutdown::Shutdown,
-    ) -> (
-        SourceContext,
-        crate::hub::Hub,
-        crate::encode::EncoderThreads,
-    ) {
-        let hub = crate::hub::Hub::new(crate::hub::PipelineInfo {
-            name: "main".into(),
-            source: SourceInfo {
-                kind: "v4l2",
-                name: "test".into(),
-            },
-            width: 64,
-            height: 48,
-            fps: 30,
-            workers: 1,
-            quality: 80,
-            max_viewers: 10,
-        });
-        let (encoders, threads) = crate::encode::EncoderPool::start(1, 80, hub.clone()).unwrap();
-        (
-            SourceContext::new(hub.clone(), encoders, shutdown.clone()),
-            hub,
-            threads,
-        )
-    }
-
     #[test]
     fn a_missing_device_fails_with_its_path_once_someone_watches() {
         let shutdown = crate::shutdown::Shutdown::new();
-        let (mut ctx, hub, _threads) = context(&shutdown);
-        let _viewer = hub.add_viewer(crate::hub::Output::Mjpeg).unwrap();
+        let (mut ctx, link) = crate::source::testing::TestLink::context(&shutdown);
+        link.watched
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut source = V4l2Source::new(PathBuf::from("/nonexistent/video7"), 64, 48, 30);
         let err = source.run(&mut ctx).unwrap_err();
         let msg = err.to_string();
@@ -2445,7 +2417,7 @@ mod tests {
     #[test]
     fn without_viewers_nothing_is_opened_and_shutdown_returns_ok() {
         let shutdown = crate::shutdown::Shutdown::new();
-        let (mut ctx, _hub, _threads) = context(&shutdown);
+        let (mut ctx, _link) = crate::source::testing::TestLink::context(&shutdown);
         let trigger = {
             let shutdown = shutdown.clone();
             std::thread::spawn(move || {

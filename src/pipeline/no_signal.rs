@@ -4,8 +4,8 @@
 //! glance at any output — the player, an `<img>`, a timelapse snapshot — says what is wrong
 //! and since when, instead of a frozen last frame.
 
-use super::font::{GLYPH_H, GLYPH_W};
-use super::i420::{format_utc, BufferPool, PooledI420, C_NEUTRAL};
+use crate::source::font::{GLYPH_H, GLYPH_W};
+use crate::source::i420::{format_utc, BufferPool, PooledI420, C_NEUTRAL};
 
 /// Background luma: dark grey, so the frame is visibly not a black camera picture.
 const Y_BACKGROUND: u8 = 40;
@@ -82,7 +82,7 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::Yuv420Buffer;
+    use crate::frame::Yuv420Buffer;
 
     #[test]
     fn wraps_at_spaces() {

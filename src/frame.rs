@@ -1,0 +1,150 @@
+//! Frame types, at the bottom of the flow: what a source captures ([`Frame`], its
+//! [`Payload`] and [`CaptureTime`]), what an encoder makes of it ([`EncodedFrame`]), and the
+//! static facts about a source ([`SourceInfo`]). Every stage imports these; this module
+//! imports none of the stages (only [`crate::wire`], the byte layout an encoded frame is
+//! sent in).
+
+use std::fmt;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::wire::{self, FrameHeader};
+
+/// When a frame was captured, on both clocks: monotonic for intervals and freshness checks,
+/// wall clock for clients (the `X-Timestamp` header and the WebSocket header).
+#[derive(Debug, Clone, Copy)]
+pub struct CaptureTime {
+    pub mono: Instant,
+    /// Microseconds since the Unix epoch.
+    pub wall_us: u64,
+}
+
+impl CaptureTime {
+    pub fn now() -> Self {
+        let wall_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        CaptureTime {
+            mono: Instant::now(),
+            wall_us,
+        }
+    }
+}
+
+/// Memory holding the three planes of a YUV 4:2:0 image, read in place by the encoder.
+/// Dropping it gives the memory back to its owner (a buffer pool, a camera request).
+pub trait Yuv420Buffer: Send {
+    /// Y, U and V planes; each at least `stride * rows` bytes (rows halved for U and V).
+    fn planes(&self) -> [&[u8]; 3];
+    /// Bytes per row of each plane, which may exceed the visible width (camera padding).
+    fn strides(&self) -> [usize; 3];
+}
+
+/// What a frame carries.
+pub enum Payload {
+    /// Raw planes for the encoder pool.
+    Yuv420(Box<dyn Yuv420Buffer>),
+    /// An already-encoded JPEG (USB MJPEG cameras, upstream MJPEG) that skips the encoders.
+    Jpeg(Bytes),
+}
+
+/// One captured image on its way to the encoders.
+pub struct Frame {
+    /// Strictly increasing for the life of the process (across source restarts).
+    pub seq: u64,
+    pub captured: CaptureTime,
+    pub width: u32,
+    pub height: u32,
+    /// A placeholder shown while the real source is down (flag in the wire header).
+    pub no_signal: bool,
+    pub payload: Payload,
+}
+
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Frame")
+            .field("seq", &self.seq)
+            .field("size", &format_args!("{}x{}", self.width, self.height))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Static facts about a source, for `/state` and logs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SourceInfo {
+    /// Kind, as written in `--source` (`test`, `libcamera`, `v4l2`, `mjpeg-http`, `ffmpeg`).
+    pub kind: &'static str,
+    /// Human-readable name (camera model, URL, …).
+    pub name: String,
+}
+
+/// A JPEG ready to send, with the WebSocket header in front of it in the same buffer.
+#[derive(Debug)]
+pub struct EncodedFrame {
+    pub seq: u64,
+    pub captured: CaptureTime,
+    pub width: u32,
+    pub height: u32,
+    pub no_signal: bool,
+    /// `wire` header + JPEG, exactly what a `/ws` binary message carries.
+    wire: Bytes,
+}
+
+impl EncodedFrame {
+    /// Builds the frame by copying `jpeg` once behind a freshly written wire header.
+    pub fn new(
+        seq: u64,
+        captured: CaptureTime,
+        width: u32,
+        height: u32,
+        no_signal: bool,
+        jpeg: &[u8],
+    ) -> Self {
+        let header = FrameHeader {
+            version: wire::VERSION,
+            kind: wire::TYPE_JPEG,
+            flags: if no_signal { wire::FLAG_NO_SIGNAL } else { 0 },
+            seq,
+            capture_us: captured.wall_us,
+            width,
+            height,
+        };
+        let mut buf = Vec::with_capacity(wire::HEADER_LEN + jpeg.len());
+        let mut head = [0u8; wire::HEADER_LEN];
+        header.write(&mut head);
+        buf.extend_from_slice(&head);
+        buf.extend_from_slice(jpeg);
+        EncodedFrame {
+            seq,
+            captured,
+            width,
+            height,
+            no_signal,
+            wire: Bytes::from(buf),
+        }
+    }
+
+    /// The encoded form of `frame`, whose JPEG is `jpeg`.
+    pub fn for_frame(frame: &Frame, jpeg: &[u8]) -> Self {
+        Self::new(
+            frame.seq,
+            frame.captured,
+            frame.width,
+            frame.height,
+            frame.no_signal,
+            jpeg,
+        )
+    }
+
+    /// The JPEG alone (shares memory with [`Self::wire`]).
+    pub fn jpeg(&self) -> Bytes {
+        self.wire.slice(wire::HEADER_LEN..)
+    }
+
+    /// Header + JPEG, for WebSocket clients.
+    pub fn wire(&self) -> Bytes {
+        self.wire.clone()
+    }
+}
