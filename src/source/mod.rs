@@ -89,8 +89,6 @@ pub struct SourceContext {
     sink: Arc<dyn FrameSink>,
     demand: Arc<dyn Demand>,
     shutdown: Shutdown,
-    /// Frames emitted by the current `run`.
-    emitted: u64,
 }
 
 impl SourceContext {
@@ -99,7 +97,6 @@ impl SourceContext {
             sink,
             demand,
             shutdown,
-            emitted: 0,
         }
     }
 
@@ -128,19 +125,8 @@ impl SourceContext {
         self.sink.next_seq()
     }
 
-    /// Frames emitted since [`Self::start_run`].
-    pub fn emitted(&self) -> u64 {
-        self.emitted
-    }
-
-    /// Starts counting a new run's frames (the supervisor, before each `run`).
-    pub fn start_run(&mut self) {
-        self.emitted = 0;
-    }
-
     /// Hands a frame on without blocking; a frame the encoders cannot take is dropped.
     pub fn emit(&mut self, frame: Frame) {
-        self.emitted += 1;
         self.sink.frame(frame);
     }
 
