@@ -14,9 +14,9 @@
 //! `SourceContext::wait_for_demand` blocks while nobody watches, which would leave the camera
 //! running and its buffers stuck. So the context lives on a helper thread (`src-lcam-emit`) that
 //! waits for demand, numbers and emits frames; the source thread hands it the newest frame
-//! through a one-slot mailbox and watches whether it is blocked: once it has waited longer than
-//! [`IDLE_AFTER`], the camera is stopped and released, and it is started again when demand
-//! returns.
+//! through a one-slot mailbox and watches whether it is blocked: once it waits and frames are
+//! no longer wanted (the pipeline's linger after the last viewer has passed), the camera is
+//! stopped and released, and it is started again when demand returns.
 //!
 //! Camera controls ([`LibcameraControls`]) are a shared handle made in [`LibcameraSource::new`]:
 //! changes are attached to the next queued request, and every start re-applies all of them.
@@ -51,7 +51,7 @@ use super::controls::{
     self, AfMode, AwbMode, CameraControls, ControlError, Controls, ExposureMode, HdrMode,
 };
 use super::i420::deinterleave_uv;
-use super::{Source, SourceContext, SourceError};
+use super::{Demand, Source, SourceContext, SourceError};
 use crate::frame::{CaptureTime, Frame, Payload, SourceInfo, Yuv420Buffer};
 
 /// Buffers allocated when the caller does not say (enough for a few busy encoders plus two
@@ -61,9 +61,6 @@ pub const DEFAULT_BUFFERS: u32 = 6;
 pub const MIN_BUFFERS: u32 = 4;
 /// Most buffers (each is a full frame of camera memory, CMA on a Pi).
 pub const MAX_BUFFERS: u32 = 16;
-/// The emit thread blocked in `wait_for_demand` this long means nobody watches: release the
-/// camera.
-pub const IDLE_AFTER: Duration = Duration::from_millis(200);
 /// No completed request for this long (or [`STALL_INTERVALS`] frame intervals, whichever is
 /// longer) while requests are queued means the camera stalled.
 pub const STALL_MIN: Duration = Duration::from_secs(2);
@@ -914,10 +911,10 @@ struct GateState {
 }
 
 /// Demand as the emit thread sees it, for the source thread.
-#[derive(Default)]
 struct Gate {
     state: Mutex<GateState>,
     changed: Condvar,
+    demand: Arc<dyn Demand>,
 }
 
 enum Wake {
@@ -926,6 +923,14 @@ enum Wake {
 }
 
 impl Gate {
+    fn new(demand: Arc<dyn Demand>) -> Gate {
+        Gate {
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            demand,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, GateState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -958,10 +963,11 @@ impl Gate {
         s.shutdown || s.closed
     }
 
+    /// The emit thread waits for demand and frames are no longer wanted: release the camera.
     fn idle(&self) -> bool {
-        self.lock()
-            .waiting_since
-            .is_some_and(|t| t.elapsed() > IDLE_AFTER)
+        // Not under the gate's lock: the demand signal has a lock of its own.
+        let waiting = self.lock().waiting_since.is_some();
+        waiting && !self.demand.wanted()
     }
 }
 
@@ -1617,7 +1623,7 @@ impl Source for LibcameraSource {
         tracing::info!(camera = %label, libcamera = libcamera_version(), "camera found");
         self.controls.learn(Support::of(&camera));
 
-        let gate = Gate::default();
+        let gate = Gate::new(ctx.demand());
         let mailbox = Mailbox::default();
         let this = &*self;
         let result = std::thread::scope(|s| {

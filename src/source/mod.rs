@@ -111,6 +111,13 @@ impl SourceContext {
         self.demand.wanted()
     }
 
+    /// The demand signal, for a source's helper thread: a camera is released when its
+    /// capture thread waits and frames are no longer wanted, i.e. once the pipeline's one
+    /// linger after the last viewer has passed.
+    pub fn demand(&self) -> Arc<dyn Demand> {
+        self.demand.clone()
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown.is_cancelled()
     }

@@ -8,8 +8,9 @@
 //! camera is unplugged, "stalled" when no usable frame arrives for max(5 frame intervals, 2 s).
 //!
 //! While nobody watches, [`SourceContext::wait_for_demand`] blocks the source thread; a small
-//! watcher thread then closes the camera (its LED goes off, the USB bandwidth is freed) once
-//! the wait has lasted [`RELEASE_AFTER_IDLE`], and the source reopens it when demand returns.
+//! watcher thread then closes the camera (its LED goes off, the USB bandwidth is freed) as
+//! soon as frames are no longer wanted (the pipeline's linger after the last viewer has
+//! passed), and the source reopens it when demand returns.
 //! Frames that sat in the driver's queue during a shorter wait are discarded, so a frame
 //! handed on is never older than the demand it answers.
 //!
@@ -42,7 +43,7 @@ use super::controls::{
 };
 use super::i420::{deinterleave_uv, BufferPool};
 use super::jpeg;
-use super::{Source, SourceContext, SourceError};
+use super::{Demand, Source, SourceContext, SourceError};
 use crate::frame::{CaptureTime, Frame, Payload, SourceInfo};
 
 /// Memory-mapped buffers shared with the driver.
@@ -50,8 +51,6 @@ const STREAM_BUFFERS: u32 = 4;
 /// No usable frame for this many frame intervals (but at least [`STALL_MIN`]) is a stall.
 const STALL_INTERVALS: u32 = 5;
 const STALL_MIN: Duration = Duration::from_secs(2);
-/// How long `wait_for_demand` must have blocked before the camera is closed.
-pub const RELEASE_AFTER_IDLE: Duration = Duration::from_millis(300);
 /// How often the watcher looks at a blocked source thread.
 const IDLE_POLL: Duration = Duration::from_millis(150);
 /// A frame dequeued faster than this right after a wait was already waiting in the queue.
@@ -1157,7 +1156,7 @@ impl Source for V4l2Source {
 
     fn run(&mut self, ctx: &mut SourceContext) -> Result<(), SourceError> {
         let slot: Mutex<Option<Session>> = Mutex::new(None);
-        let idle = IdleWatch::default();
+        let idle = IdleWatch::new(ctx.demand());
         let this = &*self;
         let result = std::thread::scope(|scope| {
             // Stops the watcher however this closure ends, so the scope can join it.
@@ -1336,11 +1335,11 @@ fn close_session(mut s: Session, path: &Path) {
     }
 }
 
-/// Tells the watcher thread how long the source thread has been waiting for demand.
-#[derive(Default)]
+/// Tells the watcher thread whether the source thread is waiting for demand.
 struct IdleWatch {
     state: Mutex<IdleState>,
     cv: Condvar,
+    demand: Arc<dyn Demand>,
 }
 
 #[derive(Default)]
@@ -1350,6 +1349,14 @@ struct IdleState {
 }
 
 impl IdleWatch {
+    fn new(demand: Arc<dyn Demand>) -> IdleWatch {
+        IdleWatch {
+            state: Mutex::default(),
+            cv: Condvar::new(),
+            demand,
+        }
+    }
+
     fn set_waiting(&self, since: Option<Instant>) {
         lock(&self.state).waiting_since = since;
     }
@@ -1359,16 +1366,14 @@ impl IdleWatch {
         self.cv.notify_all();
     }
 
-    /// The watcher thread: closes the session once the source thread has been blocked in
-    /// `wait_for_demand` for [`RELEASE_AFTER_IDLE`]. Holding the state lock while closing
-    /// makes a source thread that wakes meanwhile wait, then find no session and reopen.
+    /// The watcher thread: closes the session once the source thread waits in
+    /// `wait_for_demand` and frames are no longer wanted. Holding the state lock while
+    /// closing makes a source thread that wakes meanwhile wait, then find no session and
+    /// reopen.
     fn watch(&self, slot: &Mutex<Option<Session>>, controls: &V4l2Controls, path: &Path) {
         let mut st = lock(&self.state);
         while !st.stop {
-            if st
-                .waiting_since
-                .is_some_and(|t| t.elapsed() >= RELEASE_AFTER_IDLE)
-            {
+            if st.waiting_since.is_some() && !self.demand.wanted() {
                 let session = match slot.try_lock() {
                     Ok(mut g) => g.take(),
                     Err(TryLockError::Poisoned(p)) => p.into_inner().take(),
