@@ -24,7 +24,7 @@ async function readCanvas(page) {
     const ctx = canvas.getContext('2d', { willReadFrequently: true });
     const { width, height } = canvas;
     const px = (x, y) => Array.from(ctx.getImageData(Math.floor(x), Math.floor(y), 1, 1).data.slice(0, 3));
-    // Cells along the top edge spell the frame number, MSB first (see README).
+    // Cells along the top edge spell the frame number, MSB first (see docs/sources.md, "The test pattern").
     const cell = Math.max(2, Math.floor(width / 64)) & ~1;
     let seq = 0;
     for (let bit = 0; bit < 32; bit++) {
