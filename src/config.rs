@@ -12,9 +12,8 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
+use crate::access::{CorsPolicy, TrustedProxies};
 use crate::auth::{AuthSpec, PasswordHashString, TokenHash, User};
-use crate::http::cors::CorsPolicy;
-use crate::http::forwarded::TrustedProxies;
 use crate::led::{LedConfig, LedSpec};
 use crate::source::controls::Controls;
 use crate::source::faults::FaultSchedule;

@@ -16,6 +16,7 @@
 //! [`run`] wires the stages for one configuration; `main` only parses the command line,
 //! installs signal handlers and calls it, so tests and tools can embed the same pipeline.
 
+pub mod access;
 pub mod auth;
 pub mod config;
 pub mod encode;

@@ -17,6 +17,8 @@
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+pub use crate::access::CorsPolicy;
+
 /// Methods a cross-origin page may use.
 const ALLOW_METHODS: &str = "GET, POST, OPTIONS";
 /// Request headers a cross-origin page may send.
@@ -26,45 +28,7 @@ const EXPOSE_HEADERS: &str = "X-Timestamp, Retry-After, WWW-Authenticate";
 /// How long a browser may cache a preflight answer, in seconds.
 const PREFLIGHT_MAX_AGE_S: &str = "600";
 
-/// The allowed origins, checked and normalised (lower case, no default port).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CorsPolicy {
-    any: bool,
-    origins: Vec<String>,
-}
-
 impl CorsPolicy {
-    /// Builds the policy from `cors_origins`: each entry is `"*"` or `scheme://host[:port]`
-    /// with scheme `http` or `https` and nothing after the host (no path, not even `/`).
-    pub fn new(list: &[String]) -> Result<CorsPolicy, String> {
-        let mut policy = CorsPolicy::default();
-        for entry in list {
-            if entry == "*" {
-                policy.any = true;
-                continue;
-            }
-            let origin = normalise(entry)?;
-            if !policy.origins.contains(&origin) {
-                policy.origins.push(origin);
-            }
-        }
-        Ok(policy)
-    }
-
-    /// Whether no cross-origin access is allowed at all (the default).
-    pub fn is_off(&self) -> bool {
-        !self.any && self.origins.is_empty()
-    }
-
-    /// Whether a page from `origin` (an `Origin` header's value) may use picamd.
-    pub fn allows(&self, origin: &str) -> bool {
-        if self.any {
-            return true;
-        }
-        let origin = origin.trim().to_ascii_lowercase();
-        self.origins.contains(&origin)
-    }
-
     /// The answer to a CORS preflight, or `None` when `method`/`headers` are not one.
     pub fn preflight(&self, method: &Method, headers: &HeaderMap) -> Option<Response> {
         if method != Method::OPTIONS || !headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
@@ -136,52 +100,6 @@ impl CorsPolicy {
             );
         }
     }
-}
-
-/// `scheme://host[:port]`, lower case, without the scheme's default port, as browsers
-/// write `Origin`.
-fn normalise(entry: &str) -> Result<String, String> {
-    let lower = entry.trim().to_ascii_lowercase();
-    let (scheme, rest) = lower
-        .split_once("://")
-        .ok_or_else(|| format!("{entry:?} is not an origin like https://octopi.local or \"*\""))?;
-    let default_port = match scheme {
-        "http" => ":80",
-        "https" => ":443",
-        _ => return Err(format!("{entry:?}: the scheme must be http or https")),
-    };
-    if rest.is_empty()
-        || rest
-            .chars()
-            .any(|c| matches!(c, '/' | '?' | '#' | '@' | '*') || c.is_whitespace())
-    {
-        return Err(format!(
-            "{entry:?}: an origin is scheme://host[:port], with no path (not even a trailing /)"
-        ));
-    }
-    let bad_port = || format!("{entry:?}: the port must be a number 1..=65535");
-    let port = match rest.strip_prefix('[') {
-        // An IPv6 literal: [addr] or [addr]:port.
-        Some(v6) => match v6.split_once(']') {
-            Some((addr, after)) if !addr.is_empty() => match after {
-                "" => None,
-                p => Some(p.strip_prefix(':').ok_or_else(bad_port)?),
-            },
-            _ => return Err(format!("{entry:?}: bad IPv6 address")),
-        },
-        None => match rest.split_once(':') {
-            Some(("", _)) => return Err(format!("{entry:?}: no host")),
-            Some((_, p)) => Some(p),
-            None => None,
-        },
-    };
-    if let Some(p) = port {
-        if !p.chars().all(|c| c.is_ascii_digit()) || !matches!(p.parse::<u16>(), Ok(1..)) {
-            return Err(bad_port());
-        }
-    }
-    let rest = rest.strip_suffix(default_port).unwrap_or(rest);
-    Ok(format!("{scheme}://{rest}"))
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use axum::http::HeaderMap;
 
+pub use crate::access::TrustedProxies;
+
 /// Most list entries looked at, over every `X-Forwarded-For` line.
 pub const MAX_ENTRIES: usize = 32;
 /// Most bytes of `X-Forwarded-For` looked at, over every line, counted from the right.
@@ -35,94 +37,6 @@ pub const MAX_HEADER_BYTES: usize = 4096;
 /// The longest entry that can be an address: a bracketed IPv6 address in its longest written
 /// form (`[ffff:…:255.255.255.255]`, 47 bytes) with `:65535`, and room to spare.
 const MAX_ENTRY_LEN: usize = 64;
-
-/// The proxies whose `X-Forwarded-For` is believed: IP addresses and CIDR networks.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedProxies {
-    nets: Vec<Net>,
-}
-
-/// One network, in the IPv6 space (an IPv4 network is its IPv4-mapped form, `::ffff:0:0/96`
-/// plus its prefix).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Net {
-    addr: u128,
-    prefix: u8,
-}
-
-impl Net {
-    fn mask(prefix: u8) -> u128 {
-        u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
-    }
-
-    fn contains(&self, ip: u128) -> bool {
-        (ip ^ self.addr) & Net::mask(self.prefix) == 0
-    }
-}
-
-/// `ip` in the IPv6 space: IPv4 addresses as their IPv4-mapped form.
-fn bits(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-        IpAddr::V6(v6) => u128::from(v6),
-    }
-}
-
-impl TrustedProxies {
-    /// Parses the `trusted_proxies` entries: each an address (`127.0.0.1`, `::1`) or a CIDR
-    /// network (`10.0.0.0/8`, `fd00::/8`; bits past the prefix are ignored). The error names
-    /// the first bad entry and why.
-    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<TrustedProxies, String> {
-        let nets = entries
-            .iter()
-            .map(|e| parse_net(e.as_ref()))
-            .collect::<Result<_, _>>()?;
-        Ok(TrustedProxies { nets })
-    }
-
-    /// No proxy trusted: `X-Forwarded-For` is ignored.
-    pub fn is_empty(&self) -> bool {
-        self.nets.is_empty()
-    }
-
-    /// How many addresses and networks are listed.
-    pub fn len(&self) -> usize {
-        self.nets.len()
-    }
-
-    /// Whether `ip` is a listed address or in a listed network.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = bits(ip);
-        self.nets.iter().any(|n| n.contains(ip))
-    }
-}
-
-fn parse_net(entry: &str) -> Result<Net, String> {
-    let (addr, prefix) = match entry.split_once('/') {
-        Some((a, p)) => (a, Some(p)),
-        None => (entry, None),
-    };
-    let ip: IpAddr = addr
-        .parse()
-        .map_err(|_| format!("{entry:?} is not an IP address or a CIDR network"))?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let prefix = match prefix {
-        None => max,
-        Some(p) => match p.parse::<u8>() {
-            Ok(n) if n <= max && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => n,
-            _ => {
-                return Err(format!(
-                    "{entry:?}: the prefix length must be a number from 0 to {max}"
-                ))
-            }
-        },
-    };
-    let prefix = if ip.is_ipv4() { prefix + 96 } else { prefix };
-    Ok(Net {
-        addr: bits(ip) & Net::mask(prefix),
-        prefix,
-    })
-}
 
 /// The client's address: `peer` itself unless it is a trusted proxy, else what the
 /// `X-Forwarded-For` lines `xff` (in the order received) say, as the module explains.
