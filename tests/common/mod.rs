@@ -88,7 +88,7 @@ impl Picamd {
         let mut child = cmd
             .envs(env.iter().copied())
             .args(["--listen", listen])
-            // CI runs as root, which picamd refuses unless told (tests/service.rs covers that).
+            // CI runs as root, which picamd refuses unless told (tests/it/service.rs covers that).
             .arg("--allow-root")
             .args(args)
             // Info logs would drown the test output; warnings and errors still show.

@@ -2,7 +2,7 @@
 //! notifications on a real `NOTIFY_SOCKET`, socket activation, privilege dropping and
 //! configuration errors — all through the real binary and real sockets.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,6 +1,6 @@
 //! On-demand capture: nothing is captured or encoded while nobody watches.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Authentication, CORS and the limits, against the real binary over raw sockets.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -389,7 +389,7 @@ async fn the_token_cookie_is_secure_over_https() {
         dir.to_str().unwrap(),
     ]);
     let (https, _) = p.https();
-    // curl -k: the self-signed certificate is tests/tls.rs's business.
+    // curl -k: the self-signed certificate is tests/it/tls.rs's business.
     let curl = |path: String, cookie: Option<&str>| {
         let mut cmd = std::process::Command::new("curl");
         cmd.args(["-sSk", "--max-time", "10", "-o", "/dev/null", "-D", "-"]);

@@ -1,6 +1,6 @@
 //! `/snapshot` and its legacy URLs: a valid JPEG of the configured size, always fresh.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! `/controls` against the test pattern, whose brightness and contrast are adjustable.
 
-mod common;
+use crate::common;
 
 use common::{post_json, Picamd};
 

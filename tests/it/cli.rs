@@ -1,6 +1,6 @@
 //! Command line, config file, status endpoints and shutdown.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::Command;

@@ -1,6 +1,6 @@
 //! The multipart MJPEG stream: framing, content, rate, and isolation from slow clients.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! `/ws`: binary frame header + JPEG, JSON hello and ping/pong.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! When the source misbehaves: viewers see a "no signal" frame with the reason, then live
 //! frames again, on the same connection. Driven by the test pattern's fault schedule.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

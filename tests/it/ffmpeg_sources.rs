@@ -6,7 +6,7 @@
 //! Needs Debian's ffmpeg, nginx + libnginx-mod-rtmp, python3-gi, gir1.2-gst-rtsp-server-1.0
 //! and the GStreamer base/good/ugly plugins (`.ci/setup test` installs them).
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

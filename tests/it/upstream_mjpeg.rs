@@ -2,7 +2,7 @@
 //! The upstreams are real: a second picamd, ffmpeg's `-f mpjpeg` server, and a hostile
 //! server written here; everything on 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

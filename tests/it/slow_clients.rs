@@ -7,7 +7,7 @@
 //! (0.3 s for a paced reader, 0.5 s behind a 5 Mbit/s link); without picamd's send-queue
 //! limits the same readers were measured 10 s behind after 15 s and still falling back.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};

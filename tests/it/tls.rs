@@ -1,7 +1,7 @@
 //! HTTPS: the self-signed certificate (made, kept, reused), configured PEM files, `wss`,
 //! `http_redirect`, the handshake timeout, and configuration errors for bad files.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! Several named streams in one instance: `/cam/<name>/…` per stream, the first one also at
 //! the root URLs, `/streams` listing them, `/metrics` labelling each.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
