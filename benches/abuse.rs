@@ -243,19 +243,14 @@ impl std::fmt::Display for Usage {
 
 /// `None` once the process is gone (or a zombie, which has no `VmRSS`).
 fn usage(pid: u32) -> Option<Usage> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-    };
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+    use common::procfs::{fd_count, status_field};
+    let pid = pid.to_string();
+    let rss_kib = status_field(&pid, "VmRSS:")?;
     Some(Usage {
-        rss_kib: field("VmRSS:")?,
-        hwm_kib: field("VmHWM:").unwrap_or(0),
-        fds,
-        threads: field("Threads:").unwrap_or(0),
+        rss_kib,
+        hwm_kib: status_field(&pid, "VmHWM:").unwrap_or(0),
+        fds: fd_count(&pid)?,
+        threads: status_field(&pid, "Threads:").unwrap_or(0),
     })
 }
 
@@ -573,13 +568,12 @@ impl Failures {
 // ---------------------------------------------------------------------------------------
 // Figures
 
-/// Nearest-rank percentile of sorted values.
+/// [`common::procfs::percentile`], NaN for no values.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    common::procfs::percentile(sorted, p)
 }
 
 fn sorted(values: impl IntoIterator<Item = f64>) -> Vec<f64> {

@@ -13,9 +13,15 @@ use std::time::{Duration, Instant};
 
 use picamd::encode::{EncodeEvent, EncodeSink, EncoderPool, JpegEncoder};
 use picamd::frame::{CaptureTime, EncodedFrame, Frame, Payload, SourceInfo, Yuv420Buffer};
+
+// The percentile every test and bench prints (tests/common/procfs.rs).
+#[path = "../tests/common/procfs.rs"]
+#[allow(dead_code)]
+mod procfs;
 use picamd::hub::{Hub, PipelineInfo};
 use picamd::source::i420::PooledI420;
 use picamd::source::test_pattern::TestPattern;
+use procfs::percentile;
 
 const SIZES: [(u32, u32); 2] = [(1280, 720), (1920, 1080)];
 const QUALITY: u8 = 80;
@@ -290,12 +296,6 @@ fn bench_single(frames: &[PooledI420], w: u32, h: u32, phase: Duration) -> Singl
         fps: count as f64 / total.as_secs_f64(),
         mean_bytes: bytes as f64 / count as f64,
     }
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 // ---------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ use bytes::{Buf, BytesMut};
 // The same way the integration tests start and stop the real binary.
 #[path = "../tests/common/mod.rs"]
 mod common;
+use common::procfs::{cpu_ticks, percentile};
 use common::Picamd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -141,22 +142,6 @@ fn clock_ticks() -> f64 {
         .and_then(|s| s.trim().parse::<f64>().ok())
         .filter(|&t| t > 0.0)
         .unwrap_or(100.0)
-}
-
-/// utime + stime of a process, in clock ticks, from `/proc/<pid>/stat`.
-fn cpu_ticks(pid: &str) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The command name may contain spaces; fields are counted after its closing parenthesis,
-    // where field 3 (state) comes first, so utime (14) and stime (15) are at 11 and 12.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    field(11) + field(12)
 }
 
 fn now_us() -> i64 {
@@ -314,12 +299,6 @@ async fn measure(server: &Picamd, n: usize, window: Duration, ticks: f64) -> Row
         errors: errors.len(),
         first_error: errors.first().map(|e| e.to_string()),
     }
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 // ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod peers;
+pub mod procfs;
 pub mod slow_link;
 pub mod upstream;
 
@@ -162,12 +163,7 @@ impl Picamd {
 
     /// Resident memory of the server process, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
+        procfs::status_field(&self.pid().to_string(), "VmRSS:").expect("VmRSS")
     }
 
     /// Sends SIGTERM and waits for the exit status.

@@ -152,12 +152,7 @@ impl FfmpegServer {
 
 /// The most resident memory picamd ever had (`VmHWM`), in KiB: a peak no sampling can miss.
 pub fn peak_rss_kib(p: &Picamd) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
+    super::procfs::status_field(&p.pid().to_string(), "VmHWM:").expect("VmHWM")
 }
 
 /// Kills picamd at once (SIGKILL): its streams end mid-frame, without a goodbye.
