@@ -399,6 +399,11 @@ async fn motion_at_10_fps_works_on_current_pictures() {
             continue;
         }
         let jpeg = std::fs::read(newest.path()).expect("read snapshot");
+        if !(jpeg.starts_with(&[0xFF, 0xD8]) && jpeg.ends_with(&[0xFF, 0xD9])) {
+            // motion is still writing it: look again next time.
+            seen.remove(&newest.file_name());
+            continue;
+        }
         let saved_us = newest
             .metadata()
             .and_then(|m| m.modified())
