@@ -23,7 +23,7 @@ impl CorsPolicy {
                 policy.any = true;
                 continue;
             }
-            let origin = normalise(entry)?;
+            let origin = normalise_origin(entry)?;
             if !policy.origins.contains(&origin) {
                 policy.origins.push(origin);
             }
@@ -48,7 +48,7 @@ impl CorsPolicy {
 
 /// `scheme://host[:port]`, lower case, without the scheme's default port, as browsers
 /// write `Origin`.
-fn normalise(entry: &str) -> Result<String, String> {
+pub fn normalise_origin(entry: &str) -> Result<String, String> {
     let lower = entry.trim().to_ascii_lowercase();
     let (scheme, rest) = lower
         .split_once("://")

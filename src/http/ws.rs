@@ -32,6 +32,7 @@ use serde_json::{json, Value};
 use super::backlog::WriteProgress;
 use super::limits::{ClientIp, ViewerSlot};
 use super::{AppState, HttpError, WRITE_STALL_TIMEOUT};
+use crate::access::normalise_origin;
 use crate::hub::{Output, ViewerGuard};
 use crate::wire;
 
@@ -93,48 +94,24 @@ pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
     let Ok(origin) = origin.to_str() else {
         return false;
     };
-    let Some((scheme, origin_authority)) = origin.split_once("://") else {
+    let Some((scheme, authority)) = origin.split_once("://") else {
         return false;
     };
-    // A Host without a port means the scheme's default one, and so does an Origin: proxies
-    // that add `:80` to Host (or browsers that leave it out of Origin) must still match.
-    let default_port = match scheme.to_ascii_lowercase().as_str() {
-        "http" | "ws" => 80,
-        "https" | "wss" => 443,
+    // Host has no scheme of its own: it is the Origin's, with `ws`/`wss` counting as the
+    // page's `http`/`https`. Both sides are then normalised the way `cors_origins` entries
+    // are (lower case, the scheme's default port dropped), so a proxy that writes `:80` into
+    // Host, or a browser that leaves the port out of Origin, still matches.
+    let scheme = match scheme.to_ascii_lowercase().as_str() {
+        "http" | "ws" => "http",
+        "https" | "wss" => "https",
         _ => return false,
     };
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    match (
-        authority_parts(origin_authority, default_port),
-        host.and_then(|h| authority_parts(h, default_port)),
-    ) {
-        (Some(o), Some(h)) => o == h,
-        _ => false,
-    }
-}
-
-/// `host[:port]` or `[v6]` / `[v6]:port` → (lower-case host, port), the port being
-/// `default_port` when none is written; `None` when it is not an authority.
-fn authority_parts(authority: &str, default_port: u16) -> Option<(String, u16)> {
-    let (host, port) = match authority.strip_prefix('[') {
-        Some(v6) => match v6.split_once(']')? {
-            (addr, "") => (addr, None),
-            (addr, after) => (addr, Some(after.strip_prefix(':')?)),
-        },
-        None => match authority.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        },
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
     };
-    if host.is_empty() {
-        return None;
-    }
-    let port = match port {
-        None => default_port,
-        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => p.parse().ok()?,
-        Some(_) => return None,
-    };
-    Some((host.to_ascii_lowercase(), port))
+    let origin = normalise_origin(&format!("{scheme}://{authority}"));
+    let host = normalise_origin(&format!("{scheme}://{host}"));
+    matches!((origin, host), (Ok(o), Ok(h)) if o == h)
 }
 
 async fn run(
