@@ -1,8 +1,7 @@
 //! Keeps what a connection has queued below the application to about one frame, so a slow
 //! client is shown the present, not a backlog of the past.
 //!
-//! Two queues sit between an output choosing a frame and the client receiving it, and each
-//! could hold seconds of video:
+//! Three things sit between an output choosing a frame and the client receiving it:
 //!
 //! - **The kernel's send queue.** Linux grows a socket's send buffer up to `tcp_wmem`'s
 //!   maximum (4 MiB here): a 10 fps reader of a 30 fps 1280x720 stream was measured 9.9 s
@@ -12,6 +11,7 @@
 //!   is queued. It bounds *unsent* bytes only: bytes in flight (sent, not yet acknowledged)
 //!   are left to TCP's congestion window, so a fast client on a long link still gets its full
 //!   rate — the queue refills from user space within microseconds of dropping below the mark.
+//!
 //! - **hyper's write buffer.** hyper asks a response body for its next chunk while up to
 //!   `max_buf_size` (64 KiB) of earlier ones are still unwritten: the MJPEG output would
 //!   choose frame N+1 while most of frame N (a 720p JPEG is ~40–60 KB) is still in user
@@ -23,8 +23,8 @@
 //! - **The kernel's granularity.** The low-water mark is checked per socket buffer (up to
 //!   64 KiB each with segmentation offload, and on loopback), so a write that starts below
 //!   the mark can still leave a whole buffer unsent. Before an output picks the next frame,
-//!   [`WriteProgress::sent`] therefore also asks the kernel (`TCP_INFO`) how much is unsent
-//!   and waits, at the measured delivery rate, until it is below [`NOTSENT_LOWAT`].
+//!   [`WriteProgress::drained`] therefore also asks the kernel (`TCP_INFO`) how much is
+//!   unsent and waits, at the measured delivery rate, until it is below [`NOTSENT_LOWAT`].
 //!
 //! So when an output picks a frame, the previous one has been written and less than
 //! [`NOTSENT_LOWAT`] of it waits in the kernel. What the client's own kernel has received
@@ -124,6 +124,12 @@ impl WriteProgress {
     pub async fn sent(&self, yielded: u64, stall: Duration) -> Result<(), Stalled> {
         // The user-space part: hyper's own write timeout covers a client that stalls here.
         self.reached(yielded).await;
+        self.drained(stall).await
+    }
+
+    /// Waits until less than [`NOTSENT_LOWAT`] of what was written is still unsent in the
+    /// kernel. `Err` once no byte has left the kernel for `stall`.
+    pub async fn drained(&self, stall: Duration) -> Result<(), Stalled> {
         let mut last = None;
         let mut since = tokio::time::Instant::now();
         loop {

@@ -162,7 +162,7 @@ async fn run(
                         tokio::select! {
                             // The loop's shutdown arm says goodbye.
                             _ = state.shutdown.cancelled() => {}
-                            r = p.sent(p.written(), WRITE_STALL_TIMEOUT) => r.map_err(axum::Error::new)?,
+                            r = p.drained(WRITE_STALL_TIMEOUT) => r.map_err(axum::Error::new)?,
                         }
                     }
                     keepalive.reset();
