@@ -7,118 +7,24 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use picamd::config::{Config, ConfigLayer};
+use picamd::config::flags::KeyFlags;
+use picamd::config::{key, Config, ConfigLayer};
 use picamd::shutdown::Shutdown;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// Network camera appliance: MJPEG, snapshots and WebSocket video over HTTP.
 ///
-/// Every flag is also a key of the TOML config file (`--max-viewers` is `max_viewers`);
-/// flags win over the file.
+/// Every flag but the first few is also a key of the TOML config file (`--max-viewers` is
+/// `max_viewers`); flags win over the file.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
     /// TOML config file.
     #[arg(long, value_name = "PATH", env = "PICAMD_CONFIG")]
     config: Option<PathBuf>,
-    /// Address and port to listen on [default: 0.0.0.0:8080].
-    #[arg(long, value_name = "ADDR:PORT")]
-    listen: Option<String>,
-    /// Video source: `test`, `libcamera[:ID]`, `v4l2:/dev/videoN`, an `http://` MJPEG URL,
-    /// `rtsp://…`, `rtmp://…`, an HLS or FLV URL, a file, or `ffmpeg:INPUT` [default: test].
-    #[arg(long, value_name = "SOURCE")]
-    source: Option<String>,
-    /// Add a stream NAME=SOURCE (repeatable; replaces the file's `[[stream]]` list). Every
-    /// other flag applies to all streams.
-    #[arg(long = "stream", value_name = "NAME=SOURCE")]
-    streams: Vec<String>,
-    /// Name of the single stream, used in its `/cam/<name>/` URLs [default: main].
-    #[arg(long, value_name = "NAME")]
-    name: Option<String>,
-    /// Frame size [default: 1280x720].
-    #[arg(long, value_name = "WxH")]
-    size: Option<String>,
-    /// Frames per second, 1..=120 [default: 30].
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
-    fps: Option<i64>,
-    /// JPEG quality, 1..=100 [default: 80].
-    #[arg(long, value_name = "Q", allow_negative_numbers = true)]
-    quality: Option<i64>,
-    /// JPEG encoder threads, 1..=16 [default: cores, at most 4].
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
-    workers: Option<i64>,
-    /// Most concurrent stream viewers (MJPEG + WebSocket) [default: 200].
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
-    max_viewers: Option<i64>,
-    /// Rotation the camera applies, 0, 90, 180 or 270 degrees (libcamera) [default: 0].
-    #[arg(long, value_name = "DEG", allow_negative_numbers = true)]
-    rotation: Option<i64>,
-    /// Mirror the picture left-right in the camera (libcamera).
-    #[arg(long)]
-    hflip: bool,
-    /// Flip the picture upside down in the camera (libcamera).
-    #[arg(long)]
-    vflip: bool,
-    /// Files: start again at the end instead of showing "no signal".
-    #[arg(long = "loop")]
-    looping: bool,
-    /// ffmpeg inputs that already are MJPEG: pass the JPEGs through without re-encoding.
-    #[arg(long)]
-    passthrough: bool,
-    /// Largest JPEG accepted from an upstream, in bytes [default: 16777216].
-    #[arg(long, value_name = "BYTES", allow_negative_numbers = true)]
-    max_frame_size: Option<i64>,
-    /// Account to switch to after binding when started as root.
-    #[arg(long, value_name = "NAME")]
-    user: Option<String>,
-    /// Primary group to switch to, instead of the user's own (with --user).
-    #[arg(long, value_name = "NAME")]
-    group: Option<String>,
-    /// Accept running as root without --user.
-    #[arg(long)]
-    allow_root: bool,
-    /// error, warn, info, debug or trace; RUST_LOG overrides it [default: info].
-    #[arg(long, value_name = "LEVEL")]
-    log_level: Option<String>,
-    /// An origin (`https://host[:port]`, or `*`) whose pages may use picamd and open `/ws`
-    /// (repeatable; replaces the file's `cors_origins`) [default: none, same origin only].
-    #[arg(long = "cors-origin", value_name = "ORIGIN")]
-    cors_origins: Vec<String>,
-    /// `on` or `off`: whether `POST /controls` may change camera settings [default: on].
-    #[arg(long, value_name = "on|off")]
-    controls_api: Option<String>,
-    /// Most concurrent stream viewers over every stream together [default: 400].
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
-    max_viewers_total: Option<i64>,
-    /// Most concurrent stream viewers from one client address (IPv6: one /64) [default: 20].
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
-    max_viewers_per_client: Option<i64>,
-    /// Requests per second one client address may sustain, bursts of 4 s worth; 0: no
-    /// limit [default: 50].
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
-    max_requests_per_second: Option<i64>,
-    /// A reverse proxy (IP address or CIDR network) whose X-Forwarded-For names the client
-    /// (repeatable; replaces the file's `trusted_proxies`) [default: none, the header is
-    /// ignored].
-    #[arg(long = "trusted-proxy", value_name = "ADDR")]
-    trusted_proxies: Vec<String>,
-    /// Address and port to serve HTTPS on, e.g. 0.0.0.0:443 [default: none, no HTTPS].
-    #[arg(long, value_name = "ADDR:PORT")]
-    tls_listen: Option<String>,
-    /// PEM certificate (then any intermediates) for HTTPS, with --tls-key [default: a
-    /// self-signed one in --state-dir, made on first start].
-    #[arg(long, value_name = "PATH")]
-    tls_cert: Option<String>,
-    /// PEM private key of --tls-cert.
-    #[arg(long, value_name = "PATH")]
-    tls_key: Option<String>,
-    /// With --tls-listen: plain HTTP answers 308 to the HTTPS URL (all but /healthz).
-    #[arg(long)]
-    http_redirect: bool,
-    /// Directory for files picamd makes itself (the self-signed certificate)
-    /// [default: /var/lib/picamd].
-    #[arg(long, value_name = "DIR")]
-    state_dir: Option<String>,
+    /// The configuration keys, one flag each (made from `picamd::config::KEYS`).
+    #[command(flatten)]
+    keys: KeyFlags,
     /// Read a password from stdin (on a terminal: twice, not shown; from a pipe: one line),
     /// print its argon2id hash for `[auth]`'s `password_hash`, then exit.
     #[arg(long)]
@@ -144,63 +50,7 @@ impl Cli {
             Some(path) => Some((path.as_path(), ConfigLayer::from_file(path)?)),
             None => None,
         };
-        let streams = if self.streams.is_empty() {
-            None
-        } else {
-            let mut tables = Vec::new();
-            for s in &self.streams {
-                let Some((name, source)) = s.split_once('=') else {
-                    return Err(picamd::config::ConfigError::Invalid {
-                        key: "stream",
-                        origin: "flag --stream".into(),
-                        message: format!("{s:?} is not of the form NAME=SOURCE"),
-                    });
-                };
-                tables.push(ConfigLayer {
-                    name: Some(name.to_owned()),
-                    source: Some(source.to_owned()),
-                    ..Default::default()
-                });
-            }
-            Some(tables)
-        };
-        let flags = ConfigLayer {
-            listen: self.listen,
-            name: self.name,
-            stream: streams,
-            source: self.source,
-            size: self.size,
-            fps: self.fps,
-            quality: self.quality,
-            workers: self.workers,
-            max_viewers: self.max_viewers,
-            controls: None,
-            rotation: self.rotation,
-            // A flag can only switch a flip on; the file may set either.
-            hflip: self.hflip.then_some(true),
-            vflip: self.vflip.then_some(true),
-            looping: self.looping.then_some(true),
-            passthrough: self.passthrough.then_some(true),
-            max_frame_size: self.max_frame_size,
-            user: self.user,
-            group: self.group,
-            allow_root: self.allow_root.then_some(true),
-            log_level: self.log_level,
-            led: None,
-            auth: None,
-            cors_origins: (!self.cors_origins.is_empty()).then_some(self.cors_origins),
-            controls_api: self.controls_api,
-            max_viewers_total: self.max_viewers_total,
-            max_viewers_per_client: self.max_viewers_per_client,
-            max_requests_per_second: self.max_requests_per_second,
-            trusted_proxies: (!self.trusted_proxies.is_empty()).then_some(self.trusted_proxies),
-            tls_listen: self.tls_listen,
-            tls_cert: self.tls_cert,
-            tls_key: self.tls_key,
-            http_redirect: self.http_redirect.then_some(true),
-            state_dir: self.state_dir,
-        };
-        ConfigLayer::resolve(file, flags)
+        ConfigLayer::resolve(file, self.keys.into_layer()?)
     }
 }
 
@@ -217,7 +67,7 @@ fn main() -> ExitCode {
         return new_token();
     }
     if cli.list_cameras {
-        let level = cli.log_level.as_deref().and_then(|l| l.parse().ok());
+        let level = (cli.keys.get(&key::log_level)).and_then(|l| l.as_str()?.parse().ok());
         picamd::logging::init(level.unwrap_or_default());
         return list_cameras();
     }
