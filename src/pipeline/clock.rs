@@ -44,11 +44,6 @@ impl SimClock {
     pub fn sleeps(&self) -> Vec<Duration> {
         self.state.lock().expect("clock").1.clone()
     }
-
-    /// Time passed on this clock.
-    pub fn elapsed(&self) -> Duration {
-        self.state.lock().expect("clock").0
-    }
 }
 
 impl Default for SimClock {

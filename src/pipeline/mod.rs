@@ -317,7 +317,7 @@ fn supervise(
     let kind = source.info().kind;
     loop {
         life.apply(Event::Starting { new_run: true });
-        let actions = match source.run(&mut ctx) {
+        let wait = match source.run(&mut ctx) {
             Ok(()) => break,
             Err(SourceError::Unavailable(why)) => {
                 tracing::error!(source = kind, "source unavailable: {why}");
@@ -332,13 +332,12 @@ fn supervise(
                     .source_restarts
                     .fetch_add(1, Ordering::Relaxed);
                 // The state stays Error (the reason viewers see) until a frame arrives.
-                let actions = life.apply(Event::Failed(e.to_string()));
-                let wait = restart_wait(&actions);
+                let wait = restart_wait(&life.apply(Event::Failed(e.to_string())));
                 tracing::warn!(source = kind, error = %e, "source failed; restarting in {wait:?}");
-                actions
+                wait
             }
         };
-        if life.clock.sleep(restart_wait(&actions), shutdown) {
+        if life.clock.sleep(wait, shutdown) {
             break;
         }
     }
