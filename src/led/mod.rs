@@ -7,7 +7,7 @@
 //! | --- | --- |
 //! | solid on | live: at least one viewer is watching a stream |
 //! | a short blip every 2 s | ready, nobody watching (nothing is captured) |
-//! | fast even flicker, 5 times a second | starting (also between retries of a failed source) |
+//! | fast even flicker, 5 times a second | starting (a failed source keeps "no signal" while it retries) |
 //! | two short blinks every second | no signal: a source failed or stalled; see `/state` |
 //! | off | picamd is stopping or not running |
 //!
