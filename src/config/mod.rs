@@ -508,8 +508,9 @@ fn misplaced(text: &str, path: &Path, e: &toml::de::Error) -> Option<ConfigError
         .split('`')
         .next()?;
     let key = keys::find(name).filter(|k| k.scope == Scope::Global)?;
-    let at = e.span()?.start.min(text.len());
-    let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    let at = e.span()?.start;
+    let (before, after) = (text.get(..at)?, text.get(at..)?);
+    let line_end = after.find('\n').map_or(text.len(), |i| at + i);
     // The table the key sits in: the last header at or before its line.
     let header = text[..line_end]
         .lines()
@@ -518,7 +519,7 @@ fn misplaced(text: &str, path: &Path, e: &toml::de::Error) -> Option<ConfigError
         .find(|l| l.starts_with('['))?;
     let table = header.trim_matches(['[', ']']).trim();
     (table == "stream" || table == format!("stream.{name}")).then(|| {
-        let line = text[..at].matches('\n').count() + 1;
+        let line = before.matches('\n').count() + 1;
         invalid(
             key.name,
             format!("in {}, line {line}", path.display()),
