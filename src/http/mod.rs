@@ -93,7 +93,8 @@ pub fn router(streams: Streams) -> Router {
             .route(
                 &format!("/cam/{name}"),
                 get(Redirect::permanent(&format!("/cam/{name}/"))),
-            );
+            )
+            .merge(article_routes(name, s.clone()));
     }
     app.merge(
         Router::new()
@@ -102,10 +103,31 @@ pub fn router(streams: Streams) -> Router {
             .with_state(streams),
     )
     .route("/healthz", get(status::healthz))
+    // An article URL naming no stream: a 404 that says so (the known names are routes above).
+    .route("/mjpgstreamer/{name}", get(no_such_stream))
+    .route("/mjpgsnapshot/{name}", get(no_such_stream))
     // The player's modules and styles.
     .route("/assets/{name}", get(assets::asset))
     .fallback(not_found)
     .layer(middleware::from_fn_with_state(policy, guard::guard))
+}
+
+/// The URLs of the article picamd grew out of, whose server named its two videos `picamera`
+/// and `screen`: `/mjpgstreamer/<name>` is `/cam/<name>/stream` and `/mjpgsnapshot/<name>`
+/// is `/cam/<name>/snapshot`, the same handlers on the same stream (viewer counts, limits and
+/// headers included), so old clients work once the streams carry those names.
+fn article_routes(name: &str, state: AppState) -> Router {
+    Router::new()
+        .route(&format!("/mjpgstreamer/{name}"), get(mjpeg::stream))
+        .route(&format!("/mjpgsnapshot/{name}"), get(snapshot::snapshot))
+        .with_state(state)
+}
+
+async fn no_such_stream(
+    axum::extract::Path(name): axum::extract::Path<String>,
+    req: Request,
+) -> Response {
+    HttpError::NoSuchStream(name).into_response_for(req.uri().path())
 }
 
 /// One stream's URLs under `prefix` (empty for the root ones). `all` is every stream, for

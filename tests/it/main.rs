@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod article_urls;
 mod cli;
 mod controls;
 mod demand;

@@ -162,6 +162,9 @@ const PROTECTED: &[(&str, u16)] = &[
     ("/cam/main/snapshot.jpg", 200),
     ("/cam/main/state", 200),
     ("/cam/main/controls", 200),
+    ("/mjpgstreamer/main", 200),
+    ("/mjpgsnapshot/main", 200),
+    ("/mjpgstreamer/nope", 404),
     ("/nope", 404),
 ];
 
