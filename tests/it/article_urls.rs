@@ -48,8 +48,8 @@ async fn article_urls_answer_what_their_cam_twins_answer() {
         let (w, h, _) = decode(&alias.body);
         assert_eq!((w, h), size, "{name}");
 
-        let mut alias = open(p.addr, &format!("/mjpgstreamer/{name}")).await;
-        let mut twin = open(p.addr, &format!("/cam/{name}/stream")).await;
+        let alias = open(p.addr, &format!("/mjpgstreamer/{name}")).await;
+        let twin = open(p.addr, &format!("/cam/{name}/stream")).await;
         assert_eq!((alias.status, twin.status), (200, 200), "{name}");
         assert_eq!(stable(&alias.headers), stable(&twin.headers), "{name}");
         let (alias, twin) = (
