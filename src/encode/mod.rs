@@ -13,6 +13,8 @@
 //! queue of stale frames can build up. Frames that finish out of order are dropped by the
 //! sink (the hub keeps only the newest). Already-encoded JPEG frames bypass the workers.
 
+pub mod h264;
+
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
