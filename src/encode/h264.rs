@@ -15,7 +15,6 @@
 //! flood of joining clients cannot turn every frame into a keyframe (an IDR at 720p is ~5–10×
 //! a P-frame). A request inside the gap is kept and served when the gap has passed.
 
-use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,7 +25,7 @@ use openh264::encoder::{
 use openh264::formats::YUVSource;
 use openh264::OpenH264API;
 
-use crate::frame::{CaptureTime, Yuv420Buffer};
+use crate::frame::{split_annex_b, AccessUnit, CaptureTime, Yuv420Buffer};
 
 /// Shortest time between two IDRs forced by requests. A joining client waits at most this
 /// long for its first picture when others joined just before it; 0.5 s keeps a join flood to
@@ -64,40 +63,6 @@ pub enum H264Error {
     #[error("frame {width}x{height}: H.264 needs even dimensions of at most 3840x2160")]
     BadSize { width: u32, height: u32 },
 }
-
-/// One encoded picture: its NAL units in Annex B form (each behind a 4-byte start code),
-/// SPS and PPS first when it is a keyframe.
-#[derive(Debug, Clone)]
-pub struct AccessUnit {
-    /// The source frame's sequence number.
-    pub seq: u64,
-    pub captured: CaptureTime,
-    pub width: u32,
-    pub height: u32,
-    /// An IDR: a decoder can start here.
-    pub keyframe: bool,
-    /// Annex B bytes: `00 00 00 01` + NAL, for each NAL unit.
-    pub data: Bytes,
-    /// Where each NAL unit lies in `data`, start codes excluded.
-    pub nals: Vec<Range<usize>>,
-}
-
-impl AccessUnit {
-    /// The NAL units without start codes, sharing memory with [`Self::data`].
-    pub fn nal_units(&self) -> impl Iterator<Item = Bytes> + '_ {
-        self.nals.iter().map(|r| self.data.slice(r.clone()))
-    }
-
-    /// The NAL unit of a type (7: SPS, 8: PPS), if the unit has one.
-    pub fn nal_of_type(&self, kind: u8) -> Option<Bytes> {
-        self.nal_units()
-            .find(|n| n.first().map(|b| b & 0x1f) == Some(kind))
-    }
-}
-
-/// NAL unit type of an SPS and a PPS (H.264 Table 7-1).
-pub const NAL_SPS: u8 = 7;
-pub const NAL_PPS: u8 = 8;
 
 /// The planes of a [`Yuv420Buffer`] as OpenH264 reads them, borrowed.
 pub struct BorrowedPlanes<'a> {
@@ -273,33 +238,6 @@ fn level_for(width: u32, height: u32, fps: u32) -> Level {
         .map_or(Level::Level_5_1, |(_, _, level)| *level)
 }
 
-/// The NAL units of an Annex B byte stream: the ranges between start codes (`00 00 01` or
-/// `00 00 00 01`), start codes excluded. Empty units are skipped.
-pub fn split_annex_b(data: &[u8]) -> Vec<Range<usize>> {
-    let mut starts = Vec::new();
-    let mut i = 0;
-    while i + 3 <= data.len() {
-        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
-            starts.push((i, i + 3));
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
-    let mut nals = Vec::with_capacity(starts.len());
-    for (k, &(_, begin)) in starts.iter().enumerate() {
-        let mut end = starts.get(k + 1).map_or(data.len(), |&(code, _)| code);
-        // A 4-byte start code's leading zero belongs to the code, not to this unit.
-        while end > begin && data[end - 1] == 0 && k + 1 < starts.len() {
-            end -= 1;
-        }
-        if end > begin {
-            nals.push(begin..end);
-        }
-    }
-    nals
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,6 +284,8 @@ mod tests {
             gop,
         }
     }
+
+    use crate::frame::{NAL_PPS, NAL_SPS};
 
     fn nal_types(au: &AccessUnit) -> Vec<u8> {
         au.nal_units().map(|n| n[0] & 0x1f).collect()
@@ -453,20 +393,6 @@ mod tests {
             H264Encoder::new(odd),
             Err(H264Error::BadSize { .. })
         ));
-    }
-
-    #[test]
-    fn annex_b_splits_on_both_start_codes() {
-        let data = [
-            0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 4, 0, 5,
-        ];
-        let nals = split_annex_b(&data);
-        let units: Vec<&[u8]> = nals.iter().map(|r| &data[r.clone()]).collect();
-        assert_eq!(
-            units,
-            [&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 4, 0, 5][..]]
-        );
-        assert!(split_annex_b(&[1, 2, 3]).is_empty());
     }
 
     #[test]

@@ -9,11 +9,14 @@
 //! a thousand refcount bumps on the same `Bytes`. This is the JPEG track. A second kind of
 //! unit per stream (H.264 access units, where a new consumer starts at the newest keyframe
 //! and a slow one skips to the next keyframe) belongs beside it as a track of its own with
-//! its own subscribe call, so outputs that use only JPEG do not change.
+//! its own subscribe call, so outputs that use only JPEG do not change: that is
+//! [`h264::H264Track`], [`Hub::h264`].
 //!
 //! Outputs hold a [`ViewerGuard`] while they need frames. The count drives on-demand
 //! capture: the pipeline registers one listener ([`Hub::on_viewers`]) and decides from the
 //! counts when the source runs.
+
+pub mod h264;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -163,6 +166,8 @@ pub type ViewerListener = Box<dyn Fn(usize) + Send + Sync>;
 
 struct Shared {
     latest: watch::Sender<Option<Arc<EncodedFrame>>>,
+    /// The H.264 access units, for the outputs that send H.264.
+    h264: h264::H264Track,
     /// Viewers of every output; changed and reported under this lock, so the listener sees
     /// the counts in order.
     viewers_total: Mutex<usize>,
@@ -216,6 +221,7 @@ impl Hub {
         Hub {
             shared: Arc::new(Shared {
                 latest,
+                h264: h264::H264Track::new(),
                 viewers_total: Mutex::new(0),
                 listener: OnceLock::new(),
                 viewers: Default::default(),
@@ -298,6 +304,11 @@ impl Hub {
         } else {
             stats.dropped_late.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The H.264 track (see [`h264`]).
+    pub fn h264(&self) -> &h264::H264Track {
+        &self.shared.h264
     }
 
     /// The newest frame, if any was ever published.

@@ -1,0 +1,436 @@
+//! The H.264 track: a stream's access units for the outputs that send H.264, beside the JPEG
+//! track ([`super::Hub::subscribe`]), which it does not touch.
+//!
+//! H.264 cannot drop frames the way JPEG can: a P-frame needs every frame since its keyframe.
+//! So the track keeps the units since the newest keyframe (the current GOP, bounded by
+//! [`MAX_UNITS`] and [`MAX_BYTES`]) and each consumer holds only a position in it:
+//!
+//! - a new consumer waits for the next keyframe and asks for one (the encoder serves the
+//!   request with its next frame, at most one forced keyframe per 0.5 s) — it starts at most
+//!   two frame intervals after joining, with the keyframe the encoder made for it, instead of
+//!   replaying a GOP of the past; if the newest unit already is a keyframe it starts there;
+//! - a consumer whose next unit is gone (it fell a GOP behind, or past the bounds) or that is
+//!   more than [`MAX_LAG_UNITS`] behind skips to the newest keyframe, or waits for the next
+//!   one, instead of queueing;
+//! - per consumer the track holds a position, nothing else: memory is the GOP, once, and a
+//!   slow consumer cannot slow the encoder or the others.
+//!
+//! The pipeline reads the consumer count (the encoder runs only while there are consumers)
+//! and the keyframe requests through one listener ([`H264Track::on_change`]).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::{lock, ViewerGuard};
+use crate::frame::{AccessUnit, NAL_PPS, NAL_SPS};
+
+/// Most units kept: a 2 s GOP at 120 fps, or 10 s at 24 fps.
+pub const MAX_UNITS: usize = 256;
+/// Most bytes kept: a 2 s GOP at 16 Mbit/s.
+pub const MAX_BYTES: usize = 4 << 20;
+/// A consumer this many units behind the newest skips ahead to a keyframe: 2 s at 30 fps.
+pub const MAX_LAG_UNITS: u64 = 60;
+
+/// What the pipeline is told when the consumers change or one wants a keyframe.
+pub type TrackListener = Box<dyn Fn(TrackNews) + Send + Sync>;
+
+/// News for the pipeline's H.264 stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrackNews {
+    /// The number of consumers changed.
+    Consumers(usize),
+    /// A consumer is waiting for a keyframe.
+    KeyframeWanted,
+}
+
+struct Units {
+    /// The units from the newest keyframe on (or fewer, when the bounds cut the GOP).
+    kept: VecDeque<Arc<AccessUnit>>,
+    /// Index of `kept[0]`; indexes count every unit ever published, from 0.
+    first: u64,
+    bytes: usize,
+    /// The newest SPS and PPS seen (for SDP and the like).
+    sps: Option<Bytes>,
+    pps: Option<Bytes>,
+}
+
+impl Units {
+    fn end(&self) -> u64 {
+        self.first + self.kept.len() as u64
+    }
+
+    /// Index of the newest kept keyframe.
+    fn newest_keyframe(&self) -> Option<u64> {
+        self.kept
+            .iter()
+            .rposition(|u| u.keyframe)
+            .map(|i| self.first + i as u64)
+    }
+}
+
+pub(super) struct Track {
+    units: Mutex<Units>,
+    /// The index the next unit gets; consumers wait on it.
+    published: watch::Sender<u64>,
+    consumers: AtomicUsize,
+    listener: OnceLock<TrackListener>,
+    /// Keyframes published, for `/state`.
+    keyframes: std::sync::atomic::AtomicU64,
+    bytes_total: std::sync::atomic::AtomicU64,
+    closed: AtomicBool,
+}
+
+/// Handle to a stream's H.264 track; cheap to clone.
+#[derive(Clone)]
+pub struct H264Track {
+    track: Arc<Track>,
+}
+
+impl Default for H264Track {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl H264Track {
+    pub fn new() -> H264Track {
+        H264Track {
+            track: Arc::new(Track {
+                units: Mutex::new(Units {
+                    kept: VecDeque::new(),
+                    first: 0,
+                    bytes: 0,
+                    sps: None,
+                    pps: None,
+                }),
+                published: watch::channel(0).0,
+                consumers: AtomicUsize::new(0),
+                listener: OnceLock::new(),
+                keyframes: Default::default(),
+                bytes_total: Default::default(),
+                closed: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Registers the one listener (the pipeline). A second registration is refused.
+    pub fn on_change(&self, listener: TrackListener) -> Result<(), TrackListener> {
+        self.track.listener.set(listener)
+    }
+
+    fn tell(&self, news: TrackNews) {
+        if let Some(l) = self.track.listener.get() {
+            l(news);
+        }
+    }
+
+    /// Consumers right now.
+    pub fn consumers(&self) -> usize {
+        self.track.consumers.load(Ordering::Relaxed)
+    }
+
+    /// Keyframes and bytes published so far.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.track.keyframes.load(Ordering::Relaxed),
+            self.track.bytes_total.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The newest SPS and PPS, once a keyframe was published.
+    pub fn parameter_sets(&self) -> Option<(Bytes, Bytes)> {
+        let u = lock(&self.track.units);
+        Some((u.sps.clone()?, u.pps.clone()?))
+    }
+
+    /// Appends a unit. A keyframe drops everything before it; the bounds drop the oldest.
+    pub fn publish(&self, unit: AccessUnit) {
+        let t = &self.track;
+        let len = unit.data.len();
+        let next = {
+            let mut u = lock(&t.units);
+            if unit.keyframe {
+                t.keyframes.fetch_add(1, Ordering::Relaxed);
+                if let Some(sps) = unit.nal_of_type(NAL_SPS) {
+                    u.sps = Some(sps);
+                }
+                if let Some(pps) = unit.nal_of_type(NAL_PPS) {
+                    u.pps = Some(pps);
+                }
+                let end = u.end();
+                u.kept.clear();
+                u.first = end;
+                u.bytes = 0;
+            }
+            u.kept.push_back(Arc::new(unit));
+            u.bytes += len;
+            while u.kept.len() > MAX_UNITS || (u.bytes > MAX_BYTES && u.kept.len() > 1) {
+                let old = u.kept.pop_front().expect("more than one kept");
+                u.bytes -= old.data.len();
+                u.first += 1;
+            }
+            u.end()
+        };
+        t.bytes_total.fetch_add(len as u64, Ordering::Relaxed);
+        t.published.send_replace(next);
+    }
+
+    /// A consumer, counted until dropped, holding `guard` (its viewer count) as long.
+    pub fn consume(&self, guard: Option<ViewerGuard>) -> H264Consumer {
+        let n = self.track.consumers.fetch_add(1, Ordering::Relaxed) + 1;
+        self.tell(TrackNews::Consumers(n));
+        let start = {
+            let u = lock(&self.track.units);
+            // The newest unit is a keyframe: no older than one frame interval, start there.
+            match u.kept.back() {
+                Some(last) if last.keyframe => Position::At(u.end() - 1),
+                _ => Position::KeyframeFrom(u.end()),
+            }
+        };
+        let consumer = H264Consumer {
+            track: self.clone(),
+            position: start,
+            published: self.track.published.subscribe(),
+            _guard: guard,
+        };
+        if let Position::KeyframeFrom(_) = start {
+            self.tell(TrackNews::KeyframeWanted);
+        }
+        consumer
+    }
+
+    /// Ends every consumer's [`H264Consumer::next`] (shutdown).
+    pub fn close(&self) {
+        self.track.closed.store(true, Ordering::Relaxed);
+        self.track.published.send_modify(|_| {});
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Position {
+    /// The next unit to send.
+    At(u64),
+    /// Waiting for a keyframe at this index or later.
+    KeyframeFrom(u64),
+}
+
+/// One consumer's place in the track.
+pub struct H264Consumer {
+    track: H264Track,
+    position: Position,
+    published: watch::Receiver<u64>,
+    _guard: Option<ViewerGuard>,
+}
+
+impl H264Consumer {
+    /// The next unit to send, waiting for one; `None` once the track is closed. After a gap
+    /// (the consumer fell behind) the next unit is a keyframe.
+    pub async fn next(&mut self) -> Option<Arc<AccessUnit>> {
+        loop {
+            if self.track.track.closed.load(Ordering::Relaxed) {
+                return None;
+            }
+            if let Some(unit) = self.try_next() {
+                return Some(unit);
+            }
+            self.published.changed().await.ok()?;
+        }
+    }
+
+    /// The next unit if there is one now.
+    pub fn try_next(&mut self) -> Option<Arc<AccessUnit>> {
+        let u = lock(&self.track.track.units);
+        let (first, end) = (u.first, u.end());
+        let at = match self.position {
+            Position::At(i) if i >= first && end.saturating_sub(i) <= MAX_LAG_UNITS => i,
+            Position::At(i) if i >= end => return None,
+            // Fell behind: on at the newest keyframe if it lies ahead, else wait for the next
+            // one (going back to this GOP's own keyframe would replay the past).
+            Position::At(i) => match u.newest_keyframe().filter(|&k| k > i) {
+                Some(k) => k,
+                None => {
+                    self.position = Position::KeyframeFrom(end);
+                    drop(u);
+                    self.track.tell(TrackNews::KeyframeWanted);
+                    return None;
+                }
+            },
+            Position::KeyframeFrom(from) => match u.newest_keyframe().filter(|&k| k >= from) {
+                Some(k) => k,
+                None => return None,
+            },
+        };
+        if at >= end {
+            return None;
+        }
+        let unit = u.kept[(at - first) as usize].clone();
+        self.position = Position::At(at + 1);
+        Some(unit)
+    }
+
+    /// Units published but not yet taken by this consumer.
+    pub fn behind(&self) -> u64 {
+        let end = *self.published.borrow();
+        match self.position {
+            Position::At(i) => end.saturating_sub(i),
+            Position::KeyframeFrom(_) => 0,
+        }
+    }
+}
+
+impl Drop for H264Consumer {
+    fn drop(&mut self) {
+        let n = self.track.track.consumers.fetch_sub(1, Ordering::Relaxed) - 1;
+        self.track.tell(TrackNews::Consumers(n));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::CaptureTime;
+
+    fn unit(seq: u64, keyframe: bool, len: usize) -> AccessUnit {
+        let mut data = vec![0, 0, 0, 1];
+        if keyframe {
+            data.extend_from_slice(&[0x67, 1, 0, 0, 0, 1, 0x68, 2, 0, 0, 0, 1, 0x65]);
+        } else {
+            data.push(0x41);
+        }
+        data.resize(data.len() + len, 0xAA);
+        let nals = crate::frame::split_annex_b(&data);
+        AccessUnit {
+            seq,
+            captured: CaptureTime::now(),
+            width: 16,
+            height: 16,
+            keyframe,
+            data: Bytes::from(data),
+            nals,
+        }
+    }
+
+    fn news(track: &H264Track) -> Arc<Mutex<Vec<TrackNews>>> {
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let h = heard.clone();
+        assert!(track
+            .on_change(Box::new(move |n| h.lock().unwrap().push(n)))
+            .is_ok());
+        heard
+    }
+
+    fn seqs(c: &mut H264Consumer) -> Vec<u64> {
+        std::iter::from_fn(|| c.try_next()).map(|u| u.seq).collect()
+    }
+
+    #[test]
+    fn a_new_consumer_asks_for_a_keyframe_and_starts_there() {
+        let t = H264Track::new();
+        let heard = news(&t);
+        t.publish(unit(1, true, 10));
+        t.publish(unit(2, false, 10));
+        let mut c = t.consume(None);
+        assert_eq!(
+            *heard.lock().unwrap(),
+            [TrackNews::Consumers(1), TrackNews::KeyframeWanted]
+        );
+        t.publish(unit(3, false, 10));
+        assert_eq!(seqs(&mut c), [] as [u64; 0], "no replay of the old GOP");
+        t.publish(unit(4, true, 10));
+        t.publish(unit(5, false, 10));
+        assert_eq!(seqs(&mut c), [4, 5]);
+        assert_eq!(t.parameter_sets().unwrap().0[..], [0x67, 1]);
+        drop(c);
+        assert_eq!(heard.lock().unwrap().last(), Some(&TrackNews::Consumers(0)));
+    }
+
+    #[test]
+    fn a_consumer_joining_right_after_a_keyframe_starts_at_it() {
+        let t = H264Track::new();
+        t.publish(unit(1, false, 10));
+        t.publish(unit(2, true, 10));
+        let heard = news(&t);
+        let mut c = t.consume(None);
+        assert_eq!(seqs(&mut c), [2]);
+        assert_eq!(*heard.lock().unwrap(), [TrackNews::Consumers(1)]);
+    }
+
+    #[test]
+    fn a_slow_consumer_skips_to_the_newest_keyframe() {
+        let t = H264Track::new();
+        t.publish(unit(0, true, 10));
+        let mut slow = t.consume(None);
+        let mut fast = t.consume(None);
+        assert_eq!(seqs(&mut slow), [0]);
+        assert_eq!(seqs(&mut fast), [0]);
+        for s in 1..=3 {
+            t.publish(unit(s, false, 10));
+        }
+        assert_eq!(seqs(&mut fast), [1, 2, 3]);
+        // A new GOP while `slow` still wanted unit 1: it goes on at the keyframe.
+        t.publish(unit(4, true, 10));
+        t.publish(unit(5, false, 10));
+        assert_eq!(seqs(&mut slow), [4, 5]);
+        assert_eq!(seqs(&mut fast), [4, 5]);
+        // Too far behind within one GOP: it waits for the next keyframe and asks for one.
+        let heard = news(&t);
+        for s in 6..6 + MAX_LAG_UNITS + 1 {
+            t.publish(unit(s, false, 1));
+        }
+        assert_eq!(slow.behind(), MAX_LAG_UNITS + 1);
+        assert_eq!(slow.try_next().map(|u| u.seq), None);
+        assert_eq!(*heard.lock().unwrap(), [TrackNews::KeyframeWanted]);
+        t.publish(unit(100, true, 1));
+        assert_eq!(seqs(&mut slow), [100]);
+        assert_eq!(seqs(&mut fast).last(), Some(&100));
+    }
+
+    #[test]
+    fn the_gop_kept_is_bounded() {
+        let t = H264Track::new();
+        t.publish(unit(0, true, 10));
+        for s in 1..(MAX_UNITS as u64 + 50) {
+            t.publish(unit(s, false, 10));
+        }
+        let u = lock(&t.track.units);
+        assert_eq!(u.kept.len(), MAX_UNITS);
+        drop(u);
+        let big = MAX_BYTES / 3;
+        let t = H264Track::new();
+        for s in 0..5 {
+            t.publish(unit(s, s == 0, big));
+        }
+        let u = lock(&t.track.units);
+        assert!(
+            u.bytes <= MAX_BYTES && u.kept.len() == 2,
+            "{}",
+            u.kept.len()
+        );
+        drop(u);
+        // A consumer whose keyframe was cut off waits for the next one.
+        let heard = news(&t);
+        let mut c = t.consume(None);
+        assert_eq!(c.try_next().map(|u| u.seq), None);
+        t.publish(unit(9, true, 10));
+        assert_eq!(c.try_next().map(|u| u.seq), Some(9));
+        assert!(heard.lock().unwrap().contains(&TrackNews::KeyframeWanted));
+    }
+
+    #[tokio::test]
+    async fn next_waits_for_a_unit_and_ends_on_close() {
+        let t = H264Track::new();
+        let mut c = t.consume(None);
+        let t2 = t.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            t2.publish(unit(7, true, 10));
+        });
+        assert_eq!(c.next().await.map(|u| u.seq), Some(7));
+        t.close();
+        assert!(c.next().await.is_none());
+    }
+}
