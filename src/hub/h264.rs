@@ -259,10 +259,7 @@ impl H264Consumer {
                     return None;
                 }
             },
-            Position::KeyframeFrom(from) => match u.newest_keyframe().filter(|&k| k >= from) {
-                Some(k) => k,
-                None => return None,
-            },
+            Position::KeyframeFrom(from) => u.newest_keyframe().filter(|&k| k >= from)?,
         };
         if at >= end {
             return None;
