@@ -602,7 +602,7 @@ fn bench_pool(
                 width: w,
                 height: h,
                 no_signal: false,
-                payload: Payload::Yuv420(Box::new(SharedPlanes {
+                payload: Payload::Yuv420(std::sync::Arc::new(SharedPlanes {
                     buf: frames[seq as usize % frames.len()].clone(),
                     width: w as usize,
                     height: h as usize,

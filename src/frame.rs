@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -34,19 +35,23 @@ impl CaptureTime {
     }
 }
 
-/// Memory holding the three planes of a YUV 4:2:0 image, read in place by the encoder.
-/// Dropping it gives the memory back to its owner (a buffer pool, a camera request).
-pub trait Yuv420Buffer: Send {
+/// Memory holding the three planes of a YUV 4:2:0 image, read in place by the encoders
+/// (the JPEG and the H.264 one read the same planes at once, hence `Sync`). Dropping the
+/// last reference gives the memory back to its owner (a buffer pool, a camera request).
+pub trait Yuv420Buffer: Send + Sync {
     /// Y, U and V planes; each at least `stride * rows` bytes (rows halved for U and V).
     fn planes(&self) -> [&[u8]; 3];
     /// Bytes per row of each plane, which may exceed the visible width (camera padding).
     fn strides(&self) -> [usize; 3];
 }
 
+/// Planes shared by the encoders that read them.
+pub type SharedPlanes = Arc<dyn Yuv420Buffer>;
+
 /// What a frame carries.
 pub enum Payload {
-    /// Raw planes for the encoder pool.
-    Yuv420(Box<dyn Yuv420Buffer>),
+    /// Raw planes for the encoders.
+    Yuv420(SharedPlanes),
     /// An already-encoded JPEG (USB MJPEG cameras, upstream MJPEG) that skips the encoders.
     Jpeg(Bytes),
 }

@@ -231,6 +231,14 @@ config_keys! {
         max_frame_size "max_frame_size": i64 = Key::new(
             Int("BYTES", Valid::Range(65_536, 268_435_456)), Value("16777216"),
             "Largest JPEG accepted from an upstream, in bytes.");
+        h264_bitrate "h264_bitrate": i64 = Key::new(
+            Int("BITS", Valid::Range(100_000, 50_000_000)),
+            Computed("2000000 at 1280x720 and 30 fps, scaled with the pixel rate to the power 0.75"),
+            "Target bits per second of the stream's H.264 (RTSP), held by the encoder's rate \
+             control.");
+        h264_gop "h264_gop": i64 = Key::new(Int("SECONDS", Valid::Range(1, 60)), Value("2"),
+            "Seconds from one H.264 keyframe to the next (a new viewer gets a keyframe at once \
+             anyway).");
     }
     global {
         stream "stream": Vec<StreamLayer> = Key::new(Streams,

@@ -137,6 +137,17 @@ pub struct StreamConfig {
     pub vflip: bool,
     /// How network and file sources read their input.
     pub input: InputOptions,
+    /// How the stream's H.264 is encoded (while someone consumes it).
+    pub h264: H264Options,
+}
+
+/// The stream's H.264 settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct H264Options {
+    /// Target bits per second; `None`: scaled to the frame size and rate.
+    pub bitrate: Option<u32>,
+    /// Seconds from one keyframe to the next.
+    pub gop_seconds: u32,
 }
 
 /// Most streams one instance runs; each costs threads and, while watched, CPU.
@@ -675,6 +686,13 @@ fn resolve_stream(layers: &Layers<StreamLayer>) -> Result<StreamConfig, ConfigEr
             looping: switch(&key::looping, pick!(layers, looping)),
             passthrough: switch(&key::passthrough, pick!(layers, passthrough)),
             max_frame_bytes: int(&key::max_frame_size, pick!(layers, max_frame_size))? as usize,
+        },
+        h264: H264Options {
+            bitrate: match pick!(layers, h264_bitrate) {
+                None => None,
+                v => Some(int_or(&key::h264_bitrate, v, 0)? as u32),
+            },
+            gop_seconds: int(&key::h264_gop, pick!(layers, h264_gop))? as u32,
         },
     })
 }

@@ -13,6 +13,7 @@
 //! Time comes from one [`Clock`], so the timings are testable without sleeping.
 
 pub mod clock;
+pub mod h264_stage;
 pub mod no_signal;
 pub mod state;
 
@@ -23,12 +24,13 @@ use std::time::Duration;
 use crate::config::{SourceSpec, StreamConfig};
 use crate::encode::{EncodeEvent, EncodeSink, EncoderPool, EncoderThreads};
 use crate::frame::{CaptureTime, EncodedFrame, Frame, Payload};
-use crate::hub::{Hub, PipelineInfo};
+use crate::hub::{Hub, Output, PipelineInfo};
 use crate::shutdown::Shutdown;
 use crate::source::controls::CameraControls;
 use crate::source::test_pattern::TestPattern;
 use crate::source::{self, Demand, FrameSink, Source, SourceContext, SourceError, SourceNews};
 use clock::{Clock, SystemClock};
+use h264_stage::{H264Stage, Job, Picture, StageSettings};
 use no_signal::NoSignal;
 use state::{Action, Event, Machine, Timing};
 
@@ -127,13 +129,19 @@ impl Pipeline {
                 tracing::warn!(stream = %config.name, error = %e, "controls from the config file were not applied");
             }
         }
-        Pipeline::start_with(source, info, Arc::new(SystemClock), shutdown)
+        let h264 = StageSettings {
+            fps: config.fps,
+            bitrate: config.h264.bitrate,
+            gop_seconds: config.h264.gop_seconds as f64,
+        };
+        Pipeline::start_with(source, info, h264, Arc::new(SystemClock), shutdown)
     }
 
     /// Starts `source` with a hub described by `info`, on `clock`.
     pub fn start_with(
         source: Box<dyn Source>,
         info: PipelineInfo,
+        h264: StageSettings,
         clock: Arc<dyn Clock>,
         shutdown: &Shutdown,
     ) -> std::io::Result<Pipeline> {
@@ -142,11 +150,13 @@ impl Pipeline {
         let hub = Hub::new(info);
         let (encoders, encoder_threads) =
             EncoderPool::start(workers, quality, Arc::new(HubSink(hub.clone())))?;
+        let h264 = H264Stage::start(hub.h264().clone(), h264)?;
         let life = Arc::new(Life {
             machine: Mutex::new(Machine::new(timing)),
             demand_changed: Condvar::new(),
             hub: hub.clone(),
             encoders,
+            h264,
             clock,
         });
         let listener = Arc::downgrade(&life);
@@ -197,6 +207,8 @@ struct Life {
     demand_changed: Condvar,
     hub: Hub,
     encoders: EncoderPool,
+    /// Runs while the hub's H.264 track has consumers.
+    h264: H264Stage,
     clock: Arc<dyn Clock>,
 }
 
@@ -218,6 +230,34 @@ impl Life {
             self.hub.set_source_state(m.state().clone());
         }
     }
+
+    /// Hands a frame to the encoders that have someone to serve: the H.264 stage while the
+    /// track has consumers, the JPEG pool unless H.264 consumers are the only viewers (then
+    /// nobody would see the JPEGs). `false` when the JPEG pool dropped it (all busy).
+    fn encode(&self, frame: Frame) -> bool {
+        let h264 = self.h264.wanted();
+        if h264 {
+            let picture = match &frame.payload {
+                Payload::Yuv420(planes) => Picture::Planes(planes.clone()),
+                Payload::Jpeg(jpeg) => Picture::Jpeg(jpeg.clone()),
+            };
+            self.h264.offer(Job {
+                seq: frame.seq,
+                captured: frame.captured,
+                width: frame.width,
+                height: frame.height,
+                picture,
+            });
+        }
+        let jpeg_viewers = [Output::Mjpeg, Output::WebSocket, Output::Snapshot]
+            .iter()
+            .map(|&o| self.hub.viewers(o))
+            .sum::<usize>();
+        if h264 && jpeg_viewers == 0 {
+            return true;
+        }
+        self.encoders.submit(frame)
+    }
 }
 
 fn viewers_changed(life: &Weak<Life>, n: usize) {
@@ -235,7 +275,7 @@ impl FrameSink for Life {
     fn frame(&self, frame: Frame) {
         self.hub.note_captured();
         self.apply(Event::Frame);
-        self.encoders.submit(frame);
+        self.encode(frame);
     }
 
     fn news(&self, news: SourceNews) {
@@ -374,9 +414,11 @@ fn watch(life: &Life, shutdown: &Shutdown) {
                         width: info.width,
                         height: info.height,
                         no_signal: true,
-                        payload: Payload::Yuv420(Box::new(picture.render(&why, captured.wall_us))),
+                        payload: Payload::Yuv420(std::sync::Arc::new(
+                            picture.render(&why, captured.wall_us),
+                        )),
                     };
-                    if life.encoders.submit(frame) {
+                    if life.encode(frame) {
                         life.hub
                             .stats()
                             .no_signal_frames
@@ -424,7 +466,7 @@ mod tests {
                     width: 16,
                     height: 16,
                     no_signal: false,
-                    payload: Payload::Yuv420(Box::new(Grey)),
+                    payload: Payload::Yuv420(std::sync::Arc::new(Grey)),
                 });
             }
             Err(SourceError::Failed(format!("run {runs} failed")))
@@ -457,6 +499,7 @@ mod tests {
         let p = Pipeline::start_with(
             Box::new(source),
             PipelineInfo::for_tests(10),
+            StageSettings::for_tests(),
             clock.clone(),
             &shutdown,
         )
@@ -487,5 +530,53 @@ mod tests {
         assert_eq!(hub.source_state(), SourceState::Stopped);
         assert!(hub.stats().source_restarts.load(Ordering::Relaxed) >= 7);
         assert!(hub.latest().is_some(), "the frames reached the hub");
+    }
+
+    #[test]
+    fn h264_consumers_get_decodable_units_starting_at_a_keyframe() {
+        use openh264::formats::YUVSource;
+        let shutdown = Shutdown::new();
+        let mut info = PipelineInfo::for_tests(10);
+        (info.width, info.height) = (320, 240);
+        let source = TestPattern::new(320, 240, 30);
+        let p = Pipeline::start_with(
+            Box::new(source),
+            info,
+            StageSettings::for_tests(),
+            Arc::new(SystemClock),
+            &shutdown,
+        )
+        .unwrap();
+        assert_eq!(p.hub.h264().consumers(), 0);
+        // The viewer wakes the source; the consumer makes the stage encode.
+        let guard = p.hub.add_viewer(Output::Mjpeg).unwrap();
+        let mut consumer = p.hub.h264().consume(Some(guard));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let units: Vec<_> = rt.block_on(async {
+            let mut units = Vec::new();
+            while units.len() < 10 {
+                let next = tokio::time::timeout(Duration::from_secs(10), consumer.next());
+                units.push(next.await.expect("a unit within 10 s").expect("open"));
+            }
+            units
+        });
+        assert!(units[0].keyframe, "a new consumer starts at a keyframe");
+        assert!(units.windows(2).all(|w| w[0].seq < w[1].seq));
+        let mut decoder = openh264::decoder::Decoder::new().unwrap();
+        let mut pictures = 0;
+        for u in &units {
+            if let Some(yuv) = decoder.decode(&u.data).unwrap() {
+                assert_eq!(yuv.dimensions(), (320, 240));
+                pictures += 1;
+            }
+        }
+        assert!(pictures >= 9, "{pictures} of 10 units decoded to pictures");
+        assert!(p.hub.h264().parameter_sets().is_some());
+        drop(consumer);
+        shutdown.trigger();
+        p.join();
     }
 }

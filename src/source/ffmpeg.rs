@@ -305,7 +305,7 @@ impl FfmpegSource {
                 width: self.options.width,
                 height: self.options.height,
                 no_signal: false,
-                payload: Payload::Yuv420(Box::new(buf)),
+                payload: Payload::Yuv420(std::sync::Arc::new(buf)),
             });
         }
     }

@@ -1418,7 +1418,7 @@ impl Session {
             width: self.layout.width as u32,
             height: self.layout.height as u32,
             no_signal: false,
-            payload: Payload::Yuv420(Box::new(RequestPlanes {
+            payload: Payload::Yuv420(std::sync::Arc::new(RequestPlanes {
                 request: Some(request),
                 stream: self.stream,
                 layout: self.layout,

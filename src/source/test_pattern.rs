@@ -223,7 +223,7 @@ impl Source for TestPattern {
                 width: self.width as u32,
                 height: self.height as u32,
                 no_signal: false,
-                payload: Payload::Yuv420(Box::new(planes)),
+                payload: Payload::Yuv420(std::sync::Arc::new(planes)),
             });
         }
     }

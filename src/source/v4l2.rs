@@ -1247,7 +1247,13 @@ impl Session {
             let mut out = self.pool.take();
             let (w, h) = (self.width as usize, self.height as usize);
             convert(self.format, data, self.stride, w, h, out.planes_mut())
-                .map(|()| (Payload::Yuv420(Box::new(out)), self.width, self.height))
+                .map(|()| {
+                    (
+                        Payload::Yuv420(std::sync::Arc::new(out)),
+                        self.width,
+                        self.height,
+                    )
+                })
                 .map_err(|e| e.to_string())
         };
         match made {

@@ -1,0 +1,318 @@
+//! The H.264 stage of one stream: one thread that encodes frames into the hub's H.264 track
+//! while the track has consumers, and holds no encoder while it has none.
+//!
+//! Frames are offered through a one-frame slot (latest wins, like the JPEG pool's idle-worker
+//! rule): the source never waits for the encoder, and an encoder slower than the source skips
+//! frames rather than queueing them (each skipped frame is a gap the next P-frame covers).
+//! The planes are shared with the JPEG encoders, not copied. Frames that arrive as JPEG (USB
+//! MJPEG cameras, upstream MJPEG) are decoded here with TurboJPEG, which only happens while
+//! someone consumes H.264.
+//!
+//! The track's keyframe requests (a consumer joined, or fell behind) reach the encoder with
+//! the next frame, which it turns into an IDR unless it forced one less than 0.5 s ago.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::encode::h264::{H264Encoder, H264Settings};
+use crate::frame::{CaptureTime, SharedPlanes, Yuv420Buffer};
+use crate::hub::h264::{H264Track, TrackNews};
+
+/// What the stage encodes: shared planes, or a JPEG to decode first.
+pub enum Picture {
+    Planes(SharedPlanes),
+    Jpeg(Bytes),
+}
+
+/// One frame offered to the stage.
+pub struct Job {
+    pub seq: u64,
+    pub captured: CaptureTime,
+    pub width: u32,
+    pub height: u32,
+    pub picture: Picture,
+}
+
+/// How the stage's encoders are set up, apart from the frame size (taken from each frame).
+#[derive(Debug, Clone, Copy)]
+pub struct StageSettings {
+    pub fps: u32,
+    /// Bits per second; `None`: [`crate::encode::h264::default_bitrate`] for the frame size.
+    pub bitrate: Option<u32>,
+    /// Seconds from one IDR to the next.
+    pub gop_seconds: f64,
+}
+
+#[cfg(test)]
+impl StageSettings {
+    pub(crate) fn for_tests() -> StageSettings {
+        StageSettings {
+            fps: 30,
+            bitrate: None,
+            gop_seconds: 2.0,
+        }
+    }
+}
+
+/// Counters for `/state` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct StageStats {
+    pub encoded: AtomicU64,
+    pub errors: AtomicU64,
+    /// Frames the encoder was still busy for (latest wins).
+    pub skipped_busy: AtomicU64,
+    pub encode_us_total: AtomicU64,
+}
+
+#[derive(Default)]
+struct Slot {
+    job: Option<Job>,
+    consumers: usize,
+    keyframe_wanted: bool,
+    stop: bool,
+}
+
+struct Shared {
+    slot: Mutex<Slot>,
+    wake: Condvar,
+    stats: StageStats,
+}
+
+/// Handle to the stage: offer frames, stop it.
+pub struct H264Stage {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl H264Stage {
+    /// Starts the stage's thread and registers it as `track`'s listener.
+    pub fn start(track: H264Track, settings: StageSettings) -> std::io::Result<H264Stage> {
+        let shared = Arc::new(Shared {
+            slot: Mutex::new(Slot::default()),
+            wake: Condvar::new(),
+            stats: StageStats::default(),
+        });
+        let weak = Arc::downgrade(&shared);
+        let listener = Box::new(move |news: TrackNews| {
+            let Some(shared) = weak.upgrade() else {
+                return;
+            };
+            let mut slot = lock(&shared.slot);
+            match news {
+                TrackNews::Consumers(n) => slot.consumers = n,
+                TrackNews::KeyframeWanted => slot.keyframe_wanted = true,
+            }
+            drop(slot);
+            shared.wake.notify_one();
+        });
+        if track.on_change(listener).is_err() {
+            return Err(std::io::Error::other("the H.264 track already has a stage"));
+        }
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("h264-enc".into())
+                .spawn(move || run(&shared, &track, settings))?
+        };
+        Ok(H264Stage {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Whether anyone consumes H.264 now (else frames need not be offered).
+    pub fn wanted(&self) -> bool {
+        lock(&self.shared.slot).consumers > 0
+    }
+
+    /// Offers a frame; a frame still waiting is replaced (it was never started).
+    pub fn offer(&self, job: Job) {
+        let mut slot = lock(&self.shared.slot);
+        if slot.consumers == 0 {
+            return;
+        }
+        if slot.job.replace(job).is_some() {
+            self.shared
+                .stats
+                .skipped_busy
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        drop(slot);
+        self.shared.wake.notify_one();
+    }
+
+    pub fn stats(&self) -> &StageStats {
+        &self.shared.stats
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        lock(&self.shared.slot).stop = true;
+        self.shared.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for H264Stage {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// An encoder is dropped after this long without consumers: a client that reconnects at once
+/// (a player reloading) keeps it, an unwatched stream gives its memory back.
+const IDLE_ENCODER: Duration = Duration::from_secs(5);
+
+fn run(shared: &Shared, track: &H264Track, settings: StageSettings) {
+    let mut encoder: Option<H264Encoder> = None;
+    let mut idle_since: Option<Instant> = None;
+    let mut decoder: Option<turbojpeg::Decompressor> = None;
+    loop {
+        let (job, keyframe) = {
+            let mut slot = lock(&shared.slot);
+            loop {
+                if slot.stop {
+                    track.close();
+                    return;
+                }
+                if slot.consumers == 0 {
+                    let since = *idle_since.get_or_insert_with(Instant::now);
+                    if encoder.is_some() && since.elapsed() >= IDLE_ENCODER {
+                        encoder = None;
+                        decoder = None;
+                        tracing::debug!("no H.264 consumers; encoder released");
+                    }
+                } else {
+                    idle_since = None;
+                }
+                if let Some(job) = slot.job.take() {
+                    break (job, std::mem::take(&mut slot.keyframe_wanted));
+                }
+                slot = shared
+                    .wake
+                    .wait_timeout(slot, Duration::from_millis(500))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        };
+        let start = Instant::now();
+        match encode(&mut encoder, &mut decoder, job, keyframe, settings) {
+            Ok(Some(unit)) => {
+                shared.stats.encoded.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .stats
+                    .encode_us_total
+                    .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+                track.publish(unit);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "H.264 encode failed; frame dropped");
+            }
+        }
+    }
+}
+
+/// Encodes one job, making (or remaking, when the frame size changed) the encoder first.
+fn encode(
+    encoder: &mut Option<H264Encoder>,
+    decoder: &mut Option<turbojpeg::Decompressor>,
+    job: Job,
+    keyframe: bool,
+    settings: StageSettings,
+) -> Result<Option<crate::frame::AccessUnit>, String> {
+    let (width, height) = (job.width, job.height);
+    let wanted = H264Settings {
+        width,
+        height,
+        fps: settings.fps,
+        bitrate: settings
+            .bitrate
+            .unwrap_or_else(|| crate::encode::h264::default_bitrate(width, height, settings.fps)),
+        gop: ((settings.gop_seconds * settings.fps as f64).round() as u32).max(1),
+    };
+    if encoder.as_ref().map(|e| e.settings()) != Some(wanted) {
+        *encoder = Some(H264Encoder::new(wanted).map_err(|e| e.to_string())?);
+    }
+    let enc = encoder.as_mut().expect("made above");
+    if keyframe {
+        enc.request_keyframe();
+    }
+    let decoded;
+    let planes: &dyn Yuv420Buffer = match &job.picture {
+        Picture::Planes(p) => p.as_ref(),
+        Picture::Jpeg(jpeg) => {
+            if decoder.is_none() {
+                *decoder = Some(turbojpeg::Decompressor::new().map_err(|e| e.to_string())?);
+            }
+            decoded = DecodedPlanes::decode(decoder.as_mut().expect("made above"), jpeg)?;
+            if (decoded.width, decoded.height) != (width as usize, height as usize) {
+                return Err(format!(
+                    "JPEG is {}x{}, the frame says {width}x{height}",
+                    decoded.width, decoded.height
+                ));
+            }
+            &decoded
+        }
+    };
+    enc.encode(planes, job.seq, job.captured, Instant::now())
+        .map_err(|e| e.to_string())
+}
+
+/// A JPEG decoded to I420 planes (4:2:0 JPEGs decode without conversion; others are
+/// converted by TurboJPEG).
+struct DecodedPlanes {
+    buf: Vec<u8>,
+    width: usize,
+    height: usize,
+}
+
+impl DecodedPlanes {
+    fn decode(d: &mut turbojpeg::Decompressor, jpeg: &[u8]) -> Result<DecodedPlanes, String> {
+        let header = d.read_header(jpeg).map_err(|e| e.to_string())?;
+        let (width, height) = (header.width, header.height);
+        if width % 2 != 0 || height % 2 != 0 {
+            return Err(format!("JPEG {width}x{height} has odd dimensions"));
+        }
+        let mut buf = vec![0u8; width * height * 3 / 2];
+        let image = turbojpeg::YuvImage {
+            pixels: buf.as_mut_slice(),
+            width,
+            align: 1,
+            height,
+            subsamp: turbojpeg::Subsamp::Sub2x2,
+        };
+        d.decompress_to_yuv(jpeg, image)
+            .map_err(|e| e.to_string())?;
+        Ok(DecodedPlanes { buf, width, height })
+    }
+}
+
+impl Yuv420Buffer for DecodedPlanes {
+    fn planes(&self) -> [&[u8]; 3] {
+        let y = self.width * self.height;
+        let c = y / 4;
+        let (luma, chroma) = self.buf.split_at(y);
+        let (u, v) = chroma.split_at(c);
+        [luma, u, v]
+    }
+
+    fn strides(&self) -> [usize; 3] {
+        [self.width, self.width / 2, self.width / 2]
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
