@@ -583,6 +583,8 @@ fn bench_pool(
         workers,
         quality: QUALITY,
         max_viewers: 1,
+        h264_bitrate: 0,
+        h264_gop_s: 2,
     });
     let stats = Arc::new(PoolCounts {
         hub,

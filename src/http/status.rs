@@ -28,6 +28,7 @@ pub struct Snapshot {
     pub viewers: Viewers,
     pub encoder: Encoder,
     pub frames: Frames,
+    pub h264: H264,
     pub uptime_s: f64,
 }
 
@@ -78,6 +79,26 @@ pub struct Encoder {
     /// Mean encode time per frame since start, in milliseconds.
     pub mean_ms: f64,
     pub errors: u64,
+}
+
+/// The H.264 track: encoded only while it has consumers.
+#[derive(Debug, Serialize)]
+pub struct H264 {
+    /// Clients and publishers taking H.264 now.
+    pub consumers: usize,
+    /// The encoder's target bits per second.
+    pub bitrate: u32,
+    /// Seconds from one keyframe to the next.
+    pub gop_s: u32,
+    /// Frames encoded, keyframes among them, and bytes, since start.
+    pub encoded: u64,
+    pub keyframes: u64,
+    pub bytes: u64,
+    /// Mean encode time per frame since start, in milliseconds.
+    pub mean_ms: f64,
+    pub errors: u64,
+    /// Frames not encoded because the encoder was still busy.
+    pub skipped_busy: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -143,12 +164,7 @@ impl Snapshot {
             encoder: Encoder {
                 workers: info.workers,
                 quality: info.quality,
-                mean_ms: if encoded == 0 {
-                    0.0
-                } else {
-                    let us = s.encode_us_total.load(Ordering::Relaxed) as f64 / encoded as f64;
-                    (us / 10.0).round() / 100.0
-                },
+                mean_ms: mean_ms(s.encode_us_total.load(Ordering::Relaxed), encoded),
                 errors: s.encode_errors.load(Ordering::Relaxed),
             },
             frames: Frames {
@@ -160,6 +176,23 @@ impl Snapshot {
                 latest_seq: latest.as_ref().map_or(0, |f| f.seq),
                 latest_bytes: latest.as_ref().map_or(0, |f| f.jpeg().len()),
                 no_signal: s.no_signal_frames.load(Ordering::Relaxed),
+            },
+            h264: {
+                let track = hub.h264();
+                let t = track.stats();
+                let (keyframes, bytes) = track.totals();
+                let encoded = t.encoded.load(Ordering::Relaxed);
+                H264 {
+                    consumers: track.consumers(),
+                    bitrate: info.h264_bitrate,
+                    gop_s: info.h264_gop_s,
+                    encoded,
+                    keyframes,
+                    bytes,
+                    mean_ms: mean_ms(t.encode_us_total.load(Ordering::Relaxed), encoded),
+                    errors: t.errors.load(Ordering::Relaxed),
+                    skipped_busy: t.skipped_busy.load(Ordering::Relaxed),
+                }
             },
             uptime_s: (hub.uptime().as_secs_f64() * 10.0).round() / 10.0,
         }
@@ -301,11 +334,61 @@ impl Snapshot {
                 )]
             },
         );
+        metric(
+            "h264_consumers",
+            "gauge",
+            "Clients and publishers taking the H.264 track.",
+            &|s| vec![("", s.h264.consumers as f64)],
+        );
+        metric(
+            "h264_bitrate_target_bits",
+            "gauge",
+            "The H.264 encoder's target bits per second.",
+            &|s| vec![("", s.h264.bitrate as f64)],
+        );
+        metric(
+            "h264_frames_encoded_total",
+            "counter",
+            "Frames encoded to H.264.",
+            &|s| vec![("", s.h264.encoded as f64)],
+        );
+        metric(
+            "h264_keyframes_total",
+            "counter",
+            "H.264 keyframes (IDR) encoded.",
+            &|s| vec![("", s.h264.keyframes as f64)],
+        );
+        metric(
+            "h264_bytes_total",
+            "counter",
+            "H.264 bytes encoded.",
+            &|s| vec![("", s.h264.bytes as f64)],
+        );
+        metric(
+            "h264_encode_errors_total",
+            "counter",
+            "Frames the H.264 encoder failed on.",
+            &|s| vec![("", s.h264.errors as f64)],
+        );
+        metric(
+            "h264_encode_mean_seconds",
+            "gauge",
+            "Mean H.264 encode time per frame.",
+            &|s| vec![("", s.h264.mean_ms / 1000.0)],
+        );
         metric("uptime_seconds", "gauge", "Seconds since start.", &|s| {
             vec![("", s.uptime_s)]
         });
         out
     }
+}
+
+/// Mean milliseconds per frame from a microsecond total, to 0.01 ms; 0 before the first.
+fn mean_ms(total_us: u64, frames: u64) -> f64 {
+    if frames == 0 {
+        return 0.0;
+    }
+    (total_us as f64 / frames as f64 / 10.0).round() / 100.0
 }
 
 pub async fn state(State(state): State<AppState>) -> Response {

@@ -19,7 +19,7 @@
 //! and the keyframe requests through one listener ([`H264Track::on_change`]).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
@@ -45,6 +45,19 @@ pub enum TrackNews {
     Consumers(usize),
     /// A consumer is waiting for a keyframe.
     KeyframeWanted,
+}
+
+/// Counters of the H.264 encoder feeding the track, for `/state` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct H264Stats {
+    /// Frames encoded into units.
+    pub encoded: AtomicU64,
+    /// Frames the encoder failed on.
+    pub errors: AtomicU64,
+    /// Frames not encoded because the encoder was still busy with an earlier one.
+    pub skipped_busy: AtomicU64,
+    /// Total encode time in microseconds (divide by `encoded` for the mean).
+    pub encode_us_total: AtomicU64,
 }
 
 struct Units {
@@ -79,8 +92,9 @@ pub(super) struct Track {
     consumers: AtomicUsize,
     listener: OnceLock<TrackListener>,
     /// Keyframes published, for `/state`.
-    keyframes: std::sync::atomic::AtomicU64,
-    bytes_total: std::sync::atomic::AtomicU64,
+    keyframes: AtomicU64,
+    bytes_total: AtomicU64,
+    stats: H264Stats,
     closed: AtomicBool,
 }
 
@@ -112,6 +126,7 @@ impl H264Track {
                 listener: OnceLock::new(),
                 keyframes: Default::default(),
                 bytes_total: Default::default(),
+                stats: H264Stats::default(),
                 closed: AtomicBool::new(false),
             }),
         }
@@ -131,6 +146,11 @@ impl H264Track {
     /// Consumers right now.
     pub fn consumers(&self) -> usize {
         self.track.consumers.load(Ordering::Relaxed)
+    }
+
+    /// The encoder's counters (the pipeline's H.264 stage counts here).
+    pub fn stats(&self) -> &H264Stats {
+        &self.track.stats
     }
 
     /// Keyframes and bytes published so far.

@@ -154,6 +154,10 @@ pub struct PipelineInfo {
     pub workers: usize,
     pub quality: u8,
     pub max_viewers: usize,
+    /// The H.264 encoder's target bits per second (configured, or the default for the size).
+    pub h264_bitrate: u32,
+    /// Seconds from one H.264 keyframe to the next.
+    pub h264_gop_s: u32,
 }
 
 /// Publish times kept for the measured frame rate (enough for 2 s at 120 fps).
@@ -206,6 +210,8 @@ impl PipelineInfo {
             workers: 1,
             quality: 80,
             max_viewers,
+            h264_bitrate: 100_000,
+            h264_gop_s: 2,
         }
     }
 }

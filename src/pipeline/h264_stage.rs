@@ -11,7 +11,7 @@
 //! The track's keyframe requests (a consumer joined, or fell behind) reach the encoder with
 //! the next frame, which it turns into an IDR unless it forced one less than 0.5 s ago.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -58,16 +58,6 @@ impl StageSettings {
     }
 }
 
-/// Counters for `/state` and `/metrics`.
-#[derive(Debug, Default)]
-pub struct StageStats {
-    pub encoded: AtomicU64,
-    pub errors: AtomicU64,
-    /// Frames the encoder was still busy for (latest wins).
-    pub skipped_busy: AtomicU64,
-    pub encode_us_total: AtomicU64,
-}
-
 #[derive(Default)]
 struct Slot {
     job: Option<Job>,
@@ -79,7 +69,8 @@ struct Slot {
 struct Shared {
     slot: Mutex<Slot>,
     wake: Condvar,
-    stats: StageStats,
+    /// The track's counters, which the stage keeps.
+    track: H264Track,
 }
 
 /// Handle to the stage: offer frames, stop it.
@@ -94,7 +85,7 @@ impl H264Stage {
         let shared = Arc::new(Shared {
             slot: Mutex::new(Slot::default()),
             wake: Condvar::new(),
-            stats: StageStats::default(),
+            track: track.clone(),
         });
         let weak = Arc::downgrade(&shared);
         let listener = Box::new(move |news: TrackNews| {
@@ -136,17 +127,11 @@ impl H264Stage {
             return;
         }
         if slot.job.replace(job).is_some() {
-            self.shared
-                .stats
-                .skipped_busy
-                .fetch_add(1, Ordering::Relaxed);
+            let stats = self.shared.track.stats();
+            stats.skipped_busy.fetch_add(1, Ordering::Relaxed);
         }
         drop(slot);
         self.shared.wake.notify_one();
-    }
-
-    pub fn stats(&self) -> &StageStats {
-        &self.shared.stats
     }
 
     /// Stops the thread and waits for it.
@@ -208,16 +193,16 @@ fn run(shared: &Shared, track: &H264Track, settings: StageSettings) {
         let start = Instant::now();
         match encode(&mut encoder, &mut decoder, job, keyframe, settings) {
             Ok(Some(unit)) => {
-                shared.stats.encoded.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .stats
+                let stats = track.stats();
+                stats.encoded.fetch_add(1, Ordering::Relaxed);
+                stats
                     .encode_us_total
                     .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
                 track.publish(unit);
             }
             Ok(None) => {}
             Err(e) => {
-                shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                track.stats().errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "H.264 encode failed; frame dropped");
             }
         }

@@ -121,6 +121,14 @@ impl Pipeline {
             workers: config.workers,
             quality: config.quality,
             max_viewers: config.max_viewers,
+            h264_bitrate: config.h264.bitrate.unwrap_or_else(|| {
+                crate::encode::h264::default_bitrate(
+                    config.size.width,
+                    config.size.height,
+                    config.fps,
+                )
+            }),
+            h264_gop_s: config.h264.gop_seconds,
         };
         let controls = source.controls();
         if let (Some(handle), false) = (&controls, config.controls.is_empty()) {
@@ -131,6 +139,7 @@ impl Pipeline {
         }
         let h264 = StageSettings {
             fps: config.fps,
+            // The configured rate, else the default for the size each frame has.
             bitrate: config.h264.bitrate,
             gop_seconds: config.h264.gop_seconds as f64,
         };
