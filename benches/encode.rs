@@ -1,6 +1,7 @@
 //! Encode benchmark: how fast one TurboJPEG compressor turns test-pattern frames into JPEGs,
-//! how that compares with libjpeg-turbo's own `tjbench` on the same picture, and how the
-//! encoder pool scales from one worker to two.
+//! how that compares with libjpeg-turbo's own `tjbench` on the same picture, how the
+//! encoder pool scales from one worker to two, and what the software H.264 encoder
+//! (OpenH264) costs per frame and in bytes beside JPEG, on the same frames in the same run.
 //!
 //! Run with `cargo bench --bench encode`. It prints figures only; nothing is asserted.
 //! Optional positional argument: seconds per timed phase (default 3).
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use picamd::encode::h264::{default_bitrate, H264Encoder, H264Settings};
 use picamd::encode::{EncodeEvent, EncodeSink, EncoderPool, JpegEncoder};
 use picamd::frame::{CaptureTime, EncodedFrame, Frame, Payload, SourceInfo, Yuv420Buffer};
 
@@ -92,7 +94,9 @@ fn main() {
             );
             None
         };
-        single.push((w, h, ours, tj));
+        let h264 = bench_h264(&frames, w, h, phase);
+        h264.print_as("OpenH264 H264Encoder", "in order, GOP 2 s, default bitrate");
+        single.push((w, h, ours, tj, h264));
     }
 
     println!();
@@ -138,7 +142,7 @@ fn main() {
          | tjbench ms | ours/tjbench | same-frame ms | same-frame/tjbench | best/best |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (w, h, ours, cmp) in &single {
+    for (w, h, ours, cmp, _) in &single {
         let tj_cols = match cmp {
             Some(c) => format!(
                 "{:.3} | {:.2} | {:.3} | {:.2} | {:.2}",
@@ -158,6 +162,30 @@ fn main() {
             ours.mean_ms,
             ours.fps,
             ours.mean_bytes / 1024.0
+        );
+    }
+    println!();
+    println!(
+        "H.264 (OpenH264, Constrained Baseline, 1 thread, default bitrate for the size at 30 \
+         fps, GOP 60) beside JPEG quality {QUALITY} on the same frames, same run. The test \
+         pattern is mostly still, so H.264's bytes here are a lower bound."
+    );
+    println!();
+    println!(
+        "| size | JPEG median ms | H.264 median ms | H.264/JPEG time | H.264 p90 ms \
+         | JPEG KiB/frame | H.264 KiB/frame | JPEG/H.264 bytes |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (w, h, ours, _, h264) in &single {
+        println!(
+            "| {w}x{h} | {:.3} | {:.3} | {:.2} | {:.3} | {:.1} | {:.1} | {:.1} |",
+            ours.median_ms,
+            h264.median_ms,
+            h264.median_ms / ours.median_ms,
+            h264.p90_ms,
+            ours.mean_bytes / 1024.0,
+            h264.mean_bytes / 1024.0,
+            ours.mean_bytes / h264.mean_bytes.max(1.0)
         );
     }
     println!();
@@ -249,10 +277,31 @@ struct Single {
 }
 
 impl Single {
+    /// The figures of per-frame times and the bytes made in them.
+    fn of(mut times: Vec<Duration>, bytes: u64) -> Single {
+        let total: Duration = times.iter().sum();
+        let count = times.len();
+        times.sort_unstable();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        Single {
+            frames: count,
+            median_ms: ms(percentile(&times, 50.0)),
+            p10_ms: ms(percentile(&times, 10.0)),
+            p90_ms: ms(percentile(&times, 90.0)),
+            mean_ms: ms(total) / count as f64,
+            fps: count as f64 / total.as_secs_f64(),
+            mean_bytes: bytes as f64 / count as f64,
+        }
+    }
+
     fn print(&self, what: &str) {
+        self.print_as("JpegEncoder", what);
+    }
+
+    fn print_as(&self, encoder: &str, what: &str) {
         println!(
-            "  picamd JpegEncoder, 1 thread, {what}: {} frames timed; median {:.3} ms, p10 {:.3} ms, \
-             p90 {:.3} ms, mean {:.3} ms per frame = {:.1} frames/s; mean JPEG {:.0} bytes",
+            "  picamd {encoder}, 1 thread, {what}: {} frames timed; median {:.3} ms, p10 {:.3} ms, \
+             p90 {:.3} ms, mean {:.3} ms per frame = {:.1} frames/s; mean {:.0} bytes per frame",
             self.frames,
             self.median_ms,
             self.p10_ms,
@@ -283,19 +332,42 @@ fn bench_single(frames: &[PooledI420], w: u32, h: u32, phase: Duration) -> Singl
         times.push(start.elapsed());
         bytes += n as u64;
     }
-    let total: Duration = times.iter().sum();
-    let count = times.len();
-    times.sort_unstable();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    Single {
-        frames: count,
-        median_ms: ms(percentile(&times, 50.0)),
-        p10_ms: ms(percentile(&times, 10.0)),
-        p90_ms: ms(percentile(&times, 90.0)),
-        mean_ms: ms(total) / count as f64,
-        fps: count as f64 / total.as_secs_f64(),
-        mean_bytes: bytes as f64 / count as f64,
+    Single::of(times, bytes)
+}
+
+/// One H.264 encoder on the frames in order (as video: each P-frame predicts from the
+/// previous), at the default bitrate for the size at 30 fps.
+fn bench_h264(frames: &[PooledI420], w: u32, h: u32, phase: Duration) -> Single {
+    let settings = H264Settings {
+        width: w,
+        height: h,
+        fps: 30,
+        bitrate: default_bitrate(w, h, 30),
+        gop: 60,
+    };
+    let mut enc = H264Encoder::new(settings).expect("H.264 encoder");
+    let mut seq = 0u64;
+    let mut encode = |enc: &mut H264Encoder| {
+        let planes = &frames[seq as usize % frames.len()];
+        seq += 1;
+        enc.encode(planes, seq, CaptureTime::now(), Instant::now())
+            .expect("encode")
+            .map_or(0, |u| u.data.len())
+    };
+    let warm_until = Instant::now() + WARMUP;
+    while Instant::now() < warm_until {
+        encode(&mut enc);
     }
+    let mut times = Vec::new();
+    let mut bytes = 0u64;
+    let end = Instant::now() + phase;
+    while Instant::now() < end {
+        let start = Instant::now();
+        let n = encode(&mut enc);
+        times.push(start.elapsed());
+        bytes += n as u64;
+    }
+    Single::of(times, bytes)
 }
 
 // ---------------------------------------------------------------------------------------
