@@ -20,6 +20,7 @@ pub mod access;
 pub mod auth;
 pub mod config;
 pub mod encode;
+pub mod ffmpeg_child;
 pub mod frame;
 #[cfg(fuzzing)]
 pub mod fuzzing;

@@ -5,13 +5,9 @@
 //! kept), caps the frame rate and writes raw I420 frames to its stdout; this source reads
 //! them into pooled buffers for the encoder pool. The child runs only while someone watches.
 //!
-//! Supervision rules, so that no ffmpeg is ever left behind:
-//! - the child is in its own process group (a terminal's Ctrl-C reaches picamd only, which
-//!   then stops the child in order) and gets SIGKILL from the kernel if the thread that
-//!   spawned it dies (`PR_SET_PDEATHSIG`), which covers picamd itself being SIGKILLed;
-//! - [`FfmpegChild`] always kills (SIGTERM, a short grace, SIGKILL) and reaps it on drop;
-//! - stdout is read with `poll(2)` timeouts, so demand, shutdown and stalls are noticed even
-//!   when ffmpeg writes nothing.
+//! The child is supervised by [`FfmpegChild`] (its own process group, SIGKILL when picamd
+//! dies, killed and reaped on drop); its stdout is read with `poll(2)` timeouts, so demand,
+//! shutdown and stalls are noticed even when ffmpeg writes nothing.
 //!
 //! Failures (ffmpeg exiting, no frames) are returned as [`SourceError::Failed`] with the
 //! reason and ffmpeg's last message; the supervisor restarts the source with backoff and
@@ -24,22 +20,18 @@
 use std::ffi::OsString;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::ChildStdout;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 
 use bytes::Bytes;
 
 use super::i420::{i420_len, BufferPool, PooledI420};
 use super::multipart::{SplitLimits, Splitter};
 use super::{Source, SourceContext, SourceError};
+use crate::ffmpeg_child::FfmpegChild;
 use crate::frame::{CaptureTime, Frame, Payload, SourceInfo};
 
 /// Settings for [`FfmpegSource`].
@@ -72,20 +64,12 @@ const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(20);
 /// [`STALL_MIN`].
 const STALL_INTERVALS: u32 = 5;
 const STALL_MIN: Duration = Duration::from_secs(5);
-/// Longest single `poll(2)`: bounds how late demand loss and shutdown are noticed.
 /// Bytes read from ffmpeg at a time in pass-through mode.
 const MJPEG_READ_CHUNK: usize = 64 * 1024;
+/// Longest single `poll(2)`: bounds how late demand loss and shutdown are noticed.
 const POLL_SLICE: Duration = Duration::from_millis(200);
-/// Time ffmpeg gets to exit after SIGTERM before it is killed.
-const TERM_GRACE: Duration = Duration::from_secs(1);
 /// Time ffmpeg gets to exit by itself after closing its stdout.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
-/// Longest stderr line kept or logged; ffmpeg can print very long lines (SDP, metadata).
-const STDERR_LINE_MAX: usize = 500;
-/// At most this many stderr lines are logged per [`STDERR_LOG_WINDOW`]; a decoder warning on
-/// every frame would otherwise flood the journal.
-const STDERR_LOG_BURST: u32 = 20;
-const STDERR_LOG_WINDOW: Duration = Duration::from_secs(10);
 
 /// How ffmpeg should treat an input, from its form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -538,299 +522,6 @@ impl Source for FfmpegSource {
     }
 }
 
-/// A running ffmpeg; dropping it stops (SIGTERM, then SIGKILL) and reaps the process.
-struct FfmpegChild {
-    child: Child,
-    stdout: Option<ChildStdout>,
-    stderr: Arc<StderrTail>,
-    reaped: bool,
-}
-
-impl FfmpegChild {
-    /// Starts `program args…` with stdin closed, stdout piped for the reader and stderr
-    /// logged by a thread. `redactions` are strings (passwords) never to be logged.
-    fn spawn(program: &OsString, args: &[String], redactions: Vec<String>) -> io::Result<Self> {
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let parent = nix::unistd::getpid();
-        // SAFETY: runs between fork and exec, so only async-signal-safe calls: prctl,
-        // getppid and building an io::Error from an errno (no allocation).
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
-                // picamd died before the line above took effect: do not run orphaned.
-                if nix::unistd::getppid() != parent {
-                    return Err(io::Error::from(Errno::ESRCH));
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn()?;
-        let stdout = child.stdout.take();
-        let stderr = Arc::new(StderrTail::default());
-        if let Some(pipe) = child.stderr.take() {
-            let tail = stderr.clone();
-            let spawned = std::thread::Builder::new()
-                .name("src-ffmpeg-log".into())
-                .spawn(move || pump_stderr(pipe, &tail, &redactions));
-            if let Err(e) = spawned {
-                // The pipe went with the closure: ffmpeg may get SIGPIPE on its next
-                // message, which ends in a restart. Not worth failing the start for.
-                tracing::warn!(error = %e, "cannot start the ffmpeg log thread");
-                stderr.finish();
-            }
-        }
-        tracing::info!(pid = child.id(), "ffmpeg started");
-        Ok(FfmpegChild {
-            child,
-            stdout,
-            stderr,
-            reaped: false,
-        })
-    }
-
-    /// Stops logging ffmpeg's messages (the last line is still kept): it is about to be
-    /// stopped on purpose, and its complaints about the closed pipe or the signal are
-    /// expected, not worth a warning.
-    fn hush(&self) {
-        self.stderr.quiet.store(true, Ordering::Relaxed);
-    }
-
-    /// ffmpeg's standard output, for the frame reader. Panics if taken twice.
-    fn take_stdout(&mut self) -> ChildStdout {
-        self.stdout.take().expect("stdout is taken once")
-    }
-
-    /// The last line ffmpeg wrote to stderr, once the log thread has read everything it
-    /// wrote (or after a short wait).
-    fn last_stderr_line(&self) -> String {
-        if self.reaped {
-            self.stderr.wait_finished(Duration::from_millis(500));
-        }
-        self.stderr.last_line()
-    }
-
-    /// Waits up to `grace` for ffmpeg to exit by itself; `None` if it did not.
-    fn wait_exit(&mut self, grace: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + grace;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => {
-                    self.reaped = true;
-                    return Some(status);
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Ok(None) | Err(_) => return None,
-            }
-        }
-    }
-
-    /// Stops and reaps ffmpeg, whatever state it is in.
-    fn stop(&mut self) {
-        if self.reaped {
-            return;
-        }
-        // The child leads its own group; signal the group so anything it started goes too.
-        // Only before the child is reaped: after that its pid may belong to someone else.
-        let group = Pid::from_raw(self.child.id() as i32);
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = killpg(group, Signal::SIGTERM);
-            if self.wait_exit(TERM_GRACE).is_none() {
-                tracing::warn!(pid = self.child.id(), "ffmpeg ignored SIGTERM; killing it");
-                let _ = killpg(group, Signal::SIGKILL);
-            }
-        }
-        if !self.reaped {
-            if let Err(e) = self.child.wait() {
-                tracing::error!(pid = self.child.id(), error = %e, "cannot reap ffmpeg");
-            }
-            self.reaped = true;
-        }
-        tracing::info!(pid = self.child.id(), "ffmpeg stopped");
-    }
-}
-
-impl Drop for FfmpegChild {
-    fn drop(&mut self) {
-        self.hush();
-        // The reader's end of stdout closes first, so a child blocked writing a frame gets
-        // EPIPE rather than hanging on a full pipe.
-        self.stdout = None;
-        self.stop();
-    }
-}
-
-/// What the stderr thread shares: the last line, and whether the pipe has ended.
-#[derive(Default)]
-struct StderrTail {
-    state: Mutex<(String, bool)>,
-    cv: std::sync::Condvar,
-    /// See [`FfmpegChild::hush`].
-    quiet: AtomicBool,
-}
-
-impl StderrTail {
-    fn set_last(&self, line: &str) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        line.clone_into(&mut s.0);
-    }
-
-    fn finish(&self) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
-        self.cv.notify_all();
-    }
-
-    fn last_line(&self) -> String {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .clone()
-    }
-
-    fn wait_finished(&self, timeout: Duration) {
-        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = self.cv.wait_timeout_while(s, timeout, |s| !s.1);
-    }
-}
-
-/// Logs ffmpeg's stderr line by line (target `ffmpeg`) until the pipe ends, keeping the last
-/// line for error messages.
-fn pump_stderr(mut pipe: impl Read, tail: &StderrTail, redactions: &[String]) {
-    let mut lines = LineSplitter::new(STDERR_LINE_MAX);
-    let mut limiter = LogLimiter::new(STDERR_LOG_BURST, STDERR_LOG_WINDOW);
-    let mut buf = [0u8; 4096];
-    let mut on_line = |raw: &str| {
-        let mut line = raw.to_owned();
-        for secret in redactions {
-            line = line.replace(secret.as_str(), "***");
-        }
-        // ffmpeg's repeat counter says nothing on its own; the line before it is the news.
-        if !line.starts_with("Last message repeated") {
-            tail.set_last(&line);
-        }
-        if tail.quiet.load(Ordering::Relaxed) {
-            return;
-        }
-        match limiter.admit(Instant::now()) {
-            Admit::Log { suppressed: 0 } => tracing::warn!(target: "ffmpeg", "{line}"),
-            Admit::Log { suppressed } => {
-                tracing::warn!(target: "ffmpeg", "({suppressed} lines not logged) {line}")
-            }
-            Admit::Drop => {}
-        }
-    };
-    loop {
-        match pipe.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => lines.push(&buf[..n], &mut on_line),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    lines.flush(&mut on_line);
-    tail.finish();
-}
-
-/// Splits a byte stream into lines at `\n` or `\r` (ffmpeg rewrites progress lines with
-/// `\r`), skipping empty ones and truncating long ones to `max` bytes (plus `…`).
-struct LineSplitter {
-    line: Vec<u8>,
-    max: usize,
-    truncated: bool,
-}
-
-impl LineSplitter {
-    fn new(max: usize) -> Self {
-        LineSplitter {
-            line: Vec::new(),
-            max,
-            truncated: false,
-        }
-    }
-
-    fn push(&mut self, bytes: &[u8], on_line: &mut impl FnMut(&str)) {
-        for &b in bytes {
-            if b == b'\n' || b == b'\r' {
-                self.flush(on_line);
-            } else if self.line.len() < self.max {
-                self.line.push(b);
-            } else {
-                self.truncated = true;
-            }
-        }
-    }
-
-    fn flush(&mut self, on_line: &mut impl FnMut(&str)) {
-        let text = String::from_utf8_lossy(&self.line);
-        let text = text.trim();
-        if !text.is_empty() {
-            if self.truncated {
-                on_line(&format!("{text}…"));
-            } else {
-                on_line(text);
-            }
-        }
-        self.line.clear();
-        self.truncated = false;
-    }
-}
-
-/// Lets `burst` lines through per `window`, counting the rest.
-struct LogLimiter {
-    burst: u32,
-    window: Duration,
-    window_start: Option<Instant>,
-    logged: u32,
-    suppressed: u64,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Admit {
-    /// Log this line; `suppressed` lines were dropped since the last one logged.
-    Log {
-        suppressed: u64,
-    },
-    Drop,
-}
-
-impl LogLimiter {
-    fn new(burst: u32, window: Duration) -> Self {
-        LogLimiter {
-            burst,
-            window,
-            window_start: None,
-            logged: 0,
-            suppressed: 0,
-        }
-    }
-
-    fn admit(&mut self, now: Instant) -> Admit {
-        if self
-            .window_start
-            .is_none_or(|t| now.duration_since(t) >= self.window)
-        {
-            self.window_start = Some(now);
-            self.logged = 0;
-        }
-        if self.logged < self.burst {
-            self.logged += 1;
-            Admit::Log {
-                suppressed: std::mem::take(&mut self.suppressed),
-            }
-        } else {
-            self.suppressed += 1;
-            Admit::Drop
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -939,67 +630,5 @@ mod tests {
         assert_eq!(redact("rtsp://admin@h/x"), "rtsp://admin@h/x");
         assert_eq!(redact("/tmp/a:b@c.mp4"), "/tmp/a:b@c.mp4");
         assert_eq!(redact("rtmp://h/live/cam"), "rtmp://h/live/cam");
-    }
-
-    #[test]
-    fn stderr_lines_split_on_cr_and_lf_and_are_bounded() {
-        let mut got = Vec::new();
-        let mut s = LineSplitter::new(8);
-        let mut on = |l: &str| got.push(l.to_owned());
-        s.push(b"abc\r\nde", &mut on);
-        s.push(b"f\n\n  \r0123456789xyz\nlast", &mut on);
-        s.flush(&mut on);
-        assert_eq!(got, ["abc", "def", "01234567…", "last"]);
-    }
-
-    #[test]
-    fn log_limiter_lets_bursts_through_and_counts_the_rest() {
-        let t0 = Instant::now();
-        let mut l = LogLimiter::new(2, Duration::from_secs(10));
-        assert_eq!(l.admit(t0), Admit::Log { suppressed: 0 });
-        assert_eq!(l.admit(t0), Admit::Log { suppressed: 0 });
-        assert_eq!(l.admit(t0), Admit::Drop);
-        assert_eq!(l.admit(t0 + Duration::from_secs(1)), Admit::Drop);
-        assert_eq!(
-            l.admit(t0 + Duration::from_secs(10)),
-            Admit::Log { suppressed: 2 }
-        );
-    }
-
-    #[test]
-    fn the_child_is_killed_and_reaped_on_drop() {
-        // `sleep` stands in for an ffmpeg that never writes and ignores nothing.
-        let mut child =
-            FfmpegChild::spawn(&"sleep".into(), &["30".into()], Vec::new()).expect("spawn sleep");
-        let pid = child.child.id();
-        let _stdout = child.take_stdout();
-        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
-        drop(child);
-        // Reaped: not even a zombie is left.
-        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
-    }
-
-    #[test]
-    fn stderr_is_kept_for_error_messages() {
-        let mut child = FfmpegChild::spawn(
-            &"sh".into(),
-            &[
-                "-c".into(),
-                "echo one >&2; echo 'two pw' >&2; exit 3".into(),
-            ],
-            vec!["pw".into()],
-        )
-        .expect("spawn sh");
-        let status = child.wait_exit(Duration::from_secs(5)).expect("exited");
-        assert_eq!(status.code(), Some(3));
-        assert_eq!(child.last_stderr_line(), "two ***");
-    }
-
-    #[test]
-    fn a_missing_program_is_not_found() {
-        let err = FfmpegChild::spawn(&"/nonexistent/ffmpeg".into(), &[], Vec::new())
-            .err()
-            .expect("no such program");
-        assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
 }
