@@ -30,6 +30,7 @@ pub mod led;
 pub mod logging;
 pub mod pipeline;
 pub mod privileges;
+pub mod publish;
 pub mod service;
 pub mod shutdown;
 pub mod source;
@@ -45,6 +46,8 @@ use crate::shutdown::Shutdown;
 struct Running {
     state: http::AppState,
     pipeline: Pipeline,
+    /// One thread per `publish` URL.
+    publishers: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// Starts one stream's pipeline.
@@ -54,7 +57,15 @@ fn start_stream(
     shutdown: &Shutdown,
 ) -> std::io::Result<Running> {
     let pipeline = Pipeline::start(config, shutdown)?;
+    let publishers = publish::start(
+        &pipeline.hub,
+        &config.publish,
+        config.fps,
+        tokio::runtime::Handle::current(),
+        shutdown,
+    )?;
     Ok(Running {
+        publishers,
         state: http::AppState {
             hub: pipeline.hub.clone(),
             shutdown: shutdown.clone(),
@@ -120,6 +131,9 @@ async fn join_pipelines(
 ) -> std::io::Result<()> {
     tokio::task::spawn_blocking(move || {
         for p in pipelines {
+            for t in p.publishers {
+                let _ = t.join();
+            }
             p.pipeline.join();
         }
         // Last, so the LED shows "stopping" until everything else has.

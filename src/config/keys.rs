@@ -239,6 +239,9 @@ config_keys! {
         h264_gop "h264_gop": i64 = Key::new(Int("SECONDS", Valid::Range(1, 60)), Value("2"),
             "Seconds from one H.264 keyframe to the next (a new viewer gets a keyframe at once \
              anyway).");
+        publish "publish": Vec<String> = Key::new(List("URL"), Unset("none"),
+            "Servers to push the stream's H.264 to: rtmp://, rtmps://, rtsp:// or rtsps:// \
+             URLs (nginx-rtmp, MediaMTX, a streaming platform); each reconnects by itself.");
     }
     global {
         stream "stream": Vec<StreamLayer> = Key::new(Streams,

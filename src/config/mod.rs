@@ -27,7 +27,7 @@ use crate::source::controls::Controls;
 pub use keys::{key, ConfigLayer, StreamLayer, KEYS};
 use keys::{Key, Kind, Scope, Valid};
 use values::check_account_name;
-pub use values::{check_stream_name, LogLevel, Size, SourceSpec};
+pub use values::{check_publish_url, check_stream_name, redact_url, LogLevel, Size, SourceSpec};
 
 /// A validated, complete configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,6 +139,8 @@ pub struct StreamConfig {
     pub input: InputOptions,
     /// How the stream's H.264 is encoded (while someone consumes it).
     pub h264: H264Options,
+    /// Servers the stream's H.264 is pushed to.
+    pub publish: Vec<String>,
 }
 
 /// The stream's H.264 settings.
@@ -693,6 +695,16 @@ fn resolve_stream(layers: &Layers<StreamLayer>) -> Result<StreamConfig, ConfigEr
                 v => Some(int_or(&key::h264_bitrate, v, 0)? as u32),
             },
             gop_seconds: int(&key::h264_gop, pick!(layers, h264_gop))? as u32,
+        },
+        publish: match pick!(layers, publish) {
+            None => Vec::new(),
+            Some(list) => {
+                for url in &list.value {
+                    check_publish_url(url)
+                        .map_err(|e| invalid(key::publish.name, list.origin.clone(), e))?;
+                }
+                list.value
+            }
         },
     })
 }

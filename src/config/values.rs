@@ -237,6 +237,32 @@ pub(super) fn check_account_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// A `publish` URL: RTMP(S) or RTSP(S), what the publisher's ffmpeg can push to.
+pub fn check_publish_url(url: &str) -> Result<(), String> {
+    match url.split_once("://") {
+        Some(("rtmp" | "rtmps" | "rtsp" | "rtsps", rest)) if !rest.is_empty() => Ok(()),
+        _ => Err(format!(
+            "{:?}: publish to an rtmp://, rtmps://, rtsp:// or rtsps:// URL",
+            redact_url(url)
+        )),
+    }
+}
+
+/// The URL with any password replaced, for logs and `/state`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}/{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,5 +321,22 @@ mod tests {
         for bad in ["1920", "x", "0x0", "-2x4", "99999x2", "abcxdef"] {
             assert!(bad.parse::<Size>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn urls_are_checked_and_passwords_never_shown() {
+        assert!(check_publish_url("rtmp://127.0.0.1/live/cam").is_ok());
+        assert!(check_publish_url("rtsp://mediamtx:8554/cam").is_ok());
+        let e = check_publish_url("http://x/y").unwrap_err();
+        assert!(e.contains("rtmp://"), "{e}");
+        assert!(check_publish_url("rtmp://").is_err());
+        assert_eq!(
+            redact_url("rtmp://bob:secret@live.example/app/key"),
+            "rtmp://bob:***@live.example/app/key"
+        );
+        assert!(!check_publish_url("ftp://bob:secret@x/")
+            .unwrap_err()
+            .contains("secret"));
+        assert_eq!(redact_url("rtmp://h/app"), "rtmp://h/app");
     }
 }

@@ -29,7 +29,23 @@ pub struct Snapshot {
     pub encoder: Encoder,
     pub frames: Frames,
     pub h264: H264,
+    /// The publishers pushing this stream to servers (`publish`).
+    pub publish: Vec<Publish>,
     pub uptime_s: f64,
+}
+
+/// One publisher.
+#[derive(Debug, Serialize)]
+pub struct Publish {
+    /// The URL, password hidden.
+    pub url: String,
+    /// `connecting`, `publishing`, `retrying` or `stopped`.
+    pub state: &'static str,
+    /// Why it last failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub restarts: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -68,6 +84,8 @@ pub struct Viewers {
     pub ws: usize,
     /// Snapshot requests waiting for a frame right now.
     pub snapshot: usize,
+    /// Publishers (not counted against `max`).
+    pub publish: usize,
     pub max: usize,
     pub refused: u64,
 }
@@ -158,6 +176,7 @@ impl Snapshot {
                 mjpeg: hub.viewers(Output::Mjpeg),
                 ws: hub.viewers(Output::WebSocket),
                 snapshot: hub.viewers(Output::Snapshot),
+                publish: hub.viewers(Output::Publish),
                 max: info.max_viewers,
                 refused: s.viewers_refused.load(Ordering::Relaxed),
             },
@@ -194,6 +213,17 @@ impl Snapshot {
                     skipped_busy: t.skipped_busy.load(Ordering::Relaxed),
                 }
             },
+            publish: hub
+                .publishers()
+                .into_iter()
+                .map(|p| Publish {
+                    url: p.url,
+                    state: p.state.as_str(),
+                    error: p.error,
+                    restarts: p.restarts,
+                    bytes: p.bytes,
+                })
+                .collect(),
             uptime_s: (hub.uptime().as_secs_f64() * 10.0).round() / 10.0,
         }
     }
@@ -283,6 +313,7 @@ impl Snapshot {
                     ("output=\"mjpeg\"", s.viewers.mjpeg as f64),
                     ("output=\"ws\"", s.viewers.ws as f64),
                     ("output=\"snapshot\"", s.viewers.snapshot as f64),
+                    ("output=\"publish\"", s.viewers.publish as f64),
                 ]
             },
         );
@@ -375,6 +406,21 @@ impl Snapshot {
             "gauge",
             "Mean H.264 encode time per frame.",
             &|s| vec![("", s.h264.mean_ms / 1000.0)],
+        );
+        metric(
+            "publishers_publishing",
+            "gauge",
+            "Publishers sending the stream to their server now.",
+            &|s| {
+                let n = s.publish.iter().filter(|p| p.state == "publishing").count();
+                vec![("", n as f64)]
+            },
+        );
+        metric(
+            "publisher_restarts_total",
+            "counter",
+            "Times a publisher failed and started again.",
+            &|s| vec![("", s.publish.iter().map(|p| p.restarts).sum::<u64>() as f64)],
         );
         metric("uptime_seconds", "gauge", "Seconds since start.", &|s| {
             vec![("", s.uptime_s)]

@@ -33,9 +33,72 @@ pub enum Output {
     Mjpeg = 0,
     WebSocket = 1,
     Snapshot = 2,
+    /// A publisher pushing the stream to a server (not counted against `max_viewers`).
+    Publish = 3,
 }
 
-const OUTPUTS: usize = 3;
+const OUTPUTS: usize = 4;
+
+/// What a publisher is doing, for `/state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishState {
+    Connecting,
+    Publishing,
+    /// Failed; waiting to try again.
+    Retrying,
+    Stopped,
+}
+
+impl PublishState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PublishState::Connecting => "connecting",
+            PublishState::Publishing => "publishing",
+            PublishState::Retrying => "retrying",
+            PublishState::Stopped => "stopped",
+        }
+    }
+}
+
+/// One publisher's status, as `/state` shows it.
+#[derive(Debug, Clone)]
+pub struct PublisherStatus {
+    /// The URL, password hidden.
+    pub url: String,
+    pub state: PublishState,
+    /// Why it last failed.
+    pub error: Option<String>,
+    /// Times it failed and started again.
+    pub restarts: u64,
+    /// Bytes handed to the muxer.
+    pub bytes: u64,
+}
+
+/// A publisher's handle to its status in the hub.
+#[derive(Clone)]
+pub struct Publisher(Arc<Mutex<PublisherStatus>>);
+
+impl Publisher {
+    pub fn set(&self, state: PublishState, error: Option<String>) {
+        let mut s = lock(&self.0);
+        s.state = state;
+        if error.is_some() {
+            s.error = error;
+        }
+    }
+
+    /// It failed for `why` and will try again.
+    pub fn failed(&self, why: &str) {
+        let mut s = lock(&self.0);
+        s.state = PublishState::Retrying;
+        s.error = Some(why.to_owned());
+        s.restarts += 1;
+    }
+
+    pub fn sent(&self, bytes: usize) {
+        lock(&self.0).bytes += bytes as u64;
+    }
+}
 
 /// What the source is doing, as reported in `/state`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +235,7 @@ struct Shared {
     latest: watch::Sender<Option<Arc<EncodedFrame>>>,
     /// The H.264 access units, for the outputs that send H.264.
     h264: h264::H264Track,
+    publishers: Mutex<Vec<Publisher>>,
     /// Viewers of every output; changed and reported under this lock, so the listener sees
     /// the counts in order.
     viewers_total: Mutex<usize>,
@@ -228,6 +292,7 @@ impl Hub {
             shared: Arc::new(Shared {
                 latest,
                 h264: h264::H264Track::new(),
+                publishers: Mutex::new(Vec::new()),
                 viewers_total: Mutex::new(0),
                 listener: OnceLock::new(),
                 viewers: Default::default(),
@@ -317,6 +382,27 @@ impl Hub {
         &self.shared.h264
     }
 
+    /// Registers a publisher to `url` (password hidden) and returns its status handle.
+    pub fn add_publisher(&self, url: String) -> Publisher {
+        let p = Publisher(Arc::new(Mutex::new(PublisherStatus {
+            url,
+            state: PublishState::Connecting,
+            error: None,
+            restarts: 0,
+            bytes: 0,
+        })));
+        lock(&self.shared.publishers).push(p.clone());
+        p
+    }
+
+    /// Every publisher's status now.
+    pub fn publishers(&self) -> Vec<PublisherStatus> {
+        lock(&self.shared.publishers)
+            .iter()
+            .map(|p| lock(&p.0).clone())
+            .collect()
+    }
+
     /// The newest frame, if any was ever published.
     pub fn latest(&self) -> Option<Arc<EncodedFrame>> {
         self.shared.latest.borrow().clone()
@@ -339,7 +425,7 @@ impl Hub {
     /// Registers a viewer of `output`, waking the source if it idles.
     pub fn add_viewer(&self, output: Output) -> Result<ViewerGuard, ViewerLimit> {
         let max = self.shared.info.max_viewers;
-        let counted = output != Output::Snapshot;
+        let counted = !matches!(output, Output::Snapshot | Output::Publish);
         {
             let mut total = lock(&self.shared.viewers_total);
             if counted && self.stream_viewers() >= max {

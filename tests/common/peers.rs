@@ -166,6 +166,13 @@ pub struct NginxRtmp {
 
 impl NginxRtmp {
     pub fn start() -> NginxRtmp {
+        let mut n = NginxRtmp::server();
+        n.restart();
+        n
+    }
+
+    /// nginx alone, for picamd to publish to; nothing is published yet.
+    pub fn server() -> NginxRtmp {
         let dir = TempDir::new("nginx");
         let (rtmp_port, http_port) = (free_port(), free_port());
         let prefix = dir.path().to_str().expect("UTF-8 temp path").to_owned();
@@ -182,7 +189,7 @@ impl NginxRtmp {
             nginx: None,
             dir,
         };
-        n.restart();
+        n.restart_server();
         n
     }
 
@@ -203,6 +210,27 @@ impl NginxRtmp {
     /// (Re)starts nginx and the publisher on the same ports, and waits until HLS segments
     /// exist (which proves the stream is being published).
     pub fn restart(&mut self) {
+        self.restart_server();
+        let d = self.dir.path();
+        self.publisher = Some(rtmp_publisher(&self.rtmp_url()));
+        let playlist = d.join("hls/cam.m3u8");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let text = std::fs::read_to_string(&playlist).unwrap_or_default();
+            if text.matches("#EXTINF").count() >= 2 {
+                break;
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(d.join("error.log")).unwrap_or_default();
+                panic!("nginx-rtmp wrote no HLS playlist; its log:\n{log}");
+            }
+            self.publisher.as_mut().expect("started").assert_running();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// (Re)starts nginx alone on the same ports.
+    pub fn restart_server(&mut self) {
         self.kill();
         let d = self.dir.path();
         // Stale playlists from before a kill would be served as if live.
@@ -226,21 +254,6 @@ impl NginxRtmp {
         wait_for_port(self.http_port, "nginx (HTTP)");
         nginx.assert_running();
         self.nginx = Some(nginx);
-        self.publisher = Some(rtmp_publisher(&self.rtmp_url()));
-        let playlist = d.join("hls/cam.m3u8");
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let text = std::fs::read_to_string(&playlist).unwrap_or_default();
-            if text.matches("#EXTINF").count() >= 2 {
-                break;
-            }
-            if Instant::now() > deadline {
-                let log = std::fs::read_to_string(d.join("error.log")).unwrap_or_default();
-                panic!("nginx-rtmp wrote no HLS playlist; its log:\n{log}");
-            }
-            self.publisher.as_mut().expect("started").assert_running();
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 }
 
@@ -334,8 +347,9 @@ pub fn make_clip(path: &Path, seconds: u32, size: &str) {
     );
 }
 
-/// Running (not zombie) ffmpeg processes reading for picamd (`-f rawvideo`, or `-f mpjpeg`
-/// in pass-through) whose command line mentions `marker`: pid and command line.
+/// Running (not zombie) ffmpeg processes of picamd's — reading for it (`-f rawvideo`, or
+/// `-f mpjpeg` in pass-through) or publishing for it (`-i pipe:0`) — whose command line
+/// mentions `marker`: pid and command line.
 pub fn ffmpeg_readers(marker: &str) -> Vec<(u32, String)> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -360,7 +374,9 @@ pub fn ffmpeg_readers(marker: &str) -> Vec<(u32, String)> {
             .first()
             .is_some_and(|a| a.rsplit('/').next() == Some("ffmpeg"));
         if !is_ffmpeg
-            || !args.iter().any(|a| a == "rawvideo" || a == "mpjpeg")
+            || !args
+                .iter()
+                .any(|a| a == "rawvideo" || a == "mpjpeg" || a == "pipe:0")
             || !args.iter().any(|a| a.contains(marker))
         {
             continue;

@@ -11,6 +11,7 @@ mod controls;
 mod demand;
 mod ffmpeg_sources;
 mod mjpeg;
+mod publish;
 mod recovery;
 mod security;
 mod service;
