@@ -839,6 +839,15 @@ pub struct RequestPlanes {
 
 type Mapped = MemoryMappedFrameBuffer<FrameBuffer>;
 
+// SAFETY: the JPEG and H.264 encoders read one frame's planes from two threads at once, so
+// `Yuv420Buffer` needs `Sync`. `Request` and `Stream` are `Send` but not `Sync` only because
+// they hold raw pointers; through `&self` this type does nothing but read: `Request::buffer`
+// is a lookup in the request's own `HashMap` (no interior mutability), the mapping's `data()`
+// builds slices of memory the camera no longer writes (the request has completed, and it is
+// queued again only after `Drop`, which has `&mut self`), `chroma` is a `OnceLock` and `pool`
+// a mutex. The C request (`ptr`) is never touched through `&self`.
+unsafe impl Sync for RequestPlanes {}
+
 impl Yuv420Buffer for RequestPlanes {
     fn planes(&self) -> [&[u8]; 3] {
         // Checked when the buffers were mapped; should it ever fail, the encoder reports the
