@@ -24,7 +24,7 @@
 #   PICAMD_DEBIAN_SECURITY_MIRROR  bookworm-security for cross/build's sysroot
 #   LOG_TAG              the caller's name in log lines (default: the script's file name)
 #
-# Functions: log, die, lap, free_port, need_root, need_pkgs, debian_mirror, ensure_binfmt, key12,
+# Functions: log, die, lap, print_help, free_port, need_root, need_pkgs, debian_mirror, ensure_binfmt, key12,
 # section_hash, remove_stale, picamd_version, picamd_deb.
 
 # The clone this library belongs to (a subshell's cd: the caller's directory stays).
@@ -49,6 +49,9 @@ log() { printf '[%s %6.1fs] %s\n' "${LOG_TAG:-${0##*/}}" "$(lap "$_T0")" "$*" >&
 die() { log "error: $*"; exit 1; }
 # lap START: seconds since START (a `date +%s.%N` or `date +%s`), one decimal.
 lap() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+
+# print_help: the script's leading comment block (its usage), for -h/--help.
+print_help() { awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; }
 
 # free_port: a TCP port on 127.0.0.1 that is free now (for QEMU's host forwards).
 free_port() {
