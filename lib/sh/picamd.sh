@@ -172,7 +172,14 @@ key12() { sha256sum | cut -c1-12; }
 # section_hash NAME [FILE]: key12 of the lines of FILE (default: the running script) from
 # "# >>> NAME" to "# <<< NAME", so that a cache key covers the code that shapes the cached
 # thing and not the driver around it (editing a message must not cost a 20-minute rebuild).
-section_hash() { sed -n "/^# >>> $1\$/,/^# <<< $1\$/p" "${2:-$0}" | key12; }
+# The markers start their lines (no indentation). An absent section is an error, not the hash
+# of nothing: call it as its own assignment (x=$(section_hash NAME)) so that set -e sees it.
+section_hash() {
+  local text
+  text=$(sed -n "/^# >>> $1\$/,/^# <<< $1\$/p" "${2:-$0}")
+  [[ -n $text ]] || die "no \"# >>> $1\" ... \"# <<< $1\" section in ${2:-$0}"
+  printf '%s\n' "$text" | key12
+}
 
 # remove_stale KEEP PATH...: removes the cached trees PATH... other than KEEP (older keys of
 # the same entry); one with anything mounted below it (a run using it) stays.
