@@ -28,7 +28,7 @@
 # section_hash, remove_stale, picamd_version, picamd_deb.
 
 # The clone this library belongs to (a subshell's cd: the caller's directory stays).
-PICAMD_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+PICAMD_REPO=$(CDPATH='' cd -- "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PICAMD_CI_CACHE=${PICAMD_CI_CACHE:-${PICAMD_CACHE:-/var/cache/picamd-ci}}
 PICAMD_CACHE=$PICAMD_CI_CACHE
 PICAMD_CROSS_CACHE=${PICAMD_CROSS_CACHE:-/var/cache/picamd-cross}
