@@ -536,21 +536,7 @@ impl<S: DeviceSupport> ControlBook<S> {
     pub fn opened(&self, write: impl FnOnce(&S, Changes<'_>) -> Result<(), String>) {
         let mut book = self.lock();
         book.open = true;
-        if let Some(supported) = &book.supported {
-            let outcome = write(
-                supported,
-                Changes {
-                    requested: &book.requested,
-                    changed: &book.requested,
-                },
-            );
-            if let Err(e) = &outcome {
-                tracing::warn!("camera refused some controls: {e}");
-            }
-            book.outcome = outcome;
-            book.pending = Controls::default();
-            book.written = book.generation;
-        }
+        book.write(true, write);
         self.changed.notify_all();
     }
 
@@ -558,26 +544,10 @@ impl<S: DeviceSupport> ControlBook<S> {
     /// write, if any.
     pub fn write_pending(&self, write: impl FnOnce(&S, Changes<'_>) -> Result<(), String>) {
         let mut book = self.lock();
-        if book.written == book.generation {
-            return;
+        if book.written < book.generation {
+            book.write(false, write);
+            self.changed.notify_all();
         }
-        let Some(supported) = &book.supported else {
-            return;
-        };
-        let outcome = write(
-            supported,
-            Changes {
-                requested: &book.requested,
-                changed: &book.pending,
-            },
-        );
-        if let Err(e) = &outcome {
-            tracing::warn!("camera refused controls: {e}");
-        }
-        book.outcome = outcome;
-        book.pending = Controls::default();
-        book.written = book.generation;
-        self.changed.notify_all();
     }
 
     /// The device was closed; requests are kept (and not waited for) until it opens again.
@@ -589,6 +559,39 @@ impl<S: DeviceSupport> ControlBook<S> {
     /// What the device reported when it was last opened; `None` before that.
     pub fn support(&self) -> Option<S> {
         self.lock().supported.clone()
+    }
+}
+
+impl<S: DeviceSupport> Book<S> {
+    /// Hands the device everything requested (`everything`) or the changes since the last
+    /// write, and records its answer as the outcome of every request so far. Nothing while
+    /// the device is not known.
+    fn write(
+        &mut self,
+        everything: bool,
+        write: impl FnOnce(&S, Changes<'_>) -> Result<(), String>,
+    ) {
+        let Some(supported) = &self.supported else {
+            return;
+        };
+        let changed = if everything {
+            &self.requested
+        } else {
+            &self.pending
+        };
+        let outcome = write(
+            supported,
+            Changes {
+                requested: &self.requested,
+                changed,
+            },
+        );
+        if let Err(e) = &outcome {
+            tracing::warn!("camera refused controls: {e}");
+        }
+        self.outcome = outcome;
+        self.pending = Controls::default();
+        self.written = self.generation;
     }
 }
 
@@ -718,12 +721,8 @@ mod tests {
         Settle(Want),
         /// The device becomes known with these controls.
         Learn(&'static [&'static str]),
-        /// The device opens and is handed everything requested (`writes`); it refuses the
-        /// controls named in `refuse`.
-        Open {
-            refuse: &'static [&'static str],
-            writes: &'static str,
-        },
+        /// The device opens, is handed everything requested (this), and takes it.
+        Open(&'static str),
         /// Between frames: the backend is handed (requested, changed), or nothing.
         Write {
             refuse: &'static [&'static str],
@@ -771,11 +770,11 @@ mod tests {
                     expect(&at, book.settle(ticket), want);
                 }
                 Step::Learn(names) => book.learn(Device(names.to_vec())),
-                Step::Open { refuse, writes } => {
+                Step::Open(writes) => {
                     let mut seen = None;
                     book.opened(|_, c| {
                         seen = Some((c.requested.clone(), c.changed.clone()));
-                        answer(c.changed, refuse)
+                        Ok(())
                     });
                     assert_eq!(seen, Some((parse(writes), parse(writes))), "{at}");
                 }
@@ -794,6 +793,21 @@ mod tests {
         }
     }
 
+    /// Between frames the device takes everything; the backend is handed (requested, changed).
+    fn written(requested: &'static str, changed: &'static str) -> Step {
+        Step::Write {
+            refuse: &[],
+            writes: Some((requested, changed)),
+        }
+    }
+
+    fn nothing_written() -> Step {
+        Step::Write {
+            refuse: &[],
+            writes: None,
+        }
+    }
+
     /// The controls state both camera backends keep, tested once for both.
     #[test]
     fn the_shared_controls_state() {
@@ -806,14 +820,8 @@ mod tests {
                     Apply(r#"{"brightness": 3}"#, Want::Invalid("brightness")),
                     Current(r#"{"brightness": 0.5}"#),
                     Learn(&["brightness", "contrast"]),
-                    Open {
-                        refuse: &[],
-                        writes: r#"{"brightness": 0.5}"#,
-                    },
-                    Write {
-                        refuse: &[],
-                        writes: None,
-                    },
+                    Open(r#"{"brightness": 0.5}"#),
+                    nothing_written(),
                     Current(r#"{"brightness": 0.5}"#),
                 ],
             ),
@@ -826,10 +834,7 @@ mod tests {
                     ),
                     Learn(&["brightness", "awb"]),
                     Current(r#"{"brightness": 0.5}"#),
-                    Open {
-                        refuse: &[],
-                        writes: r#"{"brightness": 0.5}"#,
-                    },
+                    Open(r#"{"brightness": 0.5}"#),
                 ],
             ),
             (
@@ -851,15 +856,9 @@ mod tests {
                 "a refusal by the device rolls the request back",
                 vec![
                     Learn(&["brightness", "contrast", "saturation"]),
-                    Open {
-                        refuse: &[],
-                        writes: "{}",
-                    },
+                    Open("{}"),
                     Request(r#"{"contrast": 1.5}"#),
-                    Write {
-                        refuse: &[],
-                        writes: Some((r#"{"contrast": 1.5}"#, r#"{"contrast": 1.5}"#)),
-                    },
+                    written(r#"{"contrast": 1.5}"#, r#"{"contrast": 1.5}"#),
                     Settle(Want::Ok),
                     Request(r#"{"contrast": 2, "saturation": 0}"#),
                     Write {
@@ -872,79 +871,49 @@ mod tests {
                     Settle(Want::Rejected("contrast: out of range")),
                     Current(r#"{"contrast": 1.5}"#),
                     // The previous value goes back to the device; saturation had none.
-                    Write {
-                        refuse: &[],
-                        writes: Some((r#"{"contrast": 1.5}"#, r#"{"contrast": 1.5}"#)),
-                    },
-                    Write {
-                        refuse: &[],
-                        writes: None,
-                    },
+                    written(r#"{"contrast": 1.5}"#, r#"{"contrast": 1.5}"#),
+                    nothing_written(),
                 ],
             ),
             (
                 "a reopening writes everything requested again",
                 vec![
                     Learn(&["brightness", "contrast"]),
-                    Open {
-                        refuse: &[],
-                        writes: "{}",
-                    },
+                    Open("{}"),
                     Request(r#"{"brightness": 0.2}"#),
-                    Write {
-                        refuse: &[],
-                        writes: Some((r#"{"brightness": 0.2}"#, r#"{"brightness": 0.2}"#)),
-                    },
+                    written(r#"{"brightness": 0.2}"#, r#"{"brightness": 0.2}"#),
                     Settle(Want::Ok),
                     Close,
                     // Closed (nobody watches): kept, not waited for.
                     Apply(r#"{"contrast": 2}"#, Want::Ok),
-                    Open {
-                        refuse: &[],
-                        writes: r#"{"brightness": 0.2, "contrast": 2}"#,
-                    },
-                    Write {
-                        refuse: &[],
-                        writes: None,
-                    },
+                    Open(r#"{"brightness": 0.2, "contrast": 2}"#),
+                    nothing_written(),
                 ],
             ),
             (
                 "a partial request changes only what it names",
                 vec![
                     Learn(&["brightness", "contrast", "exposure", "exposure_time_us"]),
-                    Open {
-                        refuse: &[],
-                        writes: "{}",
-                    },
+                    Open("{}"),
                     Request(r#"{"brightness": 0.2, "contrast": 1.5}"#),
-                    Write {
-                        refuse: &[],
-                        writes: Some((
-                            r#"{"brightness": 0.2, "contrast": 1.5}"#,
-                            r#"{"brightness": 0.2, "contrast": 1.5}"#,
-                        )),
-                    },
+                    written(
+                        r#"{"brightness": 0.2, "contrast": 1.5}"#,
+                        r#"{"brightness": 0.2, "contrast": 1.5}"#,
+                    ),
                     Settle(Want::Ok),
                     Request(r#"{"contrast": 2}"#),
-                    Write {
-                        refuse: &[],
-                        writes: Some((
-                            r#"{"brightness": 0.2, "contrast": 2}"#,
-                            r#"{"contrast": 2}"#,
-                        )),
-                    },
+                    written(
+                        r#"{"brightness": 0.2, "contrast": 2}"#,
+                        r#"{"contrast": 2}"#,
+                    ),
                     Settle(Want::Ok),
                     // A mode change drops the values it makes meaningless...
                     Request(r#"{"exposure": "manual", "exposure_time_us": 1000}"#),
                     Request(r#"{"exposure": "auto"}"#),
-                    Write {
-                        refuse: &[],
-                        writes: Some((
-                            r#"{"brightness": 0.2, "contrast": 2, "exposure": "auto"}"#,
-                            r#"{"exposure": "auto"}"#,
-                        )),
-                    },
+                    written(
+                        r#"{"brightness": 0.2, "contrast": 2, "exposure": "auto"}"#,
+                        r#"{"exposure": "auto"}"#,
+                    ),
                     Settle(Want::Ok),
                     Settle(Want::Ok),
                     // ...and a value that contradicts what is kept is refused, not ignored.

@@ -107,10 +107,10 @@ impl DeviceSupport for Support {
     /// Enum values the camera does not list (e.g. continuous focus on a camera with only
     /// manual focus); an empty list means the camera did not say, and every value is tried.
     fn refusals(&self, c: &Controls) -> Vec<(&'static str, String)> {
+        let unlisted = |modes: &[i32], v: i32| !modes.is_empty() && !modes.contains(&v);
         let mut out = Vec::new();
         if let Some(af) = c.autofocus {
-            let v = i32::from(af_mode(af));
-            if !self.af_modes.is_empty() && !self.af_modes.contains(&v) {
+            if unlisted(&self.af_modes, af_mode(af).into()) {
                 out.push((
                     "autofocus",
                     format!("this camera has no {af:?} autofocus mode"),
@@ -118,8 +118,7 @@ impl DeviceSupport for Support {
             }
         }
         if let Some(awb) = c.awb {
-            let v = i32::from(awb_mode(awb));
-            if !self.awb_modes.is_empty() && !self.awb_modes.contains(&v) {
+            if unlisted(&self.awb_modes, awb_mode(awb).into()) {
                 out.push((
                     "awb",
                     format!("this camera has no {awb:?} white balance mode"),
@@ -196,36 +195,26 @@ fn fill(list: &mut ControlList, c: &Controls, support: &Support) {
             set(list, lc::ExposureTime(i32::try_from(t).unwrap_or(i32::MAX)));
         }
     }
-    if support.has("analogue_gain") {
-        if let Some(g) = c.analogue_gain {
-            set(list, lc::AnalogueGain(g));
-        }
-    }
     if support.has("awb") {
         if let Some(m) = c.awb {
             set(list, awb_mode(m));
         }
     }
-    if support.has("brightness") {
-        if let Some(v) = c.brightness {
-            set(list, lc::Brightness(v));
-        }
+    // Controls that take picamd's value as it is.
+    macro_rules! as_is {
+        ($($field:ident => $control:ident),*) => {$(
+            if let (true, Some(v)) = (support.has(stringify!($field)), c.$field) {
+                set(list, lc::$control(v));
+            }
+        )*};
     }
-    if support.has("contrast") {
-        if let Some(v) = c.contrast {
-            set(list, lc::Contrast(v));
-        }
-    }
-    if support.has("saturation") {
-        if let Some(v) = c.saturation {
-            set(list, lc::Saturation(v));
-        }
-    }
-    if support.has("sharpness") {
-        if let Some(v) = c.sharpness {
-            set(list, lc::Sharpness(v));
-        }
-    }
+    as_is!(
+        analogue_gain => AnalogueGain,
+        brightness => Brightness,
+        contrast => Contrast,
+        saturation => Saturation,
+        sharpness => Sharpness
+    );
     if let (Some(h), Some(on)) = (c.hdr, support.hdr_on) {
         set(
             list,
