@@ -27,7 +27,7 @@
 //! libcamera allows one `CameraManager` per process (a second one aborts it); every manager
 //! made here is created under a process-wide lock, so listing cameras while the source runs
 //! fails with [`LibcameraError::Busy`] instead.
-
+//!
 //! The parts, each in its own file: `negotiate` (the stream configuration and orientation),
 //! `planes` (the zero-copy frame layouts), `controls`, `capture` (a camera session on the
 //! source thread), `emit` (the emit thread, its gate and mailbox) and `list`
