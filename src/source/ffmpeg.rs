@@ -86,6 +86,9 @@ const STDERR_LINE_MAX: usize = 500;
 /// every frame would otherwise flood the journal.
 const STDERR_LOG_BURST: u32 = 20;
 const STDERR_LOG_WINDOW: Duration = Duration::from_secs(10);
+/// How often an X11 screen's server is checked (a socket connect, microseconds): how late
+/// "no signal" comes after the X server dies.
+const X11_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// How ffmpeg should treat an input, from its form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,7 +302,18 @@ impl FfmpegSource {
         let mut pending: Option<(PooledI420, usize)> = None;
         let mut frames = 0u64;
         let mut last_frame = Instant::now();
+        let mut x11_checked = Instant::now();
         loop {
+            if self.kind == InputKind::X11 && x11_checked.elapsed() >= X11_CHECK_EVERY {
+                x11_checked = Instant::now();
+                if let Some(Err(e)) = super::screen::x11_server_answers(&self.input) {
+                    child.hush();
+                    return Err(SourceError::Failed(format!(
+                        "the X display {} went away ({e})",
+                        self.input
+                    )));
+                }
+            }
             match self.wait_output(ctx, child, stdout.as_fd(), frames, last_frame)? {
                 Step::Stop(ended) => return Ok(ended),
                 Step::Wait => continue,

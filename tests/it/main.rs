@@ -11,6 +11,7 @@ mod demand;
 mod ffmpeg_sources;
 mod mjpeg;
 mod recovery;
+mod screen;
 mod security;
 mod service;
 mod slow_clients;

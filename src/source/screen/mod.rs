@@ -149,6 +149,32 @@ fn choose(
     })
 }
 
+/// Whether the local X server of `display` (`:N`, `unix:N`, with or without `.screen`)
+/// accepts connections on its socket, the file `/tmp/.X11-unix/XN` or the abstract socket
+/// of the same name (Linux servers listen on both; containers often have only the
+/// latter). `None` for a display over TCP, which is not checked.
+///
+/// This is how the X11 screen notices that its server died: ffmpeg 5.1's x11grab does not
+/// (with shared memory, a lost connection is no error to it, and it goes on sending the last
+/// picture it grabbed, seen here at 10 fps for as long as it ran).
+pub fn x11_server_answers(display: &str) -> Option<std::io::Result<()>> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixStream};
+    let (host, rest) = display.rsplit_once(':')?;
+    if !(host.is_empty() || host == "unix") {
+        return None;
+    }
+    let number = rest.split('.').next().unwrap_or(rest);
+    let path = format!("/tmp/.X11-unix/X{number}");
+    Some(match UnixStream::connect(&path) {
+        Ok(_) => Ok(()),
+        Err(file_err) => SocketAddr::from_abstract_name(path.as_bytes())
+            .and_then(|addr| UnixStream::connect_addr(&addr))
+            .map(drop)
+            .map_err(|_| std::io::Error::new(file_err.kind(), format!("{path}: {file_err}"))),
+    })
+}
+
 /// Lines for `--list-cameras`: each framebuffer with its geometry and format, and the X
 /// display in `$DISPLAY` with whether its local socket answers.
 pub fn describe_screens() -> Vec<String> {
@@ -180,14 +206,14 @@ fn describe_display(display: Option<&str>) -> String {
     if !(host.is_empty() || host == "unix") {
         return format!("X11 display {d} (over TCP; not checked): use --source screen:x11:{d}");
     }
-    // Local X servers listen on this socket; answering says the server runs, not that
-    // picamd's user may use it (that is the X authority's call).
-    let socket = format!("/tmp/.X11-unix/X{number}");
-    match std::os::unix::net::UnixStream::connect(&socket) {
-        Ok(_) => {
-            format!("X11 display {d} (its socket {socket} answers): use --source screen:x11:{d}")
-        }
-        Err(e) => format!("X11 display {d}: not reachable ({socket}: {e})"),
+    // Answering says the server runs, not that picamd's user may use it (that is the X
+    // authority's call).
+    match x11_server_answers(d) {
+        Some(Ok(())) => format!(
+            "X11 display {d} (its socket /tmp/.X11-unix/X{number} answers): use --source screen:x11:{d}"
+        ),
+        Some(Err(e)) => format!("X11 display {d}: not reachable ({e})"),
+        None => format!("X11 display {d}: not checked"),
     }
 }
 
@@ -275,5 +301,8 @@ mod tests {
         // No X server has this number here.
         let d = describe_display(Some(":987654"));
         assert!(d.contains("not reachable (/tmp/.X11-unix/X987654"), "{d}");
+        assert!(x11_server_answers(":987654.0").unwrap().is_err());
+        assert!(x11_server_answers("unix:987654").unwrap().is_err());
+        assert!(x11_server_answers("host:0").is_none());
     }
 }
