@@ -1,6 +1,7 @@
 //! Sources: where frames come from, the first stage of the flow.
 //!
-//! Every kind (test pattern, libcamera, V4L2, upstream MJPEG, ffmpeg) implements [`Source`].
+//! Every kind (test pattern, libcamera, V4L2, upstream MJPEG, ffmpeg, screen) implements
+//! [`Source`].
 //! The pipeline (`crate::pipeline`) runs it on its own thread, restarts it with backoff and
 //! watches it; a source sees only its [`SourceContext`]: a [`FrameSink`] that takes frames
 //! (never blocking: a frame the encoders cannot take is dropped, never queued) and news of
@@ -20,6 +21,7 @@ pub mod jpeg;
 pub mod libcamera;
 pub mod mjpeg_http;
 pub mod multipart;
+pub mod screen;
 pub mod test_pattern;
 pub mod v4l2;
 
