@@ -103,6 +103,13 @@ impl H264Stage {
         if track.on_change(listener).is_err() {
             return Err(std::io::Error::other("the H.264 track already has a stage"));
         }
+        {
+            // A stage started late (a source that passes H.264 through fell back to the
+            // encoder) has consumers already, who wait for a keyframe.
+            let mut slot = lock(&shared.slot);
+            slot.consumers = track.consumers();
+            slot.keyframe_wanted = slot.consumers > 0;
+        }
         let thread = {
             let shared = shared.clone();
             std::thread::Builder::new()
