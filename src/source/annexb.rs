@@ -487,7 +487,10 @@ mod tests {
         let s = stream(3);
         let mut sp = AuSplitter::new(1 << 20, (1, 1));
         sp.feed(&s, |_| {}).unwrap();
-        assert_eq!(sp.skipped, 0, "no empty unit in front of the first delimiter");
+        assert_eq!(
+            sp.skipped, 0,
+            "no empty unit in front of the first delimiter"
+        );
         for piece in [1, 2, 3, 5, 7, 64, s.len()] {
             let (units, r) = split_all(&s, piece);
             r.unwrap();

@@ -1,0 +1,260 @@
+//! `passthrough = true` with H.264 inputs: the input's own access units reach the H.264
+//! consumers (a publisher to nginx-rtmp, read back with ffprobe), picamd's encoder never
+//! runs, and MJPEG viewers still get frames at the configured size. Inputs: an MP4 file made
+//! by ffmpeg/libx264 in High profile (picamd's encoder makes only Constrained Baseline, so
+//! High read back from nginx proves the units were copied), GStreamer's RTSP server (SPS and
+//! PPS in band, Annex B from the start), and an MPEG-4 Part 2 file, which cannot be passed
+//! through and is encoded instead.
+//!
+//! Needs Debian's ffmpeg (with ffprobe and libx264), nginx + libnginx-mod-rtmp and the
+//! GStreamer RTSP server (`.ci/setup test` installs them).
+
+use crate::common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::peers::{assert_no_ffmpeg_left, NginxRtmp, ScriptServer, TempDir};
+use common::{decode, Picamd};
+
+/// What ffprobe says of the first video stream at `url`: codec, profile, width, height.
+fn probe(url: &str) -> Result<(String, String, u64, u64), String> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-rw_timeout",
+            "10000000",
+            "-select_streams",
+            "v:0",
+        ])
+        .args(["-show_entries", "stream=codec_name,profile,width,height"])
+        .args(["-of", "json", url])
+        .output()
+        .map_err(|e| format!("ffprobe: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    let s = &v["streams"][0];
+    Ok((
+        s["codec_name"].as_str().unwrap_or_default().to_owned(),
+        s["profile"].as_str().unwrap_or_default().to_owned(),
+        s["width"].as_u64().unwrap_or(0),
+        s["height"].as_u64().unwrap_or(0),
+    ))
+}
+
+/// Writes a 10 s 640x360 25 fps clip of `testsrc2` to `path` with `codec` and its `extra`
+/// options.
+fn make_clip(path: &Path, codec: &[&str]) {
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-y"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=25",
+            "-t",
+            "10",
+        ])
+        .args(codec)
+        .arg(path)
+        .stdin(Stdio::null())
+        .status()
+        .expect("run ffmpeg");
+    assert!(status.success(), "ffmpeg could not write {path:?}");
+}
+
+/// Waits up to `within` for `/state` to satisfy `ok`; returns it.
+async fn wait_state(
+    p: &Picamd,
+    within: Duration,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = p.state().await;
+        if ok(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not {what} within {within:?}: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn probe_published(url: &str) -> (String, String, u64, u64) {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || probe(&url))
+        .await
+        .unwrap()
+        .expect("ffprobe reads the published stream from nginx")
+}
+
+/// A snapshot: a JPEG at the configured size.
+async fn assert_snapshot(p: &Picamd, size: (usize, usize)) {
+    let r = p.get("/snapshot").await;
+    assert_eq!(r.status, 200);
+    let (w, h, _) = decode(&r.body);
+    assert_eq!((w, h), size, "the snapshot has the configured size");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h264_file_is_published_as_it_is_and_snapshots_still_work() {
+    let dir = TempDir::new("pt-h264");
+    let clip = dir.path().join("pt-high.mp4");
+    make_clip(
+        &clip,
+        &[
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-profile:v",
+            "high",
+            "-g",
+            "50",
+            "-bf",
+            "0",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+    );
+    let clip = clip.to_str().unwrap().to_owned();
+    assert_eq!(
+        probe(&clip).unwrap(),
+        ("h264".into(), "High".into(), 640, 360),
+        "the clip itself"
+    );
+    let nginx = NginxRtmp::server();
+    let url = format!("rtmp://127.0.0.1:{}/live/pt-h264", nginx.rtmp_port);
+    let p = Picamd::start(&[
+        "--source",
+        &clip,
+        "--loop",
+        "--passthrough",
+        "--size",
+        "320x240",
+        "--fps",
+        "25",
+        "--publish",
+        &url,
+    ]);
+    // The publisher alone (an H.264 consumer holding a viewer slot) wakes the source.
+    let s = wait_state(&p, Duration::from_secs(40), "publishing", |s| {
+        s["publish"][0]["state"] == "publishing"
+    })
+    .await;
+    assert_eq!(s["viewers"]["mjpeg"], 0, "{s}");
+    assert_eq!(
+        probe_published(&url).await,
+        ("h264".into(), "High".into(), 640, 360),
+        "the camera's own profile and size, not picamd's Constrained Baseline at 320x240"
+    );
+    let s = p.state().await;
+    let h = &s["h264"];
+    assert_eq!(h["mode"], "passthrough", "{s}");
+    assert_eq!(
+        (h["width"].as_u64(), h["height"].as_u64()),
+        (Some(640), Some(360)),
+        "{s}"
+    );
+    assert_eq!(h["encoded"], 0, "picamd's H.264 encoder never ran: {s}");
+    assert!(h["keyframes"].as_u64() >= Some(1), "{s}");
+    assert!(h.get("passthrough_refused").is_none(), "{s}");
+    assert_eq!(s["source"]["state"], "streaming", "{s}");
+    // MJPEG viewers get the decoded frames, at the configured size.
+    assert_snapshot(&p, (320, 240)).await;
+    let metrics = String::from_utf8(p.get("/metrics").await.body).unwrap();
+    assert!(
+        metrics.contains("picamd_h264_passthrough{stream=\"main\"} 1"),
+        "{metrics}"
+    );
+    // Still no encoder after the JPEG viewer came and went.
+    assert_eq!(p.state().await["h264"]["encoded"], 0);
+    drop(p);
+    assert_no_ffmpeg_left(
+        "pt-high.mp4",
+        Duration::from_secs(2),
+        "after picamd stopped",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rtsp_camera_with_parameter_sets_in_band_is_passed_through() {
+    let rtsp = ScriptServer::rtsp();
+    let nginx = NginxRtmp::server();
+    let url = format!("rtmp://127.0.0.1:{}/live/pt-rtsp", nginx.rtmp_port);
+    let p = Picamd::start(&[
+        "--source",
+        &rtsp.url(),
+        "--passthrough",
+        "--size",
+        "160x120",
+        "--fps",
+        "15",
+        "--publish",
+        &url,
+    ]);
+    wait_state(&p, Duration::from_secs(40), "publishing", |s| {
+        s["publish"][0]["state"] == "publishing"
+    })
+    .await;
+    let (codec, _, w, h) = probe_published(&url).await;
+    assert_eq!(
+        (codec.as_str(), w, h),
+        ("h264", 320, 240),
+        "the camera's size"
+    );
+    let s = p.state().await;
+    assert_eq!(s["h264"]["mode"], "passthrough", "{s}");
+    assert_eq!(s["h264"]["encoded"], 0, "{s}");
+    assert_snapshot(&p, (160, 120)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_codec_is_encoded_instead_and_says_why() {
+    let dir = TempDir::new("pt-mpeg4");
+    let clip = dir.path().join("pt-mpeg4.mkv");
+    make_clip(&clip, &["-c:v", "mpeg4", "-q:v", "5"]);
+    let clip = clip.to_str().unwrap().to_owned();
+    let nginx = NginxRtmp::server();
+    let url = format!("rtmp://127.0.0.1:{}/live/pt-mpeg4", nginx.rtmp_port);
+    let p = Picamd::start(&[
+        "--source",
+        &clip,
+        "--loop",
+        "--passthrough",
+        "--size",
+        "320x240",
+        "--fps",
+        "25",
+        "--publish",
+        &url,
+    ]);
+    wait_state(&p, Duration::from_secs(40), "publishing", |s| {
+        s["publish"][0]["state"] == "publishing"
+    })
+    .await;
+    assert_eq!(
+        probe_published(&url).await,
+        ("h264".into(), "Constrained Baseline".into(), 320, 240),
+        "picamd's own encoder, started when the probe found MPEG-4"
+    );
+    let s = p.state().await;
+    let h = &s["h264"];
+    assert_eq!(h["mode"], "encoded", "{s}");
+    assert!(
+        h["passthrough_refused"]
+            .as_str()
+            .is_some_and(|w| w.contains("mpeg4")),
+        "{s}"
+    );
+    assert!(h["encoded"].as_u64() >= Some(1), "{s}");
+    assert_snapshot(&p, (320, 240)).await;
+}
