@@ -96,6 +96,14 @@ async fn probe_published(url: &str) -> (String, String, u64, u64) {
         .expect("ffprobe reads the published stream from nginx")
 }
 
+/// Whether picamd (`pid`) has a thread named `name` now.
+fn has_thread(pid: u32, name: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("picamd's threads")
+        .flatten()
+        .any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name))
+}
+
 /// A snapshot: a JPEG at the configured size.
 async fn assert_snapshot(p: &Picamd, size: (usize, usize)) {
     let r = p.get("/snapshot").await;
@@ -152,6 +160,10 @@ async fn an_h264_file_is_published_as_it_is_and_snapshots_still_work() {
     .await;
     assert_eq!(s["viewers"]["mjpeg"], 0, "{s}");
     assert_eq!(
+        s["frames"]["encoded"], 0,
+        "no JPEG is encoded while only H.264 consumers watch: {s}"
+    );
+    assert_eq!(
         probe_published(&url).await,
         ("h264".into(), "High".into(), 640, 360),
         "the camera's own profile and size, not picamd's Constrained Baseline at 320x240"
@@ -165,6 +177,10 @@ async fn an_h264_file_is_published_as_it_is_and_snapshots_still_work() {
         "{s}"
     );
     assert_eq!(h["encoded"], 0, "picamd's H.264 encoder never ran: {s}");
+    assert!(
+        !has_thread(p.pid(), "h264-enc"),
+        "no H.264 stage was started"
+    );
     assert!(h["keyframes"].as_u64() >= Some(1), "{s}");
     assert!(h.get("passthrough_refused").is_none(), "{s}");
     assert_eq!(s["source"]["state"], "streaming", "{s}");
@@ -256,5 +272,9 @@ async fn another_codec_is_encoded_instead_and_says_why() {
         "{s}"
     );
     assert!(h["encoded"].as_u64() >= Some(1), "{s}");
+    assert!(
+        has_thread(p.pid(), "h264-enc"),
+        "the H.264 stage, started late"
+    );
     assert_snapshot(&p, (320, 240)).await;
 }
