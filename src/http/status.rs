@@ -86,6 +86,8 @@ pub struct Viewers {
     pub snapshot: usize,
     /// Publishers (not counted against `max`).
     pub publish: usize,
+    /// RTSP sessions (from SETUP to TEARDOWN or timeout).
+    pub rtsp: usize,
     pub max: usize,
     pub refused: u64,
 }
@@ -177,6 +179,7 @@ impl Snapshot {
                 ws: hub.viewers(Output::WebSocket),
                 snapshot: hub.viewers(Output::Snapshot),
                 publish: hub.viewers(Output::Publish),
+                rtsp: hub.viewers(Output::Rtsp),
                 max: info.max_viewers,
                 refused: s.viewers_refused.load(Ordering::Relaxed),
             },
@@ -314,6 +317,7 @@ impl Snapshot {
                     ("output=\"ws\"", s.viewers.ws as f64),
                     ("output=\"snapshot\"", s.viewers.snapshot as f64),
                     ("output=\"publish\"", s.viewers.publish as f64),
+                    ("output=\"rtsp\"", s.viewers.rtsp as f64),
                 ]
             },
         );
