@@ -39,7 +39,8 @@ struct Cli {
     #[arg(long)]
     new_token: bool,
     /// List the cameras this machine has (V4L2 devices, and libcamera cameras when built with
-    /// the `libcamera` feature), then exit; non-zero when there is none.
+    /// the `libcamera` feature) and its screens (framebuffers, the X display), then exit;
+    /// non-zero when there is no camera.
     #[arg(long)]
     list_cameras: bool,
     /// Check the configuration (file and flags) and the account to run as, print what it
@@ -584,6 +585,11 @@ fn list_cameras() -> ExitCode {
     }
     #[cfg(not(feature = "libcamera"))]
     println!("libcamera: not in this build (build with --features libcamera)");
+    // Listed, but not counted: the exit status still says whether there is a camera.
+    println!("Screens (use --source screen:fb:PATH or screen:x11:DISPLAY; `screen` picks one):");
+    for line in picamd::source::screen::describe_screens() {
+        println!("{line}");
+    }
     if found == 0 {
         eprintln!("picamd: no cameras found");
         return ExitCode::FAILURE;

@@ -197,8 +197,8 @@ config_keys! {
     stream {
         source "source": String = Key::new(Str("SOURCE"), Value("\"test\""),
             "Video source: `test`, `libcamera[:ID_OR_INDEX]`, `v4l2:/dev/videoN`, an `http://` \
-             MJPEG URL, `rtsp://…`, `rtmp://…`, an HLS or FLV URL, a file, or `ffmpeg:INPUT` \
-             (see docs/sources.md).");
+             MJPEG URL, `rtsp://…`, `rtmp://…`, an HLS or FLV URL, a file, `ffmpeg:INPUT`, or a \
+             screen: `screen`, `screen:fb[:/dev/fbN]`, `screen:x11[:DISPLAY]` (see docs/sources.md).");
         name "name": String = Key::new(Str("NAME"), Value("\"main\""),
             "The stream's name, used in its `/cam/<name>/` URLs: 1 to 32 of `A-Z a-z 0-9 _ -`. \
              At the top level it names the single stream.");

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::source::faults::FaultSchedule;
+use crate::source::screen::ScreenTarget;
 
 /// How much picamd logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,6 +78,8 @@ pub enum SourceSpec {
     /// Anything ffmpeg reads: `rtsp://`, `rtmp://`, `srt://`, HLS (`….m3u8`), HTTP-FLV
     /// (`….flv`), a file path, or `ffmpeg:INPUT` for any other input ffmpeg accepts.
     Ffmpeg { input: String },
+    /// `screen`, `screen:fb[:/dev/fbN]`, `screen:x11[:DISPLAY]`: what a display shows.
+    Screen { target: ScreenTarget },
 }
 
 /// URL path endings that mean a container or playlist (for ffmpeg), not multipart MJPEG.
@@ -104,6 +107,7 @@ impl fmt::Display for SourceSpec {
             SourceSpec::V4l2 { device } => write!(f, "v4l2:{}", device.display()),
             SourceSpec::MjpegHttp { url } => f.write_str(url),
             SourceSpec::Ffmpeg { input } => write!(f, "ffmpeg:{input}"),
+            SourceSpec::Screen { target } => write!(f, "{target}"),
         }
     }
 }
@@ -145,6 +149,9 @@ impl FromStr for SourceSpec {
                 input: input.to_owned(),
             }),
             ("ffmpeg", _) => Err("ffmpeg: needs an input after the colon".into()),
+            ("screen", arg) => Ok(SourceSpec::Screen {
+                target: ScreenTarget::parse(arg)?,
+            }),
             ("http", Some(_)) if !http_needs_ffmpeg(s) => {
                 crate::source::mjpeg_http::check_url(s)?;
                 Ok(SourceSpec::MjpegHttp { url: s.to_owned() })
@@ -166,7 +173,8 @@ impl FromStr for SourceSpec {
             }
             _ => Err(format!(
                 "unknown source {s:?}: use test, libcamera[:ID_OR_INDEX], v4l2:/dev/videoN, \
-                 an http:// MJPEG URL, an rtsp://, rtmp:// or other stream URL, or a file path"
+                 an http:// MJPEG URL, an rtsp://, rtmp:// or other stream URL, a file path, \
+                 or screen[:fb[:/dev/fbN]|:x11[:DISPLAY]]"
             )),
         }
     }
@@ -307,6 +315,36 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn screen_forms() {
+        let parse = |s: &str| s.parse::<SourceSpec>();
+        for (text, target) in [
+            ("screen", ScreenTarget::Auto),
+            ("screen:fb", ScreenTarget::Framebuffer("/dev/fb0".into())),
+            (
+                "screen:fb:/dev/fb1",
+                ScreenTarget::Framebuffer("/dev/fb1".into()),
+            ),
+            ("screen:x11", ScreenTarget::X11(None)),
+            ("screen:x11::99", ScreenTarget::X11(Some(":99".into()))),
+        ] {
+            let spec = parse(text).unwrap();
+            assert_eq!(spec, SourceSpec::Screen { target }, "{text}");
+            // Display gives a form that parses back to the same spec.
+            assert_eq!(parse(&spec.to_string()).unwrap(), spec, "{text}");
+        }
+        for (bad, says) in [
+            ("screen:", "use screen, screen:fb"),
+            ("screen:x11:99", "screen:x11::99"),
+            ("screen:fb:fb0", "screen:fb:/dev/fb0"),
+            ("screen:vnc:1", "use screen, screen:fb"),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert!(parse("scree").unwrap_err().contains("screen[:fb"));
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::frame::{CaptureTime, EncodedFrame, Frame, Payload};
 use crate::hub::{Hub, Output, PipelineInfo};
 use crate::shutdown::Shutdown;
 use crate::source::controls::CameraControls;
+use crate::source::screen::Screen;
 use crate::source::test_pattern::TestPattern;
 use crate::source::{self, Demand, FrameSink, Source, SourceContext, SourceError, SourceNews};
 use clock::{Clock, SystemClock};
@@ -85,15 +86,30 @@ pub fn make_source(config: &StreamConfig) -> Result<Box<dyn Source>, SourceError
         )),
         SourceSpec::Ffmpeg { input } => Ok(Box::new(source::ffmpeg::FfmpegSource::new(
             input.clone(),
-            source::ffmpeg::FfmpegOptions {
-                width: w,
-                height: h,
-                fps,
-                looping: config.input.looping,
-                passthrough: config.input.passthrough,
-                max_frame_bytes: config.input.max_frame_bytes,
-            },
+            ffmpeg_options(config),
         ))),
+        SourceSpec::Screen { target } => {
+            match source::screen::resolve(target).map_err(SourceError::Unavailable)? {
+                Screen::Framebuffer(path) => Ok(Box::new(
+                    source::screen::fbdev::FramebufferSource::new(path, w, h, fps),
+                )),
+                Screen::X11(display) => Ok(Box::new(source::ffmpeg::FfmpegSource::x11(
+                    display,
+                    ffmpeg_options(config),
+                ))),
+            }
+        }
+    }
+}
+
+fn ffmpeg_options(config: &StreamConfig) -> source::ffmpeg::FfmpegOptions {
+    source::ffmpeg::FfmpegOptions {
+        width: config.size.width,
+        height: config.size.height,
+        fps: config.fps,
+        looping: config.input.looping,
+        passthrough: config.input.passthrough,
+        max_frame_bytes: config.input.max_frame_bytes,
     }
 }
 

@@ -1,5 +1,5 @@
-//! Anything ffmpeg can read (RTSP, RTMP, HTTP-FLV, HLS, files) through a supervised `ffmpeg`
-//! child process.
+//! Anything ffmpeg can read (RTSP, RTMP, HTTP-FLV, HLS, files, an X11 screen) through a
+//! supervised `ffmpeg` child process.
 //!
 //! ffmpeg decodes the input, scales it into the configured frame size (letterboxed, aspect
 //! kept), caps the frame rate and writes raw I420 frames to its stdout; this source reads
@@ -70,6 +70,9 @@ const MJPEG_READ_CHUNK: usize = 64 * 1024;
 const POLL_SLICE: Duration = Duration::from_millis(200);
 /// Time ffmpeg gets to exit by itself after closing its stdout.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// How often an X11 screen's server is checked (a socket connect, microseconds): how late
+/// "no signal" comes after the X server dies.
+const X11_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// How ffmpeg should treat an input, from its form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +83,9 @@ enum InputKind {
     Network,
     /// A local file (or anything without a URL scheme).
     File,
+    /// An X11 display (`:0`, `host:1.0`), grabbed with `-f x11grab`; never guessed from
+    /// the input's form, only made by [`FfmpegSource::x11`].
+    X11,
 }
 
 fn input_kind(input: &str) -> InputKind {
@@ -103,8 +109,8 @@ fn input_kind(input: &str) -> InputKind {
     }
 }
 
-/// The whole ffmpeg command line (without the program) for `input`.
-fn ffmpeg_args(input: &str, o: &FfmpegOptions) -> Vec<String> {
+/// The whole ffmpeg command line (without the program) for `input` of `kind`.
+fn ffmpeg_args(input: &str, kind: InputKind, o: &FfmpegOptions) -> Vec<String> {
     let mut args: Vec<String> = [
         "-hide_banner",
         "-nostdin",
@@ -115,8 +121,7 @@ fn ffmpeg_args(input: &str, o: &FfmpegOptions) -> Vec<String> {
     .map(String::from)
     .to_vec();
     let timeout = NETWORK_TIMEOUT_US.to_string();
-    let kind = input_kind(input);
-    if kind != InputKind::File {
+    if matches!(kind, InputKind::Rtsp | InputKind::Hls | InputKind::Network) {
         // Live streams often announce an audio track that never comes (nginx-rtmp's HLS
         // always does); ffmpeg would wait its default 5 s for it before starting.
         args.extend(["-analyzeduration", ANALYZE_US].map(String::from));
@@ -141,6 +146,15 @@ fn ffmpeg_args(input: &str, o: &FfmpegOptions) -> Vec<String> {
             if o.looping {
                 args.extend(["-stream_loop", "-1"].map(String::from));
             }
+        }
+        InputKind::X11 => {
+            // Grab at the configured rate (x11grab paces itself), without the mouse pointer:
+            // a screen shown as a camera is watched, not operated, and a pointer would
+            // otherwise sit wherever it was left.
+            let fps = o.fps.max(1).to_string();
+            args.extend(
+                ["-f", "x11grab", "-framerate", &fps, "-draw_mouse", "0"].map(String::from),
+            );
         }
     }
     args.extend(["-i".to_owned(), input.to_owned()]);
@@ -207,15 +221,33 @@ fn ffmpeg_program() -> OsString {
 
 pub struct FfmpegSource {
     input: String,
+    kind: InputKind,
     options: FfmpegOptions,
     pool: BufferPool,
 }
 
 impl FfmpegSource {
     pub fn new(input: String, options: FfmpegOptions) -> Self {
+        let kind = input_kind(&input);
+        Self::with_kind(input, kind, options)
+    }
+
+    /// The X11 display `display` (`:0`, `host:1.0`), grabbed whole and scaled into the frame
+    /// like any input; `passthrough` and `looping` do not apply.
+    pub fn x11(display: String, options: FfmpegOptions) -> Self {
+        let options = FfmpegOptions {
+            passthrough: false,
+            looping: false,
+            ..options
+        };
+        Self::with_kind(display, InputKind::X11, options)
+    }
+
+    fn with_kind(input: String, kind: InputKind, options: FfmpegOptions) -> Self {
         let pool = BufferPool::new(options.width as usize, options.height as usize);
         FfmpegSource {
             input,
+            kind,
             options,
             pool,
         }
@@ -223,7 +255,7 @@ impl FfmpegSource {
 
     fn start(&self) -> Result<FfmpegChild, SourceError> {
         let program = ffmpeg_program();
-        let args = ffmpeg_args(&self.input, &self.options);
+        let args = ffmpeg_args(&self.input, self.kind, &self.options);
         tracing::debug!(
             program = %program.to_string_lossy(),
             args = %redact(&args.join(" ")),
@@ -254,7 +286,18 @@ impl FfmpegSource {
         let mut pending: Option<(PooledI420, usize)> = None;
         let mut frames = 0u64;
         let mut last_frame = Instant::now();
+        let mut x11_checked = Instant::now();
         loop {
+            if self.kind == InputKind::X11 && x11_checked.elapsed() >= X11_CHECK_EVERY {
+                x11_checked = Instant::now();
+                if let Some(Err(e)) = super::screen::x11_server_answers(&self.input) {
+                    child.hush();
+                    return Err(SourceError::Failed(format!(
+                        "the X display {} went away ({e})",
+                        self.input
+                    )));
+                }
+            }
             match self.wait_output(ctx, child, stdout.as_fd(), frames, last_frame)? {
                 Step::Stop(ended) => return Ok(ended),
                 Step::Wait => continue,
@@ -393,7 +436,7 @@ impl FfmpegSource {
         let last = child.last_stderr_line();
         match status {
             Some(s) if s.success() => {
-                if input_kind(&self.input) == InputKind::File && !self.options.looping {
+                if self.kind == InputKind::File && !self.options.looping {
                     Ok(Ended::EndOfFile)
                 } else {
                     Err(SourceError::Failed(with_last_line(
@@ -480,9 +523,15 @@ fn wait_readable(
 
 impl Source for FfmpegSource {
     fn info(&self) -> SourceInfo {
-        SourceInfo {
-            kind: "ffmpeg",
-            name: redact(&self.input),
+        match self.kind {
+            InputKind::X11 => SourceInfo {
+                kind: "screen",
+                name: format!("X11 display {}", self.input),
+            },
+            _ => SourceInfo {
+                kind: "ffmpeg",
+                name: redact(&self.input),
+            },
         }
     }
 
@@ -544,7 +593,7 @@ mod tests {
     const RAW_OUT: &str = "-fps_mode passthrough -pix_fmt yuv420p -f rawvideo pipe:1";
 
     fn line(input: &str, o: FfmpegOptions) -> String {
-        ffmpeg_args(input, &o).join(" ")
+        ffmpeg_args(input, input_kind(input), &o).join(" ")
     }
 
     #[test]
@@ -587,7 +636,7 @@ mod tests {
             );
         }
         // The filter is one argument, whatever the shell would make of it.
-        let args = ffmpeg_args(rtsp, &opts(false, false));
+        let args = ffmpeg_args(rtsp, InputKind::Rtsp, &opts(false, false));
         let vf = args.iter().position(|a| a == "-vf").unwrap();
         assert_eq!(args[vf + 1], VF);
     }
@@ -601,6 +650,25 @@ mod tests {
                  -c:v copy -f mpjpeg pipe:1"
             )
         );
+    }
+
+    #[test]
+    fn an_x11_display_is_grabbed_at_the_frame_rate_without_the_pointer() {
+        let src = FfmpegSource::x11(":99".into(), opts(true, true));
+        assert_eq!(
+            ffmpeg_args(&src.input, src.kind, &src.options).join(" "),
+            format!(
+                "{HEAD} -f x11grab -framerate 15 -draw_mouse 0 -i :99 -an -sn -dn -vf {VF} {RAW_OUT}"
+            ),
+            "scaled like any input; loop and pass-through do not apply"
+        );
+        let info = src.info();
+        assert_eq!(
+            (info.kind, info.name.as_str()),
+            ("screen", "X11 display :99")
+        );
+        // A display is never guessed from a bare input.
+        assert_eq!(input_kind(":99"), InputKind::File);
     }
 
     #[test]
