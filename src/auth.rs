@@ -668,6 +668,11 @@ impl Authenticator {
         }
     }
 
+    /// Whether any account has an RTSP Digest HA1 (else RTSP offers Basic only).
+    pub fn has_digest_users(&self) -> bool {
+        self.spec.users.iter().any(|u| u.rtsp_digest.is_some())
+    }
+
     /// Whether an account has this name.
     pub fn has_user(&self, name: &str) -> bool {
         self.spec.users.iter().any(|u| u.name == name)

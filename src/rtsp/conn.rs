@@ -432,12 +432,11 @@ impl Conn {
                 if header.is_some() {
                     tracing::info!(peer = %self.peer, "RTSP login refused");
                 }
-                let [digest, basic] = login::challenges(&self.server.nonces, stale);
-                Some(
-                    Reply::error(401, Some(cseq), "authentication required")
-                        .header("WWW-Authenticate", digest)
-                        .header("WWW-Authenticate", basic),
-                )
+                let mut reply = Reply::error(401, Some(cseq), "authentication required");
+                for c in login::challenges(&self.server.nonces, stale, auth.has_digest_users()) {
+                    reply = reply.header("WWW-Authenticate", c);
+                }
+                Some(reply)
             }
             Login::Locked(wait) => Some(
                 Reply::error(503, Some(cseq), "too many failed logins from this address")

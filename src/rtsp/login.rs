@@ -104,17 +104,21 @@ fn md5_hex(parts: &[&str]) -> String {
     hex(&h.finalize())
 }
 
-/// The two `WWW-Authenticate` values of a `401`: Digest first (clients that know both pick
-/// the stronger one), then Basic.
-pub fn challenges(nonces: &Nonces, stale: bool) -> [String; 2] {
+/// The `WWW-Authenticate` values of a `401`: Digest first (clients that know both pick
+/// it: ffmpeg does, and then never tries Basic), then Basic. Digest is offered only when
+/// some account can use it (`digest`), so that with no `rtsp_digest` configured those
+/// clients fall back to Basic instead of failing.
+pub fn challenges(nonces: &Nonces, stale: bool, digest: bool) -> Vec<String> {
     let stale = if stale { ", stale=TRUE" } else { "" };
-    [
-        format!(
+    let mut out = Vec::with_capacity(2);
+    if digest {
+        out.push(format!(
             "Digest realm=\"{DIGEST_REALM}\", nonce=\"{}\", algorithm=MD5{stale}",
             nonces.make(unix_now())
-        ),
-        format!("Basic realm=\"{DIGEST_REALM}\""),
-    ]
+        ));
+    }
+    out.push(format!("Basic realm=\"{DIGEST_REALM}\""));
+    out
 }
 
 /// A Digest `Authorization` header's parameters.

@@ -226,35 +226,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::hub::PipelineInfo;
-
-    fn hub(name: &str) -> Hub {
-        Hub::new(PipelineInfo {
-            name: name.into(),
-            ..PipelineInfo::for_tests(10)
-        })
-    }
-
-    #[test]
-    fn urls_name_streams() {
-        let s = [hub("main"), hub("door")];
-        assert_eq!(stream_for(&s, "/"), Some((0, false)));
-        assert_eq!(stream_for(&s, ""), Some((0, false)));
-        assert_eq!(stream_for(&s, "/trackID=0"), Some((0, true)));
-        assert_eq!(stream_for(&s, "/door"), Some((1, false)));
-        assert_eq!(stream_for(&s, "/door/"), Some((1, false)));
-        assert_eq!(stream_for(&s, "/cam/door/trackID=0"), Some((1, true)));
-        assert_eq!(stream_for(&s, "/main/trackID=0"), Some((0, true)));
-        assert_eq!(stream_for(&s, "/garage"), None);
-        assert_eq!(stream_for(&s, "/cam/"), None);
-        assert_eq!(stream_for(&s, "/door/x"), None);
-        assert_eq!(stream_for(&[], "/"), None);
-    }
-}
-
 /// What [`crate::fuzzing::rtsp_exchange`] runs: a connection over an in-memory writer.
 #[cfg(any(fuzzing, test))]
 pub(crate) fn fuzz_exchange(input: &[u8], cut: usize, auth: bool) -> (Vec<u8>, bool) {
@@ -328,4 +299,33 @@ pub(crate) fn fuzz_exchange(input: &[u8], cut: usize, auth: bool) -> (Vec<u8>, b
         c.end().await;
         (out.take(), closed)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::PipelineInfo;
+
+    fn hub(name: &str) -> Hub {
+        Hub::new(PipelineInfo {
+            name: name.into(),
+            ..PipelineInfo::for_tests(10)
+        })
+    }
+
+    #[test]
+    fn urls_name_streams() {
+        let s = [hub("main"), hub("door")];
+        assert_eq!(stream_for(&s, "/"), Some((0, false)));
+        assert_eq!(stream_for(&s, ""), Some((0, false)));
+        assert_eq!(stream_for(&s, "/trackID=0"), Some((0, true)));
+        assert_eq!(stream_for(&s, "/door"), Some((1, false)));
+        assert_eq!(stream_for(&s, "/door/"), Some((1, false)));
+        assert_eq!(stream_for(&s, "/cam/door/trackID=0"), Some((1, true)));
+        assert_eq!(stream_for(&s, "/main/trackID=0"), Some((0, true)));
+        assert_eq!(stream_for(&s, "/garage"), None);
+        assert_eq!(stream_for(&s, "/cam/"), None);
+        assert_eq!(stream_for(&s, "/door/x"), None);
+        assert_eq!(stream_for(&[], "/"), None);
+    }
 }
