@@ -123,18 +123,12 @@ impl TokenHash {
             .trim()
             .strip_prefix("sha256:")
             .ok_or(AuthError::BadTokenHash)?;
-        // Checked byte by byte: slicing a string with multi-byte characters in it would panic
-        // (found by the config fuzz target), and from_str_radix would also take a `+`.
-        let digits = hex_part.as_bytes();
-        if digits.len() != 64 || !digits.iter().all(u8::is_ascii_hexdigit) {
-            return Err(AuthError::BadTokenHash);
-        }
-        let mut out = [0u8; 32];
-        for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-            let nibble = |d: u8| (d as char).to_digit(16).unwrap_or(0) as u8;
-            *byte = nibble(pair[0]) << 4 | nibble(pair[1]);
-        }
-        Ok(TokenHash(out))
+        // Checked byte by byte (parse_hex): slicing a string with multi-byte characters in it
+        // would panic (found by the config fuzz target), and from_str_radix would also take
+        // a `+`.
+        parse_hex::<32>(hex_part)
+            .map(TokenHash)
+            .ok_or(AuthError::BadTokenHash)
     }
 
     /// The hash of `token`.
@@ -157,7 +151,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `count` hex digits (either case) into bytes; `None` unless `s` is exactly that. Checked
+/// `2 * N` hex digits (either case) into bytes; `None` unless `s` is exactly that. Checked
 /// byte by byte: slicing a string with multi-byte characters in it would panic.
 fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     let digits = s.as_bytes();

@@ -27,31 +27,7 @@ fn url(addr: SocketAddr, path: &str) -> String {
 
 /// ffprobe's codec, profile, width and height of the first video stream at `url`.
 fn probe(url: &str, transport: &str) -> Result<(String, String, u64, u64), String> {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-rtsp_transport",
-            transport,
-            "-timeout",
-            "10000000",
-        ])
-        .args(["-select_streams", "v:0", "-show_entries"])
-        .args(["stream=codec_name,profile,width,height", "-of", "json", url])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("ffprobe: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    let s = &v["streams"][0];
-    Ok((
-        s["codec_name"].as_str().unwrap_or_default().to_owned(),
-        s["profile"].as_str().unwrap_or_default().to_owned(),
-        s["width"].as_u64().unwrap_or(0),
-        s["height"].as_u64().unwrap_or(0),
-    ))
+    common::peers::probe_video(url, &["-rtsp_transport", transport])
 }
 
 /// ffmpeg decodes `frames` frames from `url` into nothing: its exit status and what it said
