@@ -24,7 +24,7 @@ use super::rtp::RtpSender;
 use super::sdp::{self, Description};
 use super::{
     lock, stream_for, Server, DESCRIBE_WAIT, MAX_REQUEST, NOTSENT_LOWAT, SENDER_REPORT_INTERVAL,
-    SESSION_TIMEOUT, UDP_SEND_BUFFER, WRITE_STALL_TIMEOUT,
+    UDP_SEND_BUFFER, WRITE_STALL_TIMEOUT,
 };
 use crate::auth::{random_bytes, ClientKey};
 use crate::hub::h264::H264Consumer;
@@ -184,6 +184,15 @@ impl Playing {
         self.stop.cancel();
         let _ = self.task.await;
     }
+
+    /// Stops the task at once, mid-unit if it is writing one: for a connection that is
+    /// closing anyway (a stalled client's write would otherwise hold shutdown for up to
+    /// [`WRITE_STALL_TIMEOUT`]).
+    async fn abort(self) {
+        self.stop.cancel();
+        self.task.abort();
+        let _ = self.task.await;
+    }
 }
 
 /// What the connection loop does after a batch of requests.
@@ -227,7 +236,7 @@ pub(super) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr
         let idle_limit = if conn.playing_over_tcp() {
             Duration::MAX
         } else {
-            SESSION_TIMEOUT
+            server.session_timeout
         };
         let idle = conn.activity.idle();
         if idle >= idle_limit {
@@ -275,6 +284,14 @@ impl Conn {
     #[cfg(test)]
     pub(crate) fn server_auth(&self) -> Arc<crate::auth::Authenticator> {
         self.server.auth.clone()
+    }
+
+    /// The `Session` header: the id and the timeout it lives by.
+    fn session_value(&self, id: &str) -> String {
+        format!(
+            "{id};timeout={}",
+            self.server.session_timeout.as_secs().max(1)
+        )
     }
 
     fn playing_over_tcp(&self) -> bool {
@@ -353,11 +370,11 @@ impl Conn {
         }
     }
 
-    /// Ends the session (its play task first).
+    /// Ends the session (its play task first), as the connection closes.
     pub(crate) async fn end(&mut self) {
         if let Some(mut s) = self.session.take() {
             if let Some(p) = s.playing.take() {
-                p.end().await;
+                p.abort().await;
             }
         }
     }
@@ -397,7 +414,7 @@ impl Conn {
         let mut reply = reply.unwrap_or_else(|e| e);
         if let Some(s) = &self.session {
             if !reply.headers.iter().any(|(n, _)| *n == "Session") && reply.status < 300 {
-                reply = reply.header("Session", session_value(&s.id));
+                reply = reply.header("Session", self.session_value(&s.id));
             }
         }
         reply
@@ -573,7 +590,7 @@ impl Conn {
         let ssrc = lock(&session.rtp).ssrc;
         let reply = Reply::new(200, Some(cseq))
             .header("Transport", format!("{transport};ssrc={ssrc:08X}"))
-            .header("Session", session_value(&session.id));
+            .header("Session", self.session_value(&session.id));
         self.session = Some(session);
         Ok(reply)
     }
@@ -729,7 +746,12 @@ impl Conn {
 
     async fn teardown(&mut self, req: &Request<Vec<u8>>, cseq: u32) -> Result<Reply, Reply> {
         self.require_session(req, cseq)?;
-        self.end().await;
+        if let Some(mut s) = self.session.take() {
+            // The connection stays: the reply must not follow half a unit.
+            if let Some(p) = s.playing.take() {
+                p.end().await;
+            }
+        }
         Ok(Reply::new(200, Some(cseq)))
     }
 
@@ -747,10 +769,6 @@ impl Conn {
         }
         Ok(Reply::new(200, Some(cseq)))
     }
-}
-
-fn session_value(id: &str) -> String {
-    format!("{id};timeout={}", SESSION_TIMEOUT.as_secs())
 }
 
 /// The SDP's `o=` session id and version: the time, so a description made later is newer.

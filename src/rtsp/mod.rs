@@ -102,6 +102,8 @@ pub struct Server {
     permits: Arc<Semaphore>,
     per_client: Mutex<HashMap<ClientKey, usize>>,
     shutdown: Shutdown,
+    /// [`SESSION_TIMEOUT`]; shorter in tests.
+    session_timeout: Duration,
 }
 
 impl Server {
@@ -120,7 +122,17 @@ impl Server {
             permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
             per_client: Mutex::new(HashMap::new()),
             shutdown,
+            session_timeout: SESSION_TIMEOUT,
         })
+    }
+
+    /// A server whose sessions time out after `timeout` (tests).
+    #[cfg(test)]
+    pub(crate) fn with_timeout(mut self: Arc<Self>, timeout: Duration) -> Arc<Self> {
+        Arc::get_mut(&mut self)
+            .expect("not shared yet")
+            .session_timeout = timeout;
+        self
     }
 
     /// Counts a connection from `ip`; `None` when that client has too many.

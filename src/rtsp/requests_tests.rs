@@ -453,3 +453,60 @@ fn mutated_conversations_never_panic() {
         );
     }
 }
+
+/// Over a real socket through [`serve`]: a client that SETUPs and never PLAYs is dropped
+/// when its session times out, and its viewer is gone with it; a client that keeps sending
+/// keep-alives stays.
+#[tokio::test]
+async fn a_session_that_never_plays_is_dropped_at_its_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = hub(10);
+    h.h264().publish(tests_support::keyframe());
+    let shutdown = Shutdown::new();
+    let server = Server::new(vec![h.clone()], open_auth(), None, shutdown.clone())
+        .with_timeout(Duration::from_secs(1));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = tokio::spawn(serve(listener, server));
+    let setup = |cseq: u32| {
+        format!(
+            "SETUP rtsp://{addr}/main/trackID=0 RTSP/1.0\r\nCSeq: {cseq}\r\n\
+             Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"
+        )
+    };
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(setup(1).as_bytes()).await.unwrap();
+    busy.write_all(setup(1).as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains(";timeout=1"));
+    let _ = busy.read(&mut buf).await.unwrap();
+    assert_eq!(h.viewers(Output::Rtsp), 2);
+    let t = std::time::Instant::now();
+    for cseq in 2..8 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let keepalive =
+            format!("GET_PARAMETER rtsp://{addr}/main RTSP/1.0\r\nCSeq: {cseq}\r\n\r\n");
+        busy.write_all(keepalive.as_bytes()).await.unwrap();
+        assert!(
+            busy.read(&mut buf).await.unwrap() > 0,
+            "the busy client stays"
+        );
+    }
+    // The idle one was closed after about a second.
+    let n = tokio::time::timeout(Duration::from_secs(1), idle.read(&mut buf))
+        .await
+        .expect("closed by now")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "EOF");
+    assert!(t.elapsed() >= Duration::from_millis(500));
+    assert_eq!(
+        h.viewers(Output::Rtsp),
+        1,
+        "the idle session's viewer is gone"
+    );
+    shutdown.trigger();
+    served.await.unwrap();
+    assert_eq!(h.viewers(Output::Rtsp), 0, "shutdown ends the rest");
+}
