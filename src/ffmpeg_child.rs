@@ -31,6 +31,34 @@ const STDERR_LINE_MAX: usize = 500;
 const STDERR_LOG_BURST: u32 = 20;
 const STDERR_LOG_WINDOW: Duration = Duration::from_secs(10);
 
+/// Overrides the `ffmpeg` found on `PATH`.
+pub const FFMPEG_ENV: &str = "PICAMD_FFMPEG";
+
+/// The ffmpeg to run: [`FFMPEG_ENV`] when set, else `ffmpeg` on `PATH`.
+pub fn ffmpeg_program() -> OsString {
+    std::env::var_os(FFMPEG_ENV)
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "ffmpeg".into())
+}
+
+/// `input` with the password of a `scheme://user:password@host` URL replaced by `***`, for
+/// logs and `/state`.
+pub fn redact_url(input: &str) -> String {
+    match url_password(input) {
+        Some(pw) => input.replacen(&format!(":{pw}@"), ":***@", 1),
+        None => input.to_owned(),
+    }
+}
+
+/// The password in a URL's user info, if any (also what ffmpeg's log lines must not show).
+pub fn url_password(input: &str) -> Option<&str> {
+    let (_, rest) = input.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let (_, pw) = userinfo.split_once(':')?;
+    (!pw.is_empty()).then_some(pw)
+}
+
 /// Which of ffmpeg's standard streams picamd uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Feed {
@@ -425,5 +453,17 @@ mod tests {
             .err()
             .expect("no such program");
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("rtsp://admin:s3cr@t@10.0.0.3/live"),
+            "rtsp://admin:***@10.0.0.3/live"
+        );
+        assert_eq!(url_password("rtsp://admin:pw@h/x?a=b:c@d"), Some("pw"));
+        assert_eq!(redact_url("rtsp://admin@h/x"), "rtsp://admin@h/x");
+        assert_eq!(redact_url("/tmp/a:b@c.mp4"), "/tmp/a:b@c.mp4");
+        assert_eq!(redact_url("rtmp://h/live/cam"), "rtmp://h/live/cam");
     }
 }

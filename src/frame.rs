@@ -45,6 +45,20 @@ pub trait Yuv420Buffer: Send + Sync {
     fn strides(&self) -> [usize; 3];
 }
 
+/// Whether `buffer`'s planes hold a `width`x`height` picture at their strides: encoders
+/// read `stride * (rows - 1) + cols` bytes per plane, so a source's claim is checked rather
+/// than trusted. A picture with no rows holds nothing.
+pub fn planes_hold(buffer: &dyn Yuv420Buffer, width: u32, height: u32) -> bool {
+    let [y, u, v] = buffer.planes();
+    let [ys, us, vs] = buffer.strides();
+    let (w, h) = (width as usize, height as usize);
+    let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+    let fits = |plane: &[u8], stride: usize, cols: usize, rows: usize| {
+        rows > 0 && stride >= cols && plane.len() >= stride * (rows - 1) + cols
+    };
+    fits(y, ys, w, h) && fits(u, us, cw, ch) && fits(v, vs, cw, ch)
+}
+
 /// Planes shared by the encoders that read them.
 pub type SharedPlanes = Arc<dyn Yuv420Buffer>;
 

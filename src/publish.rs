@@ -14,7 +14,6 @@
 //! back to 1 s after 30 s of publishing. What each publisher is doing, and why it last
 //! failed, is posted to the hub for `/state` and `/metrics`.
 
-use std::ffi::OsString;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::process::ChildStdin;
@@ -23,8 +22,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
-use crate::config::redact_url as redact;
-use crate::ffmpeg_child::{Feed, FfmpegChild};
+use crate::ffmpeg_child::{ffmpeg_program, redact_url as redact, url_password, Feed, FfmpegChild};
 use crate::hub::{Hub, Output, PublishState, Publisher};
 use crate::shutdown::Shutdown;
 
@@ -135,16 +133,10 @@ fn publish_once(
 ) -> Result<(), String> {
     let guard = hub.add_viewer(Output::Publish).map_err(|e| e.to_string())?;
     let mut consumer = hub.h264().consume(Some(guard));
-    let program = std::env::var_os(crate::source::ffmpeg::FFMPEG_ENV)
-        .unwrap_or_else(|| OsString::from("ffmpeg"));
-    let password = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split('/').next()?.rsplit_once('@'))
-        .and_then(|(userinfo, _)| userinfo.split_once(':').map(|(_, p)| p.to_owned()));
     let mut child = FfmpegChild::spawn_with(
-        &program,
+        &ffmpeg_program(),
         &ffmpeg_args(url, fps),
-        password.into_iter().collect(),
+        url_password(url).map(String::from).into_iter().collect(),
         Feed::Writes,
     )
     .map_err(|e| format!("cannot start ffmpeg: {e}"))?;

@@ -27,7 +27,7 @@ use crate::source::controls::Controls;
 pub use keys::{key, ConfigLayer, StreamLayer, KEYS};
 use keys::{Key, Kind, Scope, Valid};
 use values::check_account_name;
-pub use values::{check_publish_url, check_stream_name, redact_url, LogLevel, Size, SourceSpec};
+pub use values::{check_publish_url, check_stream_name, LogLevel, Size, SourceSpec};
 
 /// A validated, complete configuration.
 #[derive(Debug, Clone, PartialEq)]

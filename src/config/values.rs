@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::ffmpeg_child::redact_url;
 use crate::source::faults::FaultSchedule;
 use crate::source::screen::ScreenTarget;
 
@@ -253,21 +254,6 @@ pub fn check_publish_url(url: &str) -> Result<(), String> {
             "{:?}: publish to an rtmp://, rtmps://, rtsp:// or rtsps:// URL",
             redact_url(url)
         )),
-    }
-}
-
-/// The URL with any password replaced, for logs and `/state`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}/{path}")
-        }
-        None => url.to_owned(),
     }
 }
 

@@ -25,7 +25,7 @@ use openh264::encoder::{
 use openh264::formats::YUVSource;
 use openh264::OpenH264API;
 
-use crate::frame::{split_annex_b, AccessUnit, CaptureTime, Yuv420Buffer};
+use crate::frame::{planes_hold, split_annex_b, AccessUnit, CaptureTime, Yuv420Buffer};
 
 /// Shortest time between two IDRs forced by requests. A joining client waits at most this
 /// long for its first picture when others joined just before it; 0.5 s keeps a join flood to
@@ -74,21 +74,15 @@ pub struct BorrowedPlanes<'a> {
 impl<'a> BorrowedPlanes<'a> {
     /// Checks that the planes hold `width`x`height` at their strides (OpenH264 trusts them).
     pub fn new(buffer: &'a dyn Yuv420Buffer, width: u32, height: u32) -> Result<Self, H264Error> {
-        let [y, u, v] = buffer.planes();
-        let [ys, us, vs] = buffer.strides();
-        let (w, h) = (width as usize, height as usize);
-        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
-        let fits = |plane: &[u8], stride: usize, cols: usize, rows: usize| {
-            rows > 0 && stride >= cols && plane.len() >= stride * (rows - 1) + cols
-        };
         // OpenH264 takes one stride for both chroma planes.
-        if us != vs || !(fits(y, ys, w, h) && fits(u, us, cw, ch) && fits(v, vs, cw, ch)) {
+        let [_, us, vs] = buffer.strides();
+        if us != vs || !planes_hold(buffer, width, height) {
             return Err(H264Error::BadPlanes { width, height });
         }
         Ok(BorrowedPlanes {
             buffer,
-            width: w,
-            height: h,
+            width: width as usize,
+            height: height as usize,
         })
     }
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use turbojpeg::{Compressor, Subsamp, YuvPlanesImage};
 
-use crate::frame::{EncodedFrame, Frame, Payload, Yuv420Buffer};
+use crate::frame::{planes_hold, EncodedFrame, Frame, Payload, Yuv420Buffer};
 
 /// Where encoded frames go, and what the pool tells about its work.
 pub trait EncodeSink: Send + Sync + 'static {
@@ -186,17 +186,13 @@ impl JpegEncoder {
             self.compressor.set_quality(quality as i32)?;
             self.quality = quality;
         }
+        // TurboJPEG reads `stride * rows` bytes per plane; check rather than trust the source.
+        if !planes_hold(planes, width, height) {
+            return Err(EncodeError::BadPlanes { width, height });
+        }
         let [y, u, v] = planes.planes();
         let [ys, us, vs] = planes.strides();
         let (w, h) = (width as usize, height as usize);
-        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
-        // TurboJPEG reads `stride * rows` bytes per plane; check rather than trust the source.
-        let fits = |plane: &[u8], stride: usize, cols: usize, rows: usize| {
-            stride >= cols && plane.len() >= stride * (rows - 1) + cols
-        };
-        if !(fits(y, ys, w, h) && fits(u, us, cw, ch) && fits(v, vs, cw, ch)) {
-            return Err(EncodeError::BadPlanes { width, height });
-        }
         if self.out_for != (width, height) {
             // Sized once for the worst case so TurboJPEG never reallocates.
             let len = turbojpeg::compressed_buf_len(w, h, Subsamp::Sub2x2)?;

@@ -106,7 +106,6 @@ pub async fn set_controls(
         )
             .into_response(),
         Err(e @ ControlError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
-        Err(e @ ControlError::NotRunning) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(e @ ControlError::Rejected(_)) => error(StatusCode::BAD_GATEWAY, e.to_string()),
     }
 }

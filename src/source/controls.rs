@@ -115,8 +115,6 @@ pub enum ControlError {
     Invalid(#[from] InvalidControl),
     #[error("not supported by this camera: {}", .0.join(", "))]
     Unsupported(Vec<&'static str>),
-    #[error("the camera is not running; try again when it is")]
-    NotRunning,
     #[error("the camera refused the controls: {0}")]
     Rejected(String),
 }

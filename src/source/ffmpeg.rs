@@ -17,7 +17,6 @@
 //! signal" with the reason ("end of file …"), and the next session (after everyone left)
 //! plays it again from the start.
 
-use std::ffi::OsString;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::process::ChildStdout;
@@ -31,7 +30,7 @@ use bytes::Bytes;
 use super::i420::{i420_len, BufferPool, PooledI420};
 use super::multipart::{SplitLimits, Splitter};
 use super::{Source, SourceContext, SourceError};
-use crate::ffmpeg_child::FfmpegChild;
+use crate::ffmpeg_child::{ffmpeg_program, redact_url, url_password, FfmpegChild, FFMPEG_ENV};
 use crate::frame::{CaptureTime, Frame, Payload, SourceInfo};
 
 /// Settings for [`FfmpegSource`].
@@ -49,9 +48,6 @@ pub struct FfmpegOptions {
     /// Largest JPEG accepted in pass-through mode.
     pub max_frame_bytes: usize,
 }
-
-/// Overrides the `ffmpeg` found on `PATH`.
-pub const FFMPEG_ENV: &str = "PICAMD_FFMPEG";
 
 /// Network I/O timeout handed to ffmpeg. picamd restarts ffmpeg itself, so ffmpeg should give
 /// up on a dead peer rather than wait or reconnect on its own.
@@ -196,29 +192,6 @@ fn video_filter(width: u32, height: u32, fps: u32) -> String {
     )
 }
 
-/// `input` with the password of a `scheme://user:password@host` URL replaced by `***`.
-fn redact(input: &str) -> String {
-    match password(input) {
-        Some(pw) => input.replacen(&format!(":{pw}@"), ":***@", 1),
-        None => input.to_owned(),
-    }
-}
-
-/// The password in a URL's user info, if any.
-fn password(input: &str) -> Option<&str> {
-    let (_, rest) = input.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let (userinfo, _) = authority.rsplit_once('@')?;
-    let (_, pw) = userinfo.split_once(':')?;
-    (!pw.is_empty()).then_some(pw)
-}
-
-fn ffmpeg_program() -> OsString {
-    std::env::var_os(FFMPEG_ENV)
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "ffmpeg".into())
-}
-
 pub struct FfmpegSource {
     input: String,
     kind: InputKind,
@@ -258,10 +231,13 @@ impl FfmpegSource {
         let args = ffmpeg_args(&self.input, self.kind, &self.options);
         tracing::debug!(
             program = %program.to_string_lossy(),
-            args = %redact(&args.join(" ")),
+            args = %redact_url(&args.join(" ")),
             "starting ffmpeg"
         );
-        let redactions: Vec<String> = password(&self.input).into_iter().map(Into::into).collect();
+        let redactions: Vec<String> = url_password(&self.input)
+            .into_iter()
+            .map(Into::into)
+            .collect();
         FfmpegChild::spawn(&program, &args, redactions).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied => {
                 SourceError::Unavailable(format!(
@@ -322,7 +298,7 @@ impl FfmpegSource {
             frames += 1;
             last_frame = Instant::now();
             if frames == 1 {
-                tracing::debug!(input = %redact(&self.input), "first frame from ffmpeg");
+                tracing::debug!(input = %redact_url(&self.input), "first frame from ffmpeg");
             }
             let captured = CaptureTime::now();
             let seq = ctx.next_seq();
@@ -530,7 +506,7 @@ impl Source for FfmpegSource {
             },
             _ => SourceInfo {
                 kind: "ffmpeg",
-                name: redact(&self.input),
+                name: redact_url(&self.input),
             },
         }
     }
@@ -686,17 +662,5 @@ mod tests {
     #[test]
     fn a_slow_cap_is_at_least_one_fps() {
         assert!(video_filter(320, 240, 0).contains("floor(t*1)"));
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("rtsp://admin:s3cr@t@10.0.0.3/live"),
-            "rtsp://admin:***@10.0.0.3/live"
-        );
-        assert_eq!(password("rtsp://admin:pw@h/x?a=b:c@d"), Some("pw"));
-        assert_eq!(redact("rtsp://admin@h/x"), "rtsp://admin@h/x");
-        assert_eq!(redact("/tmp/a:b@c.mp4"), "/tmp/a:b@c.mp4");
-        assert_eq!(redact("rtmp://h/live/cam"), "rtmp://h/live/cam");
     }
 }

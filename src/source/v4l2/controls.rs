@@ -527,7 +527,7 @@ mod tests {
         let c = new_controls();
         assert!(c.supported().is_empty());
         // Before the device was ever opened, requests are validated and kept (they used to be
-        // refused with `NotRunning`).
+        // refused until the camera was open).
         assert_eq!(c.apply(&parse(r#"{"brightness": 0.2}"#)), Ok(()));
         assert_eq!(c.current(), parse(r#"{"brightness": 0.2}"#));
 

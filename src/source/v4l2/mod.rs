@@ -203,7 +203,7 @@ mod tests {
             "{msg}"
         );
         // Controls survive the failed run. Before a device was seen, a request is validated
-        // and kept for the opening (it used to be refused with `NotRunning`).
+        // and kept for the opening (it used to be refused until the camera was open).
         let controls = source.controls().unwrap();
         let brightness: Controls = serde_json::from_str(r#"{"brightness": 0.2}"#).unwrap();
         assert_eq!(controls.apply(&brightness), Ok(()));
