@@ -56,6 +56,7 @@ struct Running {
 fn start_stream(
     config: &StreamConfig,
     policy: &std::sync::Arc<http::guard::Policy>,
+    rtsp_port: Option<u16>,
     shutdown: &Shutdown,
 ) -> std::io::Result<Running> {
     let pipeline = Pipeline::start(config, shutdown)?;
@@ -73,6 +74,7 @@ fn start_stream(
             shutdown: shutdown.clone(),
             controls: pipeline.controls.clone(),
             policy: policy.clone(),
+            rtsp_port,
         },
         pipeline,
     })
@@ -109,9 +111,13 @@ pub async fn run(
             "authentication on: every URL but /healthz needs credentials"
         );
     }
+    let rtsp_port = rtsp
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port());
     let mut pipelines = Vec::with_capacity(config.streams.len());
     for stream in &config.streams {
-        match start_stream(stream, &policy, &shutdown) {
+        match start_stream(stream, &policy, rtsp_port, &shutdown) {
             Ok(p) => pipelines.push(p),
             Err(e) => {
                 // Stop what already started before reporting.

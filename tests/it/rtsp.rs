@@ -111,6 +111,180 @@ async fn gstreamer_rtspsrc_decodes_beside_ffmpeg() {
     drop(p);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frame_numbers_read_back_from_ffmpegs_pictures_climb_without_a_gap_past_a_gop() {
+    let (_p, addr) = start(&["--size", "640x480", "--fps", "30"]);
+    let u = url(addr, "/main");
+    let out = blocking(move || {
+        Command::new("timeout")
+            .args(["60", "ffmpeg", "-hide_banner", "-nostdin", "-v", "error"])
+            .args(["-rtsp_transport", "tcp", "-i", &u, "-frames:v", "90"])
+            // Every decoded picture once, as it came (no duplicates to fill a frame rate).
+            .args([
+                "-fps_mode",
+                "passthrough",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "gray",
+                "-",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ffmpeg")
+    })
+    .await;
+    let picture = 640 * 480;
+    assert_eq!(
+        out.stdout.len(),
+        90 * picture,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seqs: Vec<u32> = out
+        .stdout
+        .chunks(picture)
+        .map(|luma| picamd::source::test_pattern::read_seq_cells(luma, 640, 640))
+        .collect();
+    println!("frame numbers decoded over RTSP: {seqs:?}");
+    // The default GOP is 2 s, i.e. 60 frames: a client that falls behind skips at most to
+    // the next keyframe, so no gap is wider than that, even on a loaded machine.
+    for pair in seqs.windows(2) {
+        assert!(pair[1] > pair[0], "frame numbers go forward: {seqs:?}");
+        assert!(pair[1] - pair[0] <= 60, "gap wider than a GOP: {seqs:?}");
+    }
+}
+
+/// SETUP (interleaved over TCP) and PLAY on a new connection; the connection, after PLAY's
+/// reply, and when PLAY was sent.
+async fn play_over_tcp(addr: SocketAddr, u: &str) -> (TcpStream, Instant) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let r = exchange(
+        &mut s,
+        &format!(
+            "SETUP {u}/trackID=0 RTSP/1.0\r\nCSeq: 1\r\n\
+             Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(status(&r), 200, "{r}");
+    let session = header(&r, "Session")[0]
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let sent = Instant::now();
+    let r = exchange(
+        &mut s,
+        &format!("PLAY {u} RTSP/1.0\r\nCSeq: 2\r\nSession: {session}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status(&r), 200, "{r}");
+    (s, sent)
+}
+
+/// One interleaved packet (`$`, channel, 16-bit length, data).
+async fn interleaved(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut head))
+        .await
+        .expect("a packet within 10 s")
+        .expect("an open connection");
+    assert_eq!(head[0], b'$', "interleaved data: {head:?}");
+    let mut data = vec![0u8; u16::from_be_bytes([head[2], head[3]]) as usize];
+    s.read_exact(&mut data).await.unwrap();
+    (head[1], data)
+}
+
+/// The test's own RFC 6184 depacketizer, for what a server may send (single NAL units,
+/// STAP-A, FU-A): appends the packet's NAL units to `au` in Annex B form; true when the
+/// packet's marker bit ends the access unit.
+fn depacketize(rtp: &[u8], au: &mut Vec<u8>) -> bool {
+    let mut at = 12 + 4 * (rtp[0] & 0x0f) as usize;
+    if rtp[0] & 0x10 != 0 {
+        at += 4 + 4 * u16::from_be_bytes([rtp[at + 2], rtp[at + 3]]) as usize;
+    }
+    let payload = &rtp[at..];
+    match payload[0] & 0x1f {
+        1..=23 => {
+            au.extend_from_slice(&[0, 0, 0, 1]);
+            au.extend_from_slice(payload);
+        }
+        24 => {
+            let mut rest = &payload[1..];
+            while rest.len() > 2 {
+                let n = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+                au.extend_from_slice(&[0, 0, 0, 1]);
+                au.extend_from_slice(&rest[2..2 + n]);
+                rest = &rest[2 + n..];
+            }
+        }
+        28 => {
+            let fu = payload[1];
+            if fu & 0x80 != 0 {
+                au.extend_from_slice(&[0, 0, 0, 1]);
+                au.push(payload[0] & 0xe0 | fu & 0x1f);
+            }
+            au.extend_from_slice(&payload[2..]);
+        }
+        other => panic!("NAL unit type {other} in an RTP packet"),
+    }
+    rtp[1] & 0x80 != 0
+}
+
+/// Reads RTP from `s` until a picture decodes; the time from `since` and the frame number.
+async fn first_picture(s: &mut TcpStream, since: Instant) -> (Duration, u32) {
+    use openh264::formats::YUVSource;
+    let mut decoder = openh264::decoder::Decoder::new().unwrap();
+    let mut au = Vec::new();
+    loop {
+        let (channel, packet) = interleaved(s).await;
+        if channel != 0 || !depacketize(&packet, &mut au) {
+            continue;
+        }
+        if let Some(picture) = decoder.decode(&au).expect("the access unit decodes") {
+            let (w, _) = picture.dimensions();
+            let seq =
+                picamd::source::test_pattern::read_seq_cells(picture.y(), picture.strides().0, w);
+            return (since.elapsed(), seq);
+        }
+        au.clear();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_play_to_the_first_decoded_picture() {
+    let (_p, addr) = start(&["--size", "640x480", "--fps", "30"]);
+    let u = url(addr, "/main");
+    // Cold: the encoder starts for this client.
+    let (mut first, sent) = play_over_tcp(addr, &u).await;
+    let (cold, _) = first_picture(&mut first, sent).await;
+    // The first client keeps reading, so the encoder stays hot for the joins below.
+    let drain = tokio::spawn(async move {
+        let mut sink = [0u8; 16384];
+        while matches!(first.read(&mut sink).await, Ok(n) if n > 0) {}
+    });
+    // Warm joins, 600 ms apart (more than the 500 ms between forced keyframes).
+    let mut warm = Vec::new();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let (mut s, sent) = play_over_tcp(addr, &u).await;
+        let (took, seq) = first_picture(&mut s, sent).await;
+        assert!(seq > 0, "a test-pattern picture");
+        warm.push(took);
+    }
+    warm.sort();
+    let median = warm[warm.len() / 2];
+    println!(
+        "PLAY to first decoded picture at 640x480@30: cold {cold:?}, warm median {median:?} \
+         (all {warm:?}); two frame intervals are 67 ms"
+    );
+    // Loose: two frame intervals plus decode is the aim; a shared machine stalls now and then.
+    assert!(median < Duration::from_secs(1), "warm joins took {warm:?}");
+    assert!(cold < Duration::from_secs(5), "cold start took {cold:?}");
+    drain.abort();
+}
+
 /// One request on `s`, its reply (head and body, by Content-Length).
 async fn exchange(s: &mut TcpStream, request: &str) -> String {
     s.write_all(request.as_bytes()).await.unwrap();
@@ -337,4 +511,24 @@ fn rtsp_can_be_turned_off_or_moved() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("`rtsp_listen`"));
+}
+
+#[tokio::test]
+async fn state_and_streams_give_the_rtsp_url_with_the_host_asked_for() {
+    let (p, addr) = start(&["--size", "320x240"]);
+    let want = format!("rtsp://127.0.0.1:{}/main", addr.port());
+    assert_eq!(p.state().await["rtsp"], want.as_str());
+    let r = p.get("/streams").await;
+    let streams: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(streams["streams"][0]["urls"]["rtsp"], want.as_str());
+    assert!(streams["streams"][0]["h264"]["bitrate"].as_u64() > Some(0));
+    // RTSP off: no URL anywhere.
+    let off = Picamd::start(&["--size", "320x240", "--rtsp-listen", ""]);
+    assert!(off.state().await.get("rtsp").is_none());
+    let r = off.get("/streams").await;
+    let streams: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(
+        streams["streams"][0]["urls"].get("rtsp").is_none(),
+        "{streams}"
+    );
 }
