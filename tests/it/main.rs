@@ -13,6 +13,7 @@ mod ffmpeg_sources;
 mod mjpeg;
 mod publish;
 mod recovery;
+mod rtsp;
 mod screen;
 mod security;
 mod service;
