@@ -55,6 +55,8 @@ pub enum AuthError {
     CostTooHigh(String),
     #[error("not of the form sha256:<64 hex digits>")]
     BadTokenHash,
+    #[error("not of the form md5:<32 hex digits>")]
+    BadDigestHa1,
     #[error("empty")]
     Empty,
     #[error("cannot hash: {0}")]
@@ -121,18 +123,12 @@ impl TokenHash {
             .trim()
             .strip_prefix("sha256:")
             .ok_or(AuthError::BadTokenHash)?;
-        // Checked byte by byte: slicing a string with multi-byte characters in it would panic
-        // (found by the config fuzz target), and from_str_radix would also take a `+`.
-        let digits = hex_part.as_bytes();
-        if digits.len() != 64 || !digits.iter().all(u8::is_ascii_hexdigit) {
-            return Err(AuthError::BadTokenHash);
-        }
-        let mut out = [0u8; 32];
-        for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-            let nibble = |d: u8| (d as char).to_digit(16).unwrap_or(0) as u8;
-            *byte = nibble(pair[0]) << 4 | nibble(pair[1]);
-        }
-        Ok(TokenHash(out))
+        // Checked byte by byte (parse_hex): slicing a string with multi-byte characters in it
+        // would panic (found by the config fuzz target), and from_str_radix would also take
+        // a `+`.
+        parse_hex::<32>(hex_part)
+            .map(TokenHash)
+            .ok_or(AuthError::BadTokenHash)
     }
 
     /// The hash of `token`.
@@ -155,11 +151,76 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// One account: a name and its password hash.
+/// `2 * N` hex digits (either case) into bytes; `None` unless `s` is exactly that. Checked
+/// byte by byte: slicing a string with multi-byte characters in it would panic.
+fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let digits = s.as_bytes();
+    if digits.len() != 2 * N || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        let nibble = |d: u8| (d as char).to_digit(16).unwrap_or(0) as u8;
+        *byte = nibble(pair[0]) << 4 | nibble(pair[1]);
+    }
+    Some(out)
+}
+
+/// The realm of RTSP Digest authentication; HA1 values are made for it.
+pub const DIGEST_REALM: &str = "picamd";
+
+/// RTSP Digest's HA1 (RFC 2617, section 3.2.2.2): MD5(`user:realm:password`), written
+/// `md5:<32 hex>` in the config. Whoever has it can log in over RTSP Digest as that user
+/// (it is password-equivalent there), but it is no use for HTTP, which checks the argon2
+/// hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DigestHa1([u8; 16]);
+
+impl std::fmt::Debug for DigestHa1 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Password-equivalent for RTSP: not printed.
+        f.write_str("DigestHa1(<md5>)")
+    }
+}
+
+impl DigestHa1 {
+    pub fn parse(s: &str) -> Result<Self, AuthError> {
+        let digits = s
+            .trim()
+            .strip_prefix("md5:")
+            .ok_or(AuthError::BadDigestHa1)?;
+        parse_hex::<16>(digits)
+            .map(DigestHa1)
+            .ok_or(AuthError::BadDigestHa1)
+    }
+
+    /// HA1 of `user` with `password` in [`DIGEST_REALM`].
+    pub fn of(user: &str, password: &str) -> Self {
+        use md5::Digest as _;
+        let mut h = md5::Md5::new();
+        h.update(format!("{user}:{DIGEST_REALM}:{password}").as_bytes());
+        DigestHa1(h.finalize().into())
+    }
+
+    /// Written as in the config: `md5:<hex>`.
+    pub fn to_config_string(&self) -> String {
+        format!("md5:{}", hex(&self.0))
+    }
+
+    /// Lowercase hex, as the Digest response is computed over it.
+    pub fn hex(&self) -> String {
+        hex(&self.0)
+    }
+}
+
+/// One account: a name, its password hash, and optionally its RTSP Digest HA1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     pub name: String,
     pub password_hash: PasswordHashString,
+    /// For RTSP Digest logins (`rtsp_digest`); without it the user can log in to RTSP with
+    /// Basic only.
+    pub rtsp_digest: Option<DigestHa1>,
 }
 
 /// The accounts and tokens allowed in. Empty: authentication is off.
@@ -584,6 +645,52 @@ impl Authenticator {
         (ok && known).then(|| Identity::User(user.to_owned()))
     }
 
+    /// How long `client` is still locked out after too many failures, if it is: for
+    /// checks made outside [`Authenticator::check`] (RTSP Digest), which share the lockout.
+    pub fn locked_out(&self, client: ClientKey) -> Option<Duration> {
+        lock(&self.failures).locked(client, Instant::now())
+    }
+
+    /// Counts a failed attempt made outside [`Authenticator::check`] (RTSP Digest) against
+    /// `client`, as a wrong password would be.
+    pub fn note_failure(&self, client: ClientKey) {
+        if let Some(wait) = lock(&self.failures).fail(client, Instant::now()) {
+            tracing::warn!(
+                %client,
+                "{MAX_FAILURES} failed logins within {FAILURE_WINDOW:?}; locked out for {wait:?}"
+            );
+        }
+    }
+
+    /// Whether any account has an RTSP Digest HA1 (else RTSP offers Basic only).
+    pub fn has_digest_users(&self) -> bool {
+        self.spec.users.iter().any(|u| u.rtsp_digest.is_some())
+    }
+
+    /// Whether an account has this name.
+    pub fn has_user(&self, name: &str) -> bool {
+        self.spec.users.iter().any(|u| u.name == name)
+    }
+
+    /// The RTSP Digest HA1 of `user`, if the user exists and has one.
+    pub fn digest_ha1(&self, user: &str) -> Option<&DigestHa1> {
+        self.spec
+            .users
+            .iter()
+            .find(|u| u.name == user)?
+            .rtsp_digest
+            .as_ref()
+    }
+
+    /// A per-process secret derived for `purpose` (RTSP Digest nonces): random at start, so
+    /// nothing made with it outlives the process.
+    pub fn derived_secret(&self, purpose: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.secret);
+        h.update(purpose.as_bytes());
+        h.finalize().into()
+    }
+
     /// Client addresses with failures on record (for tests of the cap).
     pub fn tracked_clients(&self) -> usize {
         lock(&self.failures).tracked()
@@ -786,6 +893,28 @@ mod tests {
     }
 
     #[test]
+    fn digest_ha1_is_md5_of_user_realm_password_and_parses_back() {
+        // MD5("Mufasa:picamd:Circle Of Life"), computed with `printf %s … | md5sum`.
+        let h = DigestHa1::of("Mufasa", "Circle Of Life");
+        assert_eq!(h.to_config_string(), "md5:f9508cd9c29037421e7b6f834d8314bd");
+        assert_eq!(DigestHa1::parse(&h.to_config_string()), Ok(h.clone()));
+        assert_eq!(
+            DigestHa1::parse("md5:F9508CD9C29037421E7B6F834D8314BD"),
+            Ok(h.clone())
+        );
+        for bad in [
+            "",
+            "md5:",
+            "cbd21d0a4ce1e40a4ffea6ef3d8cd7d8",
+            "md5:zz",
+            "md5:é",
+        ] {
+            assert_eq!(DigestHa1::parse(bad), Err(AuthError::BadDigestHa1), "{bad}");
+        }
+        assert!(!format!("{h:?}").contains("f950"), "not printed");
+    }
+
+    #[test]
     fn password_hashes_are_checked() {
         let phc = hash_password("correct horse").unwrap();
         assert!(phc.starts_with("$argon2id$v=19$"), "{phc}");
@@ -873,6 +1002,7 @@ mod tests {
                 name: "alice".into(),
                 password_hash: PasswordHashString::parse(&hash_password(password).unwrap())
                     .unwrap(),
+                rtsp_digest: None,
             }],
             tokens: vec![TokenHash::of(token)],
         }

@@ -86,3 +86,12 @@ impl Dechunker {
         self.0.line_len()
     }
 }
+
+/// Feeds `input` to one RTSP connection's request path (parse, authenticate, dispatch) as
+/// if it arrived in `cut`-byte reads, over a stream named `main` whose track has no unit
+/// yet, with authentication on when `auth` is set (user `alice`, password `pw`, with a
+/// Digest HA1; token `tok`). Returns what the server wrote back and whether it closed the
+/// connection.
+pub fn rtsp_exchange(input: &[u8], cut: usize, auth: bool) -> (Vec<u8>, bool) {
+    crate::rtsp::fuzz_exchange(input, cut, auth)
+}

@@ -10,6 +10,7 @@
 //! - [`encode`]: the JPEG worker pool, out to an `EncodeSink`.
 //! - [`hub`]: the newest encoded frame (latest wins), viewers, counters, the posted state.
 //! - [`http`]: the outputs (MJPEG, snapshot, WebSocket, state, controls) and their guard.
+//! - [`rtsp`]: the RTSP server, each stream's H.264 over RTP.
 //! - Appliance parts: [`config`], [`led`], [`service`], [`shutdown`], [`auth`], [`tls`],
 //!   [`privileges`], [`logging`].
 //!
@@ -31,6 +32,7 @@ pub mod logging;
 pub mod pipeline;
 pub mod privileges;
 pub mod publish;
+pub mod rtsp;
 pub mod service;
 pub mod shutdown;
 pub mod source;
@@ -54,6 +56,7 @@ struct Running {
 fn start_stream(
     config: &StreamConfig,
     policy: &std::sync::Arc<http::guard::Policy>,
+    rtsp_port: Option<u16>,
     shutdown: &Shutdown,
 ) -> std::io::Result<Running> {
     let pipeline = Pipeline::start(config, shutdown)?;
@@ -71,17 +74,32 @@ fn start_stream(
             shutdown: shutdown.clone(),
             controls: pipeline.controls.clone(),
             policy: policy.clone(),
+            rtsp_port,
         },
         pipeline,
     })
 }
 
-/// Runs every stream's pipeline, the status LED and the HTTP(S) server on `listeners` until
-/// `shutdown` fires, then stops every stage and waits for its threads. Under systemd it also
-/// reports readiness, status and watchdog pings (see [`service`]).
+/// HTTP's server-wide viewer limits, lent to the RTSP server (which does not import `http`).
+struct HttpSlots(std::sync::Arc<http::limits::ViewerSlots>);
+
+impl rtsp::SharedSlots for HttpSlots {
+    fn take(&self, ip: std::net::IpAddr) -> Result<Box<dyn Send + Sync>, String> {
+        self.0
+            .take(ip)
+            .map(|slot| Box::new(slot) as Box<dyn Send + Sync>)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Runs every stream's pipeline, the status LED, the HTTP(S) server on `listeners` and the
+/// RTSP server on `rtsp` until `shutdown` fires, then stops every stage and waits for its
+/// threads. Under systemd it also reports readiness, status and watchdog pings (see
+/// [`service`]).
 pub async fn run(
     config: Config,
     listeners: http::Listeners,
+    rtsp: Option<tokio::net::TcpListener>,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let policy = http::guard::Policy::new(&config.security)
@@ -93,9 +111,13 @@ pub async fn run(
             "authentication on: every URL but /healthz needs credentials"
         );
     }
+    let rtsp_port = rtsp
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port());
     let mut pipelines = Vec::with_capacity(config.streams.len());
     for stream in &config.streams {
-        match start_stream(stream, &policy, &shutdown) {
+        match start_stream(stream, &policy, rtsp_port, &shutdown) {
             Ok(p) => pipelines.push(p),
             Err(e) => {
                 // Stop what already started before reporting.
@@ -115,12 +137,24 @@ pub async fn run(
         }
     };
     // Ready means every pipeline is set up and the (already bound) listener is served.
-    let service = tokio::spawn(service::supervise(hubs, shutdown.clone()));
+    let service = tokio::spawn(service::supervise(hubs.clone(), shutdown.clone()));
+    let rtsp = rtsp.map(|listener| {
+        let server = rtsp::Server::new(
+            hubs.clone(),
+            policy.auth.clone(),
+            Some(std::sync::Arc::new(HttpSlots(policy.viewers.clone()))),
+            shutdown.clone(),
+        );
+        tokio::spawn(rtsp::serve(listener, server))
+    });
     let states = pipelines.iter().map(|p| p.state.clone()).collect();
     http::serve(listeners, states, shutdown.clone()).await;
 
-    // The server returns only on shutdown; then every pipeline's threads end.
+    // The servers return only on shutdown; then every pipeline's threads end.
     shutdown.trigger();
+    if let Some(r) = rtsp {
+        let _ = r.await;
+    }
     let _ = service.await;
     join_pipelines(pipelines, led).await
 }

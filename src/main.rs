@@ -29,6 +29,11 @@ struct Cli {
     /// print its argon2id hash for `[auth]`'s `password_hash`, then exit.
     #[arg(long)]
     hash_password: bool,
+    /// With `--hash-password`: also print the user's `rtsp_digest` (MD5 of
+    /// NAME:picamd:PASSWORD), for RTSP clients that only do Digest. It is
+    /// password-equivalent for RTSP.
+    #[arg(long, value_name = "NAME", requires = "hash_password")]
+    digest_user: Option<String>,
     /// Print a new random token and the `sha256:` hash to list in `[auth]`'s `tokens`, then
     /// exit.
     #[arg(long)]
@@ -62,7 +67,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let check_only = cli.check_config;
     if cli.hash_password {
-        return hash_password();
+        return hash_password(cli.digest_user.as_deref());
     }
     if cli.new_token {
         return new_token();
@@ -112,8 +117,9 @@ fn main() -> ExitCode {
 /// off ([`EchoOff`]: the terminal's settings come back on every path, Ctrl-C and the other
 /// signals that end the process included), and two different entries exit with 1. Otherwise
 /// (a pipe, a file) one line is read, without prompt or confirmation. An empty password is
-/// refused with exit status 2, as before.
-fn hash_password() -> ExitCode {
+/// refused with exit status 2, as before. With `digest_user`, a second line gives that
+/// user's `rtsp_digest` for the same password.
+fn hash_password(digest_user: Option<&str>) -> ExitCode {
     use std::io::{IsTerminal, Write};
     let password = if std::io::stdin().is_terminal() {
         match read_hidden_twice() {
@@ -142,8 +148,13 @@ fn hash_password() -> ExitCode {
     }
     match picamd::auth::hash_password(&password) {
         Ok(phc) => {
+            let mut text = format!("{phc}\n");
+            if let Some(user) = digest_user {
+                let ha1 = picamd::auth::DigestHa1::of(user, &password);
+                text.push_str(&format!("{}\n", ha1.to_config_string()));
+            }
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{phc}").and_then(|()| out.flush());
+            let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -364,6 +375,10 @@ fn print_checked(config: &Config) -> ExitCode {
             }
         ));
     }
+    match &config.rtsp {
+        Some(r) => text.push_str(&format!("rtsp: listen {}\n", r.listen)),
+        None => text.push_str("rtsp: off\n"),
+    }
     for s in &config.streams {
         text.push_str(&format!(
             "stream {}: source {} @ {} {} fps\n",
@@ -422,8 +437,24 @@ fn run(
         Some(t) => Some(bind(t.listen)?),
         None => None,
     };
+    // RTSP's default port may be another server's (MediaMTX, go2rtc): then picamd runs
+    // without RTSP; a configured address must bind.
+    let rtsp_listener = match &config.rtsp {
+        Some(r) => match bind(r.listen) {
+            Ok(l) => Some(l),
+            Err(e) if !r.explicit => {
+                tracing::warn!("no RTSP: {e:#} (set rtsp_listen to choose another address)");
+                None
+            }
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
     picamd::privileges::switch(&plan).context("dropping privileges")?;
-    for l in std::iter::once(&listener).chain(&tls_listener) {
+    for l in std::iter::once(&listener)
+        .chain(&tls_listener)
+        .chain(&rtsp_listener)
+    {
         l.set_nonblocking(true)
             .context("making the listener non-blocking")?;
     }
@@ -483,6 +514,19 @@ fn run(
                 banner.push_str(&format!("open {url}\n"));
             }
         }
+        let rtsp = match rtsp_listener {
+            Some(l) => Some(
+                tokio::net::TcpListener::from_std(l).context("registering the RTSP listener")?,
+            ),
+            None => None,
+        };
+        if let Some(addr) = rtsp.as_ref().and_then(|l| l.local_addr().ok()) {
+            banner.push_str(&format!("rtsp on {addr}\n"));
+            for url in picamd::http::urls_for("rtsp", addr) {
+                let name = &config.default_stream().name;
+                banner.push_str(&format!("open {url}{name}\n"));
+            }
+        }
         let redirect = config.tls.as_ref().is_some_and(|t| t.http_redirect);
         if redirect {
             banner.push_str("plain http redirects to https (but /healthz)\n");
@@ -506,7 +550,7 @@ fn run(
             https,
             redirect,
         };
-        picamd::run(config, listeners, shutdown)
+        picamd::run(config, listeners, rtsp, shutdown)
             .await
             .context("pipeline")?;
         tracing::info!("stopped");

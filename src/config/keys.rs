@@ -252,6 +252,10 @@ config_keys! {
              the flags replace the file's list, and every other flag applies to all streams.");
         listen "listen": String = Key::new(Str("ADDR:PORT"), Value("\"0.0.0.0:8080\""),
             "Address and port to serve HTTP on.");
+        rtsp_listen "rtsp_listen": String = Key::new(Str("ADDR:PORT"),
+            Computed("port 8554 on `listen`'s address (an ephemeral port when `listen`'s is 0)"),
+            "Address and port to serve RTSP on (rtsp://HOST:PORT/<name>, docs/rtsp.md); \
+             empty: no RTSP.");
         tls_listen "tls_listen": String = Key::new(Str("ADDR:PORT"), Unset("no HTTPS"),
             "Address and port to serve HTTPS on, e.g. 0.0.0.0:443.");
         tls_cert "tls_cert": String = Key::new(Str("PATH"),

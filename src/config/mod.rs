@@ -20,7 +20,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 use crate::access::{CorsPolicy, TrustedProxies};
-use crate::auth::{AuthSpec, PasswordHashString, TokenHash, User};
+use crate::auth::{AuthSpec, DigestHa1, PasswordHashString, TokenHash, User};
 use crate::led::LedSpec;
 use crate::source::controls::Controls;
 
@@ -53,7 +53,21 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Where picamd keeps files it makes itself (the self-signed certificate).
     pub state_dir: PathBuf,
+    /// The RTSP server, unless `rtsp_listen` is empty.
+    pub rtsp: Option<RtspConfig>,
 }
+
+/// Where the RTSP server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtspConfig {
+    pub listen: SocketAddr,
+    /// Set by the user (a failure to bind it is fatal), or the default next to `listen`
+    /// (a failure only costs RTSP: port 8554 may be another server's).
+    pub explicit: bool,
+}
+
+/// The RTSP port when `rtsp_listen` is not set.
+pub const DEFAULT_RTSP_PORT: u16 = 8554;
 
 /// HTTPS: where to serve it and with which certificate.
 #[derive(Debug, Clone, PartialEq)]
@@ -186,6 +200,9 @@ pub struct UserConfig {
     pub name: String,
     /// An argon2id PHC string from `picamd --hash-password`.
     pub password_hash: String,
+    /// RTSP Digest's HA1, `md5:<32 hex>` from `picamd --hash-password --digest-user NAME`;
+    /// password-equivalent for RTSP (not for HTTP).
+    pub rtsp_digest: Option<String>,
 }
 
 impl AuthConfig {
@@ -210,9 +227,16 @@ impl AuthConfig {
                     e.to_string(),
                 )
             })?;
+            let rtsp_digest = match &u.rtsp_digest {
+                None => None,
+                Some(d) => Some(DigestHa1::parse(d).map_err(|e| {
+                    invalid("rtsp_digest", format!("{at} ({:?})", u.name), e.to_string())
+                })?),
+            };
             spec.users.push(User {
                 name: u.name.clone(),
                 password_hash,
+                rtsp_digest,
             });
         }
         for (i, t) in self.tokens.iter().flatten().enumerate() {
@@ -415,6 +439,7 @@ impl ConfigLayer {
             }
         };
         let tls = resolve_tls(&top)?;
+        let rtsp = resolve_rtsp(&top, listen)?;
         let led = match pick!(top, led) {
             None => LedSpec::None,
             Some(t) => t
@@ -508,7 +533,35 @@ impl ConfigLayer {
             security,
             tls,
             state_dir,
+            rtsp,
         })
+    }
+}
+
+/// `rtsp_listen`: an address, empty for no RTSP, or by default [`DEFAULT_RTSP_PORT`] on
+/// `listen`'s address — or an ephemeral port when `listen`'s is 0 (tests, tools), so two
+/// such instances never fight over 8554.
+fn resolve_rtsp(
+    top: &Layers<ConfigLayer>,
+    listen: SocketAddr,
+) -> Result<Option<RtspConfig>, ConfigError> {
+    match pick!(top, rtsp_listen) {
+        None => {
+            let port = if listen.port() == 0 {
+                0
+            } else {
+                DEFAULT_RTSP_PORT
+            };
+            Ok(Some(RtspConfig {
+                listen: SocketAddr::new(listen.ip(), port),
+                explicit: false,
+            }))
+        }
+        Some(v) if v.value.trim().is_empty() => Ok(None),
+        Some(v) => Ok(Some(RtspConfig {
+            listen: parsed(&key::rtsp_listen, Some(v))?,
+            explicit: true,
+        })),
     }
 }
 

@@ -73,6 +73,9 @@ pub struct AppState {
     pub controls: Option<Arc<dyn CameraControls>>,
     /// Authentication, CORS and limits, the same for every stream.
     pub policy: Arc<Policy>,
+    /// The RTSP server's port, for the stream's `rtsp://` URL in `/state` and `/streams`
+    /// (None: RTSP is off).
+    pub rtsp_port: Option<u16>,
 }
 
 /// Every stream, in configuration order (the first is the default); for the handlers that

@@ -9,7 +9,7 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -32,6 +32,9 @@ pub struct Snapshot {
     pub h264: H264,
     /// The publishers pushing this stream to servers (`publish`).
     pub publish: Vec<Publish>,
+    /// The stream's RTSP URL with the host this request named; absent when RTSP is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtsp: Option<String>,
     pub uptime_s: f64,
 }
 
@@ -87,6 +90,8 @@ pub struct Viewers {
     pub snapshot: usize,
     /// Publishers (not counted against `max`).
     pub publish: usize,
+    /// RTSP sessions (from SETUP to TEARDOWN or timeout).
+    pub rtsp: usize,
     pub max: usize,
     pub refused: u64,
 }
@@ -188,6 +193,7 @@ impl Snapshot {
                 ws: hub.viewers(Output::WebSocket),
                 snapshot: hub.viewers(Output::Snapshot),
                 publish: hub.viewers(Output::Publish),
+                rtsp: hub.viewers(Output::Rtsp),
                 max: info.max_viewers,
                 refused: s.viewers_refused.load(Ordering::Relaxed),
             },
@@ -247,6 +253,7 @@ impl Snapshot {
                     bytes: p.bytes,
                 })
                 .collect(),
+            rtsp: None,
             uptime_s: (hub.uptime().as_secs_f64() * 10.0).round() / 10.0,
         }
     }
@@ -337,6 +344,7 @@ impl Snapshot {
                     ("output=\"ws\"", s.viewers.ws as f64),
                     ("output=\"snapshot\"", s.viewers.snapshot as f64),
                     ("output=\"publish\"", s.viewers.publish as f64),
+                    ("output=\"rtsp\"", s.viewers.rtsp as f64),
                 ]
             },
         );
@@ -466,8 +474,10 @@ fn mean_ms(total_us: u64, frames: u64) -> f64 {
     (total_us as f64 / frames as f64 / 10.0).round() / 100.0
 }
 
-pub async fn state(State(state): State<AppState>) -> Response {
-    let mut resp = Json(Snapshot::of(&state.hub)).into_response();
+pub async fn state(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let mut snapshot = Snapshot::of(&state.hub);
+    snapshot.rtsp = rtsp_url(&headers, state.rtsp_port, &snapshot.stream);
+    let mut resp = Json(snapshot).into_response();
     resp.headers_mut().extend(no_cache_headers());
     resp
 }
@@ -480,6 +490,17 @@ pub async fn metrics(State(streams): State<Streams>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     resp
+}
+
+/// A stream's RTSP URL as the client that asked reaches this server: the host of its `Host`
+/// header (an IPv6 literal keeps its brackets) and the RTSP port. None when RTSP is off or
+/// the request named no usable host. Behind a reverse proxy this names the proxy, which
+/// rarely forwards RTSP: such setups publish their own URL.
+pub fn rtsp_url(headers: &HeaderMap, port: Option<u16>, stream: &str) -> Option<String> {
+    let port = port?;
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let authority: axum::http::uri::Authority = host.parse().ok()?;
+    Some(format!("rtsp://{}:{port}/{stream}", authority.host()))
 }
 
 /// Liveness: the process serves HTTP. Whether frames flow is in `/state`.
@@ -497,6 +518,7 @@ struct StreamEntry {
     width: u32,
     height: u32,
     fps: u32,
+    h264: StreamH264,
     urls: StreamUrls,
 }
 
@@ -507,6 +529,14 @@ struct SourceSummary {
     state: &'static str,
 }
 
+/// A stream's H.264 track in `/streams` (the counters are in its `/state`).
+#[derive(Debug, Serialize)]
+struct StreamH264 {
+    bitrate: u32,
+    gop_s: u32,
+    consumers: usize,
+}
+
 #[derive(Debug, Serialize)]
 struct StreamUrls {
     page: String,
@@ -514,10 +544,13 @@ struct StreamUrls {
     snapshot: String,
     ws: String,
     state: String,
+    /// `rtsp://host:port/<name>` (H.264), absent when RTSP is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rtsp: Option<String>,
 }
 
 /// `/streams`: every stream, its source's state and its URLs, in configuration order.
-pub async fn streams(State(streams): State<Streams>) -> Response {
+pub async fn streams(State(streams): State<Streams>, headers: HeaderMap) -> Response {
     let list: Vec<StreamEntry> = streams
         .iter()
         .enumerate()
@@ -541,6 +574,12 @@ pub async fn streams(State(streams): State<Streams>) -> Response {
                     snapshot: format!("{base}/snapshot"),
                     ws: format!("{base}/ws"),
                     state: format!("{base}/state"),
+                    rtsp: rtsp_url(&headers, s.rtsp_port, &info.name),
+                },
+                h264: StreamH264 {
+                    bitrate: info.h264_bitrate,
+                    gop_s: info.h264_gop_s,
+                    consumers: s.hub.h264().consumers(),
                 },
             }
         })
@@ -548,4 +587,38 @@ pub async fn streams(State(streams): State<Streams>) -> Response {
     let mut resp = Json(serde_json::json!({ "streams": list })).into_response();
     resp.headers_mut().extend(no_cache_headers());
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(h: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert(header::HOST, HeaderValue::from_str(h).unwrap());
+        m
+    }
+
+    #[test]
+    fn the_rtsp_url_takes_the_requests_host_and_the_rtsp_port() {
+        let cases = [
+            (
+                "192.168.1.20:8080",
+                Some(8554),
+                Some("rtsp://192.168.1.20:8554/main"),
+            ),
+            (
+                "picam.local",
+                Some(8554),
+                Some("rtsp://picam.local:8554/main"),
+            ),
+            ("[fe80::1]:80", Some(554), Some("rtsp://[fe80::1]:554/main")),
+            ("picam.local", None, None),
+            ("not a host/", Some(8554), None),
+        ];
+        for (h, port, want) in cases {
+            assert_eq!(rtsp_url(&host(h), port, "main").as_deref(), want, "{h}");
+        }
+        assert_eq!(rtsp_url(&HeaderMap::new(), Some(8554), "main"), None);
+    }
 }

@@ -35,9 +35,11 @@ pub enum Output {
     Snapshot = 2,
     /// A publisher pushing the stream to a server (not counted against `max_viewers`).
     Publish = 3,
+    /// An RTSP session (counted against `max_viewers` like MJPEG and WebSocket viewers).
+    Rtsp = 4,
 }
 
-const OUTPUTS: usize = 4;
+const OUTPUTS: usize = 5;
 
 /// What a publisher is doing, for `/state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -451,7 +453,7 @@ impl Hub {
     }
 
     fn stream_viewers(&self) -> usize {
-        self.viewers(Output::Mjpeg) + self.viewers(Output::WebSocket)
+        self.viewers(Output::Mjpeg) + self.viewers(Output::WebSocket) + self.viewers(Output::Rtsp)
     }
 
     /// Tells the listener, if any; called with the count's lock held.

@@ -135,6 +135,7 @@ export function definePlayerElement(name = 'picam-player') {
           }
           if (this.lastStream === null || !list.some((s) => s.name === this.lastStream)) this.lastStream = current;
           this.ui.setStreams(list, current);
+          this.#links(this.player.stream);
           if (this.view === 'grid') {
             if (list.length) this.showGrid();
             else this.showStream(requested); // no list to make a grid of
@@ -153,6 +154,13 @@ export function definePlayerElement(name = 'picam-player') {
       for (const a of document.querySelectorAll('a[data-stream-url]')) {
         const url = urls[a.dataset.streamUrl];
         if (url && a.getAttribute('href') !== url) a.setAttribute('href', url);
+      }
+      // The RTSP link is absolute (another scheme and port), and only there when RTSP is on.
+      const shown = resolveStream(this.streams, stream);
+      const rtsp = this.streams.find((s) => s.name === shown)?.rtsp ?? null;
+      for (const a of document.querySelectorAll('a[data-rtsp-url]')) {
+        a.hidden = rtsp === null;
+        if (rtsp !== null && a.getAttribute('href') !== rtsp) a.setAttribute('href', rtsp);
       }
     }
   }

@@ -90,7 +90,13 @@ export function pageAddress({ stream = null, grid = false, search = '', hash = '
  * @property {number|null} height
  * @property {number|null} fps
  * @property {string|null} state   the source's state: streaming, idle, error, stalled, starting
+ * @property {string|null} rtsp    the stream's `rtsp://` URL (H.264), null when RTSP is off
  */
+
+/** An `rtsp://` URL the server gave, or null for anything else (no other scheme is linked). */
+function rtspUrl(x) {
+  return typeof x === 'string' && /^rtsp:\/\/[^\s"<>]+$/.test(x) ? x : null;
+}
 
 /**
  * Reads the answer of `GET /streams`, skipping entries it cannot use. The first stream is the
@@ -113,6 +119,7 @@ export function parseStreamList(json) {
       height: num(s.height),
       fps: num(s.fps),
       state: typeof s.source?.state === 'string' ? s.source.state : null,
+      rtsp: rtspUrl(s.urls?.rtsp),
     });
   }
   if (list.length && !list.some((s) => s.isDefault)) list[0].isDefault = true;

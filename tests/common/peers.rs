@@ -410,3 +410,27 @@ pub fn assert_no_ffmpeg_left(marker: &str, timeout: Duration, when: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// What ffprobe says of the first video stream at `url` (with `extra` options before it,
+/// e.g. `-rtsp_transport tcp`): codec, profile, width, height; its error output otherwise.
+pub fn probe_video(url: &str, extra: &[&str]) -> Result<(String, String, u64, u64), String> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-rw_timeout", "10000000"])
+        .args(extra)
+        .args(["-select_streams", "v:0", "-show_entries"])
+        .args(["stream=codec_name,profile,width,height", "-of", "json", url])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("ffprobe: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    let s = &v["streams"][0];
+    Ok((
+        s["codec_name"].as_str().unwrap_or_default().to_owned(),
+        s["profile"].as_str().unwrap_or_default().to_owned(),
+        s["width"].as_u64().unwrap_or(0),
+        s["height"].as_u64().unwrap_or(0),
+    ))
+}

@@ -10,6 +10,7 @@ import {
 
 const CONFIG = `
 fps = 15
+rtsp_listen = "127.0.0.1:0"
 
 [[stream]]
 name = "a"
@@ -123,6 +124,13 @@ test('the picker lists both streams and switches to b without a reload', async (
     assert.match(loc.search, /theme=dark/);
     assert.equal(await picker.inputValue(), 'b');
     assert.equal(await page.locator('a[data-stream-url="snapshot"]').getAttribute('href'), '/cam/b/snapshot');
+    // The RTSP link is the one /streams gives for b (the port is the server's, host the page's).
+    const listed = (await (await fetch(`${server.origin}/streams`)).json()).streams;
+    const rtspB = listed.find((s) => s.name === 'b').urls.rtsp;
+    assert.match(rtspB, /^rtsp:\/\/127\.0\.0\.1:\d+\/b$/);
+    const rtspLink = page.locator('a[data-rtsp-url]');
+    assert.equal(await rtspLink.getAttribute('href'), rtspB);
+    assert.equal(await rtspLink.isVisible(), true);
     // The old socket was closed, not left behind.
     await waitViewers('a', 0);
     assert.equal(await wsViewers('b'), 1);

@@ -14,6 +14,7 @@ mod mjpeg;
 mod passthrough;
 mod publish;
 mod recovery;
+mod rtsp;
 mod screen;
 mod security;
 mod service;

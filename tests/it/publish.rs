@@ -4,7 +4,6 @@
 
 use crate::common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::peers::{assert_no_ffmpeg_left, ffmpeg_readers, NginxRtmp};
@@ -12,33 +11,7 @@ use common::Picamd;
 
 /// What ffprobe says of the first video stream at `url`: codec, profile, width, height.
 fn probe(url: &str) -> Result<(String, String, u64, u64), String> {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-rw_timeout",
-            "10000000",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=codec_name,profile,width,height",
-            "-of",
-            "json",
-            url,
-        ])
-        .output()
-        .map_err(|e| format!("ffprobe: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    let s = &v["streams"][0];
-    Ok((
-        s["codec_name"].as_str().unwrap_or_default().to_owned(),
-        s["profile"].as_str().unwrap_or_default().to_owned(),
-        s["width"].as_u64().unwrap_or(0),
-        s["height"].as_u64().unwrap_or(0),
-    ))
+    common::peers::probe_video(url, &[])
 }
 
 /// Waits up to `within` for the first publisher of `p`'s default stream to be in `state`.

@@ -67,15 +67,25 @@ test('the /streams answer is read defensively', () => {
   const json = {
     streams: [
       { name: 'a', default: true, width: 320, height: 240, fps: 15, source: { kind: 'test', state: 'idle' } },
-      { name: 'b', default: false, width: 160, height: 120, fps: 15, source: { kind: 'test', state: 'streaming' } },
+      {
+        name: 'b', default: false, width: 160, height: 120, fps: 15, source: { kind: 'test', state: 'streaming' },
+        urls: { rtsp: 'rtsp://10.0.0.5:8554/b' },
+      },
+      { name: 'c', urls: { rtsp: 'javascript:alert(1)' } },
+      { name: 'd', urls: { rtsp: 'rtsp://h/d" onclick="x' } },
       { name: 'bad name', default: false },
       { name: 'b', default: false },
       null,
     ],
   };
   const list = parseStreamList(json);
-  assert.deepEqual(list.map((s) => s.name), ['a', 'b']);
-  assert.deepEqual(list[1], { name: 'b', isDefault: false, width: 160, height: 120, fps: 15, state: 'streaming' });
+  assert.deepEqual(list.map((s) => s.name), ['a', 'b', 'c', 'd']);
+  assert.deepEqual(list[1], {
+    name: 'b', isDefault: false, width: 160, height: 120, fps: 15, state: 'streaming', rtsp: 'rtsp://10.0.0.5:8554/b',
+  });
+  assert.equal(list[0].rtsp, null, 'RTSP off: no URL');
+  assert.equal(list[2].rtsp, null, 'only rtsp:// URLs are linked');
+  assert.equal(list[3].rtsp, null, 'no quotes or spaces');
   assert.deepEqual(parseStreamList(null), []);
   assert.deepEqual(parseStreamList({ streams: 'x' }), []);
   // No default named: the first one is (the server's rule); two named: the first of them.
