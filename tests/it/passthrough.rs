@@ -1,6 +1,6 @@
 //! `passthrough = true` with H.264 inputs: the input's own access units reach the H.264
-//! consumers (a publisher to nginx-rtmp, read back with ffprobe), picamd's encoder never
-//! runs, and MJPEG viewers still get frames at the configured size. Inputs: an MP4 file made
+//! consumers (a publisher to nginx-rtmp, and picamd's RTSP server, read back with ffprobe and
+//! decoded by ffmpeg), picamd's encoder never runs, and MJPEG viewers still get frames at the configured size. Inputs: an MP4 file made
 //! by ffmpeg/libx264 in High profile (picamd's encoder makes only Constrained Baseline, so
 //! High read back from nginx proves the units were copied), GStreamer's RTSP server (SPS and
 //! PPS in band, Annex B from the start), and an MPEG-4 Part 2 file, which cannot be passed
@@ -20,30 +20,7 @@ use common::{decode, Picamd};
 
 /// What ffprobe says of the first video stream at `url`: codec, profile, width, height.
 fn probe(url: &str) -> Result<(String, String, u64, u64), String> {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-rw_timeout",
-            "10000000",
-            "-select_streams",
-            "v:0",
-        ])
-        .args(["-show_entries", "stream=codec_name,profile,width,height"])
-        .args(["-of", "json", url])
-        .output()
-        .map_err(|e| format!("ffprobe: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    let s = &v["streams"][0];
-    Ok((
-        s["codec_name"].as_str().unwrap_or_default().to_owned(),
-        s["profile"].as_str().unwrap_or_default().to_owned(),
-        s["width"].as_u64().unwrap_or(0),
-        s["height"].as_u64().unwrap_or(0),
-    ))
+    common::peers::probe_video(url, &[])
 }
 
 /// Writes a 10 s 640x360 25 fps clip of `testsrc2` to `path` with `codec` and its `extra`
@@ -191,7 +168,33 @@ async fn an_h264_file_is_published_as_it_is_and_snapshots_still_work() {
         metrics.contains("picamd_h264_passthrough{stream=\"main\"} 1"),
         "{metrics}"
     );
-    // Still no encoder after the JPEG viewer came and went.
+    // picamd's own RTSP server serves the same units; a client joining mid-GOP starts with
+    // the GOP the hub kept and decodes without an error.
+    let line = p.stdout_line("rtsp on ").expect("an `rtsp on` line");
+    let rtsp = format!("rtsp://{}/main", line["rtsp on ".len()..].trim());
+    let (probed, decoded) = tokio::task::spawn_blocking(move || {
+        let probed = common::peers::probe_video(&rtsp, &["-rtsp_transport", "tcp"]);
+        let decoded = Command::new("timeout")
+            .args(["60", "ffmpeg", "-hide_banner", "-nostdin", "-v", "error"])
+            .args(["-rtsp_transport", "tcp", "-i", &rtsp])
+            .args(["-frames:v", "60", "-f", "null", "-"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ffmpeg");
+        (probed, decoded)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        probed.expect("ffprobe reads picamd's RTSP"),
+        ("h264".into(), "High".into(), 640, 360)
+    );
+    assert!(
+        decoded.status.success() && decoded.stderr.is_empty(),
+        "ffmpeg decodes 60 frames from RTSP cleanly: {}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
+    // Still no encoder after the JPEG and RTSP viewers came and went.
     assert_eq!(p.state().await["h264"]["encoded"], 0);
     drop(p);
     assert_no_ffmpeg_left(
