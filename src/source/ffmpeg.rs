@@ -205,6 +205,13 @@ fn ffmpeg_args(input: &str, kind: InputKind, o: &FfmpegOptions, output: Output) 
     ]
     .map(String::from)
     .to_vec();
+    // ffmpeg 5.1 flushes a stream copy's bitstream filters at every `-stream_loop` turn and
+    // then refuses every later packet ("A non-NULL packet sent after an EOF"): the H.264 copy
+    // would stop after the first pass. Such a file is looped by starting ffmpeg again.
+    let o = &FfmpegOptions {
+        looping: o.looping && !loops_by_restart(kind, o, output),
+        ..*o
+    };
     args.extend(input_args(input, kind, o, false));
     let raw = [
         "-vf".to_owned(),
@@ -254,6 +261,11 @@ fn ffmpeg_args(input: &str, kind: InputKind, o: &FfmpegOptions, output: Output) 
         }
     }
     args
+}
+
+/// Whether a looped file is played again by a new ffmpeg rather than `-stream_loop`.
+fn loops_by_restart(kind: InputKind, o: &FfmpegOptions, output: Output) -> bool {
+    kind == InputKind::File && o.looping && output == Output::RawAndH264
 }
 
 /// ffprobe's command line (without the program): the codec and size of `input`'s first
@@ -570,7 +582,7 @@ impl FfmpegSource {
                 // ffmpeg closed its output: it is exiting (or exited). A partial frame is
                 // dropped.
                 drop(stdout);
-                return self.ended(child);
+                return self.ended(child, h264.is_some());
             }
             *filled += n;
             if *filled < frame_len {
@@ -669,7 +681,7 @@ impl FfmpegSource {
             };
             if n == 0 {
                 drop(stdout);
-                return self.ended(child);
+                return self.ended(child, false);
             }
             let fed = splitter.feed(&buf[..n], |jpeg| jpegs.push(jpeg));
             for jpeg in jpegs.drain(..) {
@@ -691,13 +703,21 @@ impl FfmpegSource {
         }
     }
 
-    /// What ffmpeg closing its output means, once it has exited.
-    fn ended(&self, child: &mut FfmpegChild) -> Result<Ended, SourceError> {
+    /// What ffmpeg closing its output means, once it has exited (`h264`: it was copying
+    /// H.264 too).
+    fn ended(&self, child: &mut FfmpegChild, h264: bool) -> Result<Ended, SourceError> {
         let status = child.wait_exit(EXIT_GRACE);
         let last = child.last_stderr_line();
+        let output = if h264 {
+            Output::RawAndH264
+        } else {
+            Output::Raw
+        };
         match status {
             Some(s) if s.success() => {
-                if self.kind == InputKind::File && !self.options.looping {
+                if loops_by_restart(self.kind, &self.options, output) {
+                    Ok(Ended::PlayAgain)
+                } else if self.kind == InputKind::File && !self.options.looping {
                     Ok(Ended::EndOfFile)
                 } else {
                     Err(SourceError::Failed(with_last_line(
@@ -745,6 +765,9 @@ impl FfmpegSource {
                 Ended::Shutdown => return Ok(()),
                 Ended::NoDemand => {
                     tracing::debug!("nobody watches: stopping ffmpeg");
+                }
+                Ended::PlayAgain => {
+                    tracing::debug!("end of the looped file: playing it again");
                 }
                 Ended::EndOfFile => {
                     drop(child);
@@ -889,6 +912,8 @@ enum Ended {
     Shutdown,
     NoDemand,
     EndOfFile,
+    /// A looped file ended that ffmpeg does not loop itself ([`loops_by_restart`]).
+    PlayAgain,
 }
 
 enum Readiness {
@@ -1062,11 +1087,23 @@ mod tests {
                  -map 0:v:0 -vf {VF} {RAW_OUT} {COPY}"
             )
         );
+        // A looped file is not looped by ffmpeg here (see `loops_by_restart`).
         let file = "/var/lib/picamd/cam.mp4";
         assert_eq!(
             ffmpeg_args(file, InputKind::File, &opts(true, true), output).join(" "),
-            format!("{HEAD} -re -stream_loop -1 -i {file} -map 0:v:0 -vf {VF} {RAW_OUT} {COPY}")
+            format!("{HEAD} -re -i {file} -map 0:v:0 -vf {VF} {RAW_OUT} {COPY}")
         );
+        assert!(loops_by_restart(InputKind::File, &opts(true, true), output));
+        assert!(!loops_by_restart(
+            InputKind::File,
+            &opts(true, true),
+            Output::CopyMjpeg
+        ));
+        assert!(!loops_by_restart(
+            InputKind::File,
+            &opts(true, true),
+            Output::Raw
+        ));
         // The filter chain is one argument.
         let args = ffmpeg_args(file, InputKind::File, &opts(true, true), output);
         let bsf = args.iter().position(|a| a == "-bsf:v").unwrap();

@@ -23,9 +23,9 @@ fn probe(url: &str) -> Result<(String, String, u64, u64), String> {
     common::peers::probe_video(url, &[])
 }
 
-/// Writes a 10 s 640x360 25 fps clip of `testsrc2` to `path` with `codec` and its `extra`
-/// options.
-fn make_clip(path: &Path, codec: &[&str]) {
+/// Writes a `seconds` long 640x360 25 fps clip of `testsrc2` to `path`, encoded with the
+/// `codec` options.
+fn make_clip(path: &Path, seconds: u32, codec: &[&str]) {
     let status = Command::new("ffmpeg")
         .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-y"])
         .args([
@@ -93,8 +93,10 @@ async fn assert_snapshot(p: &Picamd, size: (usize, usize)) {
 async fn an_h264_file_is_published_as_it_is_and_snapshots_still_work() {
     let dir = TempDir::new("pt-h264");
     let clip = dir.path().join("pt-high.mp4");
+    // 4 s, two GOPs: the test runs past its end, so the loop is crossed.
     make_clip(
         &clip,
+        4,
         &[
             "-c:v",
             "libx264",
@@ -196,6 +198,14 @@ async fn an_h264_file_is_published_as_it_is_and_snapshots_still_work() {
     );
     // Still no encoder after the JPEG and RTSP viewers came and went.
     assert_eq!(p.state().await["h264"]["encoded"], 0);
+    // Past the end of the file (two keyframes a pass): the units go on, without a failure.
+    let s = wait_state(&p, Duration::from_secs(20), "past the loop", |s| {
+        s["h264"]["keyframes"].as_u64() >= Some(5)
+    })
+    .await;
+    assert_eq!(s["source"]["restarts"], 0, "{s}");
+    assert_eq!(s["source"]["state"], "streaming", "{s}");
+    assert_eq!(s["publish"][0]["state"], "publishing", "{s}");
     drop(p);
     assert_no_ffmpeg_left(
         "pt-high.mp4",
@@ -240,7 +250,7 @@ async fn an_rtsp_camera_with_parameter_sets_in_band_is_passed_through() {
 async fn another_codec_is_encoded_instead_and_says_why() {
     let dir = TempDir::new("pt-mpeg4");
     let clip = dir.path().join("pt-mpeg4.mkv");
-    make_clip(&clip, &["-c:v", "mpeg4", "-q:v", "5"]);
+    make_clip(&clip, 10, &["-c:v", "mpeg4", "-q:v", "5"]);
     let clip = clip.to_str().unwrap().to_owned();
     let nginx = NginxRtmp::server();
     let url = format!("rtmp://127.0.0.1:{}/live/pt-mpeg4", nginx.rtmp_port);
