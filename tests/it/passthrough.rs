@@ -291,3 +291,79 @@ async fn another_codec_is_encoded_instead_and_says_why() {
     );
     assert_snapshot(&p, (320, 240)).await;
 }
+
+/// A stand-in for ffmpeg (`PICAMD_FFMPEG`) and the ffprobe beside it: ffprobe says H.264,
+/// "ffmpeg" writes what the shell command `h264` prints to fd 3 and nothing on stdout (so no
+/// frame clears the failure in `/state` before the test reads it).
+fn fake_ffmpeg(dir: &Path, h264: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let write = |name: &str, body: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, body).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    write(
+        "ffprobe",
+        "#!/bin/sh\nprintf 'codec_name=h264\\nwidth=320\\nheight=240\\n'\n".into(),
+    );
+    write("ffmpeg", format!("#!/bin/sh\n{h264} >&3\nsleep 60\n"))
+}
+
+/// What ffmpeg writes on fd 3 is checked, not trusted: garbage, or a unit without end, fails
+/// the source with the reason (viewers see "no signal"), it is restarted, nothing panics and
+/// memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_or_an_endless_unit_on_the_h264_output_fails_the_source_with_the_reason() {
+    let cases = [
+        (
+            "printf 'RIFF, not H.264'",
+            "does not start with an access unit delimiter",
+        ),
+        // A delimiter, a slice header, then 8 MiB without a start code.
+        (
+            "{ printf '\\000\\000\\000\\001\\011\\360\\000\\000\\001\\145'; \
+             head -c 8388608 /dev/zero | tr '\\000' '\\377'; }",
+            "access unit of more than 4194304 bytes",
+        ),
+    ];
+    for (script, reason) in cases {
+        let dir = TempDir::new("pt-fake");
+        let ffmpeg = fake_ffmpeg(dir.path(), script);
+        let p = Picamd::try_start_with_env(
+            "127.0.0.1:0",
+            &[
+                "--source",
+                "rtsp://127.0.0.1:9/cam",
+                "--passthrough",
+                "--size",
+                "320x240",
+            ],
+            &[("PICAMD_FFMPEG", &ffmpeg)],
+        )
+        .expect("picamd starts");
+        // A viewer wakes the source.
+        let viewer = tokio::spawn({
+            let addr = p.addr;
+            async move {
+                let mut body = common::open(addr, "/stream").await;
+                let mut buf = vec![0; 65536];
+                while body.read(&mut buf).await > 0 {}
+            }
+        });
+        let s = wait_state(&p, Duration::from_secs(30), "failed with the reason", |s| {
+            s["source"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(reason))
+        })
+        .await;
+        assert!(s["source"]["restarts"].as_u64() >= Some(1), "{s}");
+        assert!(
+            p.rss_kib() < 200 * 1024,
+            "memory stays bounded: {} KiB",
+            p.rss_kib()
+        );
+        viewer.abort();
+        drop(p);
+    }
+}
