@@ -127,6 +127,11 @@ impl H264Stage {
         lock(&self.shared.slot).consumers > 0
     }
 
+    /// Makes the next frame a keyframe (the units before it were not this encoder's).
+    pub fn request_keyframe(&self) {
+        lock(&self.shared.slot).keyframe_wanted = true;
+    }
+
     /// Offers a frame; a frame still waiting is replaced (it was never started).
     pub fn offer(&self, job: Job) {
         let mut slot = lock(&self.shared.slot);

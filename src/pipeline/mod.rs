@@ -331,14 +331,24 @@ impl FrameSink for Life {
 
     fn supply_h264(&self, supply: H264Supply) {
         let passthrough = supply == H264Supply::Source;
-        if !passthrough && self.h264.get().is_none() {
-            // Only the source thread calls this, so the stage is started once.
-            match H264Stage::start(self.hub.h264().clone(), self.h264_settings) {
-                Ok(stage) => {
-                    let _ = self.h264.set(stage);
+        match self.h264.get() {
+            // Only the source thread calls this, so the stage is started once. A stage
+            // started late asks for a keyframe itself.
+            None if !passthrough => {
+                match H264Stage::start(self.hub.h264().clone(), self.h264_settings) {
+                    Ok(stage) => {
+                        let _ = self.h264.set(stage);
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot start the H.264 encoder"),
                 }
-                Err(e) => tracing::error!(error = %e, "cannot start the H.264 encoder"),
             }
+            // Back from the camera's units: consumers are in the middle of its GOP, and the
+            // encoder's next P-frame would refer to pictures they never had. (The other way
+            // needs nothing: ffmpeg's copy starts at a keyframe.)
+            Some(stage) if !passthrough && self.passthrough.load(Ordering::Relaxed) => {
+                stage.request_keyframe();
+            }
+            _ => {}
         }
         if self.hub.h264().supply() != supply {
             match &supply {

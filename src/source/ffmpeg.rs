@@ -739,11 +739,16 @@ impl FfmpegSource {
 
     /// One ffmpeg run after another while someone watches, until a failure or shutdown.
     fn run_sessions(&mut self, ctx: &mut SourceContext) -> Result<(), SourceError> {
+        let mut playing_on = false;
         loop {
             if !ctx.wait_for_demand() {
                 return Ok(());
             }
-            ctx.mark_starting();
+            // A looped file started again is the same playback: viewers and `/state` need not
+            // hear of it.
+            if !std::mem::take(&mut playing_on) {
+                ctx.mark_starting();
+            }
             let Some(output) = self.choose_output(ctx)? else {
                 if ctx.is_shutting_down() {
                     return Ok(());
@@ -768,6 +773,7 @@ impl FfmpegSource {
                 }
                 Ended::PlayAgain => {
                     tracing::debug!("end of the looped file: playing it again");
+                    playing_on = true;
                 }
                 Ended::EndOfFile => {
                     drop(child);

@@ -28,14 +28,8 @@ fn probe(url: &str) -> Result<(String, String, u64, u64), String> {
 fn make_clip(path: &Path, seconds: u32, codec: &[&str]) {
     let status = Command::new("ffmpeg")
         .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-y"])
-        .args([
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=640x360:rate=25",
-            "-t",
-            "10",
-        ])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25"])
+        .args(["-t", &seconds.to_string()])
         .args(codec)
         .arg(path)
         .stdin(Stdio::null())
