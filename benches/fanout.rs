@@ -720,7 +720,13 @@ async fn run_rtsp_client(
         let n = tokio::select! {
             biased;
             _ = stop.changed() => return Ok(()),
-            r = stream.read_buf(&mut buf) => r.map_err(|e| format!("read: {e}"))?,
+            r = stream.read_buf(&mut buf) => r.map_err(|e| if set_up {
+                format!("read: {e}")
+            } else {
+                // picamd drops a connection over its limits at once; with SETUP unread in
+                // its socket the kernel answers with a reset rather than a close.
+                format!("reset before SETUP was answered (refused): {e}")
+            })?,
         };
         if n == 0 {
             return Err(match (set_up, playing) {
