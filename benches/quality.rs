@@ -154,8 +154,8 @@ fn main() {
     );
     println!(
         "kbit/s = encoded bytes x 8 / {seconds} s: what each viewer receives (MJPEG sends \
-         every JPEG to every viewer that keeps up; RTSP adds ~1 % of RTP framing, MJPEG ~100 \
-         bytes of part headers per frame). Quality: Debian's ffmpeg decodes each stream and \
+         every JPEG to every viewer that keeps up; RTSP adds 16 bytes of RTP and interleaving \
+         headers per packet of at most 1400 bytes, MJPEG ~100 bytes of part headers per frame). Quality: Debian's ffmpeg decodes each stream and \
          its ssim and psnr filters compare it with the raw source; a frame H.264 skipped is \
          measured as the previous picture, which is what a viewer sees."
     );
