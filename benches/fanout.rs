@@ -23,7 +23,8 @@
 //! the timestamp difference (the pictures before the first report have none). Each RTSP
 //! client connects from an address of its own (127.1.0.1, 127.1.0.2, …: all loopback), as
 //! viewers on different hosts would: picamd admits at most
-//! [`picamd::rtsp::MAX_CONNECTIONS_PER_CLIENT`] RTSP connections from one address.
+//! `max_viewers_per_client` + [`picamd::rtsp::EXTRA_CONNECTIONS_PER_CLIENT`] RTSP connections
+//! from one address.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Command;
@@ -122,10 +123,9 @@ fn main() {
         println!(
             "RTSP clients (rtsp on {rtsp_addr}): SETUP trackID=0, RTP/AVP/TCP interleaved, \
              PLAY; pictures counted by the RTP marker bit; each from its own loopback address \
-             from {RTSP_FIRST_CLIENT} on. picamd serves at most {} RTSP connections ({} per \
-             address): clients beyond that are refused.",
-            picamd::rtsp::MAX_CONNECTIONS,
-            picamd::rtsp::MAX_CONNECTIONS_PER_CLIENT
+             from {RTSP_FIRST_CLIENT} on. picamd serves as many RTSP connections as its \
+             viewer limits allow ({:?} at the defaults): clients beyond that get 503.",
+            picamd::rtsp::ConnectionLimits::default()
         );
     }
     println!(
