@@ -143,6 +143,10 @@ pub async fn run(
             hubs.clone(),
             policy.auth.clone(),
             Some(std::sync::Arc::new(HttpSlots(policy.viewers.clone()))),
+            rtsp::ConnectionLimits::for_viewers(
+                config.security.max_viewers_total,
+                config.security.max_viewers_per_client,
+            ),
             shutdown.clone(),
         );
         tokio::spawn(rtsp::serve(listener, server))

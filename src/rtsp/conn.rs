@@ -62,13 +62,13 @@ impl Reply {
         }
     }
 
-    fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+    pub(crate) fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
         self.headers.push((name, value.into()));
         self
     }
 
     /// A reply with a one-line reason in a `text/plain` body.
-    fn error(status: u16, cseq: Option<u32>, why: impl Into<String>) -> Reply {
+    pub(crate) fn error(status: u16, cseq: Option<u32>, why: impl Into<String>) -> Reply {
         let mut r = Reply::new(status, cseq);
         r.body = format!("{}\r\n", why.into()).into_bytes();
         r.headers.push(("Content-Type", "text/plain".into()));

@@ -10,8 +10,8 @@
 //! URL is `<stream URL>/trackID=0`.
 //!
 //! Shape (mini-redis's): [`serve`] accepts until shutdown; each connection is a task
-//! ([`conn`]) holding a permit of [`MAX_CONNECTIONS`] (at most
-//! [`MAX_CONNECTIONS_PER_CLIENT`] from one client address) that reads requests (parsed by
+//! ([`conn`]) holding a permit of [`ConnectionLimits`] (the viewer limits and a few more,
+//! server-wide and per client address) that reads requests (parsed by
 //! the `rtsp-types` crate, at most [`MAX_REQUEST`] bytes each) and answers them in order. A
 //! session (one per connection: the stream has one track) is a viewer of the hub
 //! (`Output::Rtsp`, counted against the stream's `max_viewers` and, through
@@ -58,11 +58,38 @@ pub use conn::Reply;
 
 /// A session without a request (or, over UDP, an RTCP report) for this long is ended.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(60);
-/// Most RTSP connections at once. Each costs a task, up to [`MAX_REQUEST`] of read buffer and,
-/// while it plays, one access unit being sent (a 720p keyframe is ~50–100 KB).
-pub const MAX_CONNECTIONS: usize = 64;
-/// Most RTSP connections from one client address (IPv6: one /64).
-pub const MAX_CONNECTIONS_PER_CLIENT: usize = 16;
+/// RTSP connections allowed beyond the viewer limits, server-wide and per client address:
+/// connections that only ask (OPTIONS, DESCRIBE: an NVR probing, ffprobe) and play nothing
+/// hold no viewer slot. Each connection costs a task, up to [`MAX_REQUEST`] of read buffer
+/// and, while it plays, one access unit being sent (a 720p keyframe is ~50–100 KB).
+pub const EXTRA_CONNECTIONS: usize = 32;
+pub const EXTRA_CONNECTIONS_PER_CLIENT: usize = 4;
+
+/// How many RTSP connections may be open: the HTTP viewer limits (`max_viewers_total`,
+/// `max_viewers_per_client`) plus [`EXTRA_CONNECTIONS`] and [`EXTRA_CONNECTIONS_PER_CLIENT`],
+/// so that every viewer the limits allow can play over RTSP. Playing still takes a viewer
+/// slot (SETUP answers 503 beyond the limits); these caps stop a flood of idle connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub total: usize,
+    pub per_client: usize,
+}
+
+impl ConnectionLimits {
+    pub fn for_viewers(max_viewers_total: usize, max_viewers_per_client: usize) -> Self {
+        ConnectionLimits {
+            total: max_viewers_total + EXTRA_CONNECTIONS,
+            per_client: max_viewers_per_client + EXTRA_CONNECTIONS_PER_CLIENT,
+        }
+    }
+}
+
+impl Default for ConnectionLimits {
+    /// The limits for the default viewer limits (400 in all, 20 per client).
+    fn default() -> Self {
+        ConnectionLimits::for_viewers(400, 20)
+    }
+}
 /// Largest request (head and body). Clients send a few hundred bytes; a Digest
 /// `Authorization` adds ~300. Larger: `400` and the connection is closed.
 pub const MAX_REQUEST: usize = 8 * 1024;
@@ -99,6 +126,7 @@ pub struct Server {
     auth: Arc<Authenticator>,
     nonces: login::Nonces,
     slots: Option<Arc<dyn SharedSlots>>,
+    limits: ConnectionLimits,
     permits: Arc<Semaphore>,
     per_client: Mutex<HashMap<ClientKey, usize>>,
     shutdown: Shutdown,
@@ -111,6 +139,7 @@ impl Server {
         streams: Vec<Hub>,
         auth: Arc<Authenticator>,
         slots: Option<Arc<dyn SharedSlots>>,
+        limits: ConnectionLimits,
         shutdown: Shutdown,
     ) -> Arc<Server> {
         let nonces = login::Nonces::new(auth.derived_secret("rtsp digest nonces"));
@@ -119,7 +148,8 @@ impl Server {
             auth,
             nonces,
             slots,
-            permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            limits,
+            permits: Arc::new(Semaphore::new(limits.total)),
             per_client: Mutex::new(HashMap::new()),
             shutdown,
             session_timeout: SESSION_TIMEOUT,
@@ -140,7 +170,7 @@ impl Server {
         let key = ClientKey::of(ip);
         let mut m = lock(&self.per_client);
         let n = m.entry(key).or_insert(0);
-        if *n >= MAX_CONNECTIONS_PER_CLIENT {
+        if *n >= self.limits.per_client {
             return None;
         }
         *n += 1;
@@ -169,6 +199,16 @@ impl Drop for ClientConn {
     }
 }
 
+/// Tells a connection over the caps why before closing it: `503` with `Retry-After`, written
+/// without waiting (a new socket's send buffer is empty, so the few bytes fit; if they do
+/// not, the client gets the close alone). No task and no read: a flood costs nothing more.
+/// The reply has no `CSeq`, as no request was read; ffmpeg and GStreamer report the status.
+fn refuse(stream: &tokio::net::TcpStream, peer: std::net::SocketAddr, why: &str) {
+    tracing::debug!(%peer, "RTSP connection refused: {why}");
+    let reply = Reply::error(503, None, why).header("Retry-After", "5");
+    let _ = stream.try_write(&reply.to_bytes());
+}
+
 /// Accepts RTSP connections on `listener` until shutdown, then gives open ones
 /// [`SHUTDOWN_GRACE`] to end.
 pub async fn serve(listener: TcpListener, server: Arc<Server>) {
@@ -190,11 +230,16 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) {
             },
         };
         let Ok(permit) = server.permits.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "RTSP connection refused: {MAX_CONNECTIONS} open");
+            let why = format!("{} RTSP connections are open", server.limits.total);
+            refuse(&stream, peer, &why);
             continue;
         };
         let Some(client) = server.admit(peer.ip()) else {
-            tracing::debug!(%peer, "RTSP connection refused: {MAX_CONNECTIONS_PER_CLIENT} from this client");
+            let why = format!(
+                "{} RTSP connections are open from this address",
+                server.limits.per_client
+            );
+            refuse(&stream, peer, &why);
             continue;
         };
         let server = server.clone();
@@ -288,7 +333,13 @@ pub(crate) fn fuzz_exchange(input: &[u8], cut: usize, auth: bool) -> (Vec<u8>, b
         });
         // A keyframe's parameter sets, so DESCRIBE does not wait for one.
         hub.h264().publish(conn::tests_support::keyframe());
-        let server = Server::new(vec![hub], authenticator.clone(), None, Shutdown::new());
+        let server = Server::new(
+            vec![hub],
+            authenticator.clone(),
+            None,
+            ConnectionLimits::default(),
+            Shutdown::new(),
+        );
         let out = conn::SharedVec::default();
         let peer: SocketAddr = ([127, 0, 0, 1], 40000).into();
         let local: SocketAddr = ([127, 0, 0, 1], 8554).into();

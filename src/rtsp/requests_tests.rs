@@ -28,7 +28,13 @@ struct Client {
 
 impl Client {
     fn new(hubs: Vec<Hub>, auth: Arc<Authenticator>) -> Client {
-        let server = Server::new(hubs, auth, None, Shutdown::new());
+        let server = Server::new(
+            hubs,
+            auth,
+            None,
+            ConnectionLimits::default(),
+            Shutdown::new(),
+        );
         let out = SharedVec::default();
         let peer: SocketAddr = ([127, 0, 0, 1], 40000).into();
         let local: SocketAddr = ([127, 0, 0, 1], 8554).into();
@@ -463,8 +469,14 @@ async fn a_session_that_never_plays_is_dropped_at_its_timeout() {
     let h = hub(10);
     h.h264().publish(tests_support::keyframe());
     let shutdown = Shutdown::new();
-    let server = Server::new(vec![h.clone()], open_auth(), None, shutdown.clone())
-        .with_timeout(Duration::from_secs(1));
+    let server = Server::new(
+        vec![h.clone()],
+        open_auth(),
+        None,
+        ConnectionLimits::default(),
+        shutdown.clone(),
+    )
+    .with_timeout(Duration::from_secs(1));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let served = tokio::spawn(serve(listener, server));

@@ -532,3 +532,38 @@ async fn state_and_streams_give_the_rtsp_url_with_the_host_asked_for() {
         "{streams}"
     );
 }
+
+#[tokio::test]
+async fn connections_past_the_viewer_limits_get_503_and_a_close() {
+    // One viewer per address: 1 + 4 connections from 127.0.0.1 may be open at once.
+    let (_p, addr) = start(&["--size", "320x240", "--max-viewers-per-client", "1"]);
+    let u = url(addr, "/main");
+    let mut open = Vec::new();
+    for cseq in 1..=5 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let r = exchange(
+            &mut s,
+            &format!("OPTIONS {u} RTSP/1.0\r\nCSeq: {cseq}\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status(&r), 200, "connection {cseq}: {r}");
+        open.push(s);
+    }
+    let mut sixth = TcpStream::connect(addr).await.unwrap();
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), sixth.read_to_end(&mut got)).await;
+    assert!(closed.is_ok(), "closed by the server");
+    let reply = String::from_utf8_lossy(&got);
+    assert_eq!(status(&reply), 503, "{reply}");
+    assert_eq!(header(&reply, "Retry-After"), ["5"], "{reply}");
+    assert!(
+        reply.contains("5 RTSP connections are open from this address"),
+        "{reply}"
+    );
+    // One closes: the next is served again.
+    drop(open.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let r = exchange(&mut s, &format!("OPTIONS {u} RTSP/1.0\r\nCSeq: 9\r\n\r\n")).await;
+    assert_eq!(status(&r), 200, "{r}");
+}
