@@ -9,16 +9,23 @@
 //! - [`FfmpegChild`] always kills (SIGTERM, a short grace, SIGKILL) and reaps it on drop;
 //! - its stderr is logged (target `ffmpeg`, at most 20 lines per 10 s) by a thread that keeps
 //!   the last line for error messages, passwords redacted.
+//!
+//! A reader may take a second output besides stdout ([`Feed::ReadsTwo`]): a pipe that is the
+//! child's file descriptor 3, which ffmpeg writes as `pipe:3`.
 
 use std::ffi::OsString;
+use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
@@ -39,6 +46,26 @@ pub fn ffmpeg_program() -> OsString {
     std::env::var_os(FFMPEG_ENV)
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| "ffmpeg".into())
+}
+
+/// The ffprobe to run: the one beside [`FFMPEG_ENV`]'s ffmpeg when that is set and its file
+/// name starts with `ffmpeg` (`/opt/ff/bin/ffmpeg-6` → `/opt/ff/bin/ffprobe-6`), else
+/// `ffprobe` on `PATH`.
+pub fn ffprobe_program() -> OsString {
+    let Some(ffmpeg) = std::env::var_os(FFMPEG_ENV).filter(|p| !p.is_empty()) else {
+        return "ffprobe".into();
+    };
+    ffprobe_beside(Path::new(&ffmpeg)).unwrap_or_else(|| "ffprobe".into())
+}
+
+fn ffprobe_beside(ffmpeg: &Path) -> Option<OsString> {
+    let name = ffmpeg.file_name()?.to_str()?;
+    let rest = name.strip_prefix("ffmpeg")?;
+    Some(
+        ffmpeg
+            .with_file_name(format!("ffprobe{rest}"))
+            .into_os_string(),
+    )
 }
 
 /// `input` with the password of a `scheme://user:password@host` URL replaced by `***`, for
@@ -66,13 +93,21 @@ pub enum Feed {
     Reads,
     /// picamd writes its stdin (stdout discarded).
     Writes,
+    /// picamd reads its stdout and a second output, the child's file descriptor 3
+    /// ([`FfmpegChild::take_fd3`]); stdin closed.
+    ReadsTwo,
 }
+
+/// The file descriptor of the second output in the child ([`Feed::ReadsTwo`]).
+pub const SECOND_OUTPUT_FD: i32 = 3;
 
 /// A running ffmpeg; dropping it stops (SIGTERM, then SIGKILL) and reaps the process.
 pub struct FfmpegChild {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: Option<ChildStdout>,
+    /// Our end of the second output ([`Feed::ReadsTwo`]).
+    fd3: Option<File>,
     stderr: Arc<StderrTail>,
     reaped: bool,
 }
@@ -92,9 +127,17 @@ impl FfmpegChild {
         feed: Feed,
     ) -> io::Result<Self> {
         let (stdin, stdout) = match feed {
-            Feed::Reads => (Stdio::null(), Stdio::piped()),
+            Feed::Reads | Feed::ReadsTwo => (Stdio::null(), Stdio::piped()),
             Feed::Writes => (Stdio::piped(), Stdio::null()),
         };
+        // Close-on-exec, both ends: the child gets only the copy made at fd 3 below, and no
+        // other child started meanwhile (another stream's ffmpeg) inherits either end, which
+        // would keep the pipe open after this child exits.
+        let second = match feed {
+            Feed::ReadsTwo => Some(nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?),
+            _ => None,
+        };
+        let fd3_writer = second.as_ref().map(|(_, w)| w.as_raw_fd());
         let mut cmd = Command::new(program);
         cmd.args(args)
             .stdin(stdin)
@@ -111,10 +154,22 @@ impl FfmpegChild {
                 if nix::unistd::getppid() != parent {
                     return Err(io::Error::from(Errno::ESRCH));
                 }
+                if let Some(w) = fd3_writer {
+                    if w == SECOND_OUTPUT_FD {
+                        // dup2 onto itself would keep close-on-exec: clear it instead.
+                        fcntl(w, FcntlArg::F_SETFD(FdFlag::empty())).map_err(io::Error::from)?;
+                    } else {
+                        // The copy does not inherit close-on-exec.
+                        nix::unistd::dup2(w, SECOND_OUTPUT_FD).map_err(io::Error::from)?;
+                    }
+                }
                 Ok(())
             });
         }
         let mut child = cmd.spawn()?;
+        // Our copy of the write end closes here, so the reader sees the end when ffmpeg
+        // closes its own.
+        let fd3 = second.map(|(r, _w): (OwnedFd, OwnedFd)| File::from(r));
         let stdout = child.stdout.take();
         let stdin = child.stdin.take();
         let stderr = Arc::new(StderrTail::default());
@@ -135,6 +190,7 @@ impl FfmpegChild {
             child,
             stdin,
             stdout,
+            fd3,
             stderr,
             reaped: false,
         })
@@ -160,6 +216,11 @@ impl FfmpegChild {
     /// ffmpeg's standard output, for the frame reader. Panics if taken twice.
     pub fn take_stdout(&mut self) -> ChildStdout {
         self.stdout.take().expect("stdout is taken once")
+    }
+
+    /// The read end of the second output ([`Feed::ReadsTwo`]). Panics if taken twice.
+    pub fn take_fd3(&mut self) -> File {
+        self.fd3.take().expect("the second output is taken once")
     }
 
     /// The last line ffmpeg wrote to stderr, once the log thread has read everything it
@@ -219,6 +280,7 @@ impl Drop for FfmpegChild {
         // Our ends of its pipes close first, so a child blocked writing a frame gets EPIPE
         // and one reading its input sees the end, rather than hanging on a pipe.
         self.stdout = None;
+        self.fd3 = None;
         self.stdin = None;
         self.stop();
     }
@@ -445,6 +507,33 @@ mod tests {
         let status = child.wait_exit(Duration::from_secs(5)).expect("exited");
         assert_eq!(status.code(), Some(3));
         assert_eq!(child.last_stderr_line(), "two ***");
+    }
+
+    #[test]
+    fn a_second_output_reaches_fd_3_and_ends_with_the_child() {
+        let mut child = FfmpegChild::spawn_with(
+            &"sh".into(),
+            &["-c".into(), "echo one; echo two >&3".into()],
+            Vec::new(),
+            Feed::ReadsTwo,
+        )
+        .expect("spawn sh");
+        let (mut out, mut fd3) = (String::new(), String::new());
+        child.take_stdout().read_to_string(&mut out).unwrap();
+        // The end comes: neither picamd nor anything else keeps a write end open.
+        child.take_fd3().read_to_string(&mut fd3).unwrap();
+        assert_eq!((out.as_str(), fd3.as_str()), ("one\n", "two\n"));
+        assert!(child.wait_exit(Duration::from_secs(5)).unwrap().success());
+    }
+
+    #[test]
+    fn ffprobe_is_found_beside_ffmpeg() {
+        assert_eq!(
+            ffprobe_beside(Path::new("/opt/ff/bin/ffmpeg-6")),
+            Some("/opt/ff/bin/ffprobe-6".into())
+        );
+        assert_eq!(ffprobe_beside(Path::new("ffmpeg")), Some("ffprobe".into()));
+        assert_eq!(ffprobe_beside(Path::new("/usr/bin/avconv")), None);
     }
 
     #[test]

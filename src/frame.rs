@@ -1,6 +1,7 @@
 //! Frame types, at the bottom of the flow: what a source captures ([`Frame`], its
-//! [`Payload`] and [`CaptureTime`]), what an encoder makes of it ([`EncodedFrame`]), and the
-//! static facts about a source ([`SourceInfo`]). Every stage imports these; this module
+//! [`Payload`] and [`CaptureTime`]), what an encoder makes of it ([`EncodedFrame`],
+//! [`AccessUnit`]), who makes a stream's H.264 ([`H264Supply`]), and the static facts about a
+//! source ([`SourceInfo`]). Every stage imports these; this module
 //! imports none of the stages (only [`crate::wire`], the byte layout an encoded frame is
 //! sent in).
 
@@ -169,11 +170,27 @@ impl EncodedFrame {
     }
 }
 
+/// Who makes a stream's H.264 access units. A source that may pass its input's own H.264
+/// through says which for each run, before its first frame; for every other source it is
+/// [`H264Supply::Encoder`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum H264Supply {
+    /// The pipeline's encoder, from the source's frames.
+    #[default]
+    Encoder,
+    /// The encoder, because pass-through was asked for but cannot be done (the reason: the
+    /// input is neither H.264 nor MJPEG).
+    EncoderInstead(String),
+    /// The source itself: its input's access units, copied, not encoded again.
+    Source,
+}
+
 /// One encoded picture: its NAL units in Annex B form (each behind a 4-byte start code),
 /// SPS and PPS first when it is a keyframe.
 #[derive(Debug, Clone)]
 pub struct AccessUnit {
-    /// The source frame's sequence number.
+    /// The source frame's sequence number (a passed-through unit: the source's own count,
+    /// increasing for the source's life).
     pub seq: u64,
     pub captured: CaptureTime,
     pub width: u32,

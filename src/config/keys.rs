@@ -225,7 +225,8 @@ config_keys! {
         looping "loop": bool = Key::new(Switch, Value("false"),
             "Files: start again at the end instead of showing \"no signal\".");
         passthrough "passthrough": bool = Key::new(Switch, Value("false"),
-            "ffmpeg inputs that already are MJPEG: pass the JPEGs through without re-encoding.");
+            "ffmpeg inputs that already are MJPEG or H.264: pass the JPEGs, or the H.264 access \
+             units, through without re-encoding (H.264 is still decoded for JPEG viewers).");
         // 16 MiB: far above any real frame (a 4K JPEG at quality 100 is ~5 MiB), far below
         // what would hurt a Pi.
         max_frame_size "max_frame_size": i64 = Key::new(

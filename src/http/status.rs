@@ -15,6 +15,7 @@ use axum::Json;
 use serde::Serialize;
 
 use super::{no_cache_headers, AppState, Streams};
+use crate::frame::H264Supply;
 use crate::hub::{Hub, Output};
 
 /// The body of `/state`.
@@ -104,9 +105,19 @@ pub struct Encoder {
     pub errors: u64,
 }
 
-/// The H.264 track: encoded only while it has consumers.
+/// The H.264 track: encoded only while it has consumers, or passed through from the source.
 #[derive(Debug, Serialize)]
 pub struct H264 {
+    /// `encoded` (picamd's encoder makes it from the frames) or `passthrough` (the source's
+    /// own H.264, copied: `passthrough = true` and an H.264 input).
+    pub mode: &'static str,
+    /// Why pass-through was asked for but the stream is encoded (the input's codec).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passthrough_refused: Option<String>,
+    /// The picture size of the newest unit (with pass-through: the input's own size, not
+    /// the configured one); 0 before the first.
+    pub width: u32,
+    pub height: u32,
     /// Clients and publishers taking H.264 now.
     pub consumers: usize,
     /// The encoder's target bits per second.
@@ -207,7 +218,19 @@ impl Snapshot {
                 let t = track.stats();
                 let (keyframes, bytes) = track.totals();
                 let encoded = t.encoded.load(Ordering::Relaxed);
+                let supply = track.supply();
+                let (width, height) = track.size().unwrap_or((0, 0));
                 H264 {
+                    mode: match supply {
+                        H264Supply::Source => "passthrough",
+                        H264Supply::Encoder | H264Supply::EncoderInstead(_) => "encoded",
+                    },
+                    passthrough_refused: match supply {
+                        H264Supply::EncoderInstead(why) => Some(why),
+                        _ => None,
+                    },
+                    width,
+                    height,
                     consumers: track.consumers(),
                     bitrate: info.h264_bitrate,
                     gop_s: info.h264_gop_s,
@@ -378,6 +401,12 @@ impl Snapshot {
             "gauge",
             "Clients and publishers taking the H.264 track.",
             &|s| vec![("", s.h264.consumers as f64)],
+        );
+        metric(
+            "h264_passthrough",
+            "gauge",
+            "1 while the stream's H.264 is the source's own, copied (no encoder runs).",
+            &|s| vec![("", f64::from(u8::from(s.h264.mode == "passthrough")))],
         );
         metric(
             "h264_bitrate_target_bits",

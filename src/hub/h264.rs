@@ -15,6 +15,15 @@
 //! - per consumer the track holds a position, nothing else: memory is the GOP, once, and a
 //!   slow consumer cannot slow the encoder or the others.
 //!
+//! When the source passes its input's own H.264 through ([`H264Supply::Source`]) nobody can
+//! make a keyframe on request: the camera sends one every GOP (often 2-4 s). A new consumer
+//! then starts at once at the newest keyframe kept (the GOP so far, SPS and PPS in front),
+//! and catches up with the present by taking the kept units as fast as it can; only when
+//! the bounds have cut that keyframe off does it wait for the camera's next one. The lag
+//! rule does not apply (skipping ahead needs a keyframe that only the camera can make): a
+//! slow consumer goes on until the next keyframe drops the GOP it is in, then jumps there,
+//! so it is never more than one GOP behind.
+//!
 //! The pipeline reads the consumer count (the encoder runs only while there are consumers)
 //! and the keyframe requests through one listener ([`H264Track::on_change`]).
 
@@ -26,11 +35,13 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::{lock, ViewerGuard};
-use crate::frame::{AccessUnit, NAL_PPS, NAL_SPS};
+use crate::frame::{AccessUnit, H264Supply, NAL_PPS, NAL_SPS};
 
-/// Most units kept: a 2 s GOP at 120 fps, or 10 s at 24 fps.
+/// Most units kept: a 2 s GOP at 120 fps, or 10 s at 24 fps (a camera's 4 s GOP at 30 fps is
+/// 120).
 pub const MAX_UNITS: usize = 256;
-/// Most bytes kept: a 2 s GOP at 16 Mbit/s.
+/// Most bytes kept: a 2 s GOP at 16 Mbit/s (a camera's 4 s GOP at 1080p and 4 Mbit/s is
+/// about 2 MB).
 pub const MAX_BYTES: usize = 4 << 20;
 /// A consumer this many units behind the newest skips ahead to a keyframe: 2 s at 30 fps.
 pub const MAX_LAG_UNITS: u64 = 60;
@@ -69,6 +80,10 @@ struct Units {
     /// The newest SPS and PPS seen (for SDP and the like).
     sps: Option<Bytes>,
     pps: Option<Bytes>,
+    /// Where the units come from.
+    supply: H264Supply,
+    /// The newest unit's picture size.
+    size: Option<(u32, u32)>,
 }
 
 impl Units {
@@ -120,6 +135,8 @@ impl H264Track {
                     bytes: 0,
                     sps: None,
                     pps: None,
+                    supply: H264Supply::Encoder,
+                    size: None,
                 }),
                 published: watch::channel(0).0,
                 consumers: AtomicUsize::new(0),
@@ -167,6 +184,21 @@ impl H264Track {
         Some((u.sps.clone()?, u.pps.clone()?))
     }
 
+    /// Where the units come from now (the pipeline sets it from what the source says).
+    pub fn supply(&self) -> H264Supply {
+        lock(&self.track.units).supply.clone()
+    }
+
+    /// Sets where the units come from: see the module's notes on pass-through.
+    pub fn set_supply(&self, supply: H264Supply) {
+        lock(&self.track.units).supply = supply;
+    }
+
+    /// The newest unit's picture size, once one was published.
+    pub fn size(&self) -> Option<(u32, u32)> {
+        lock(&self.track.units).size
+    }
+
     /// Appends a unit. A keyframe drops everything before it; the bounds drop the oldest.
     pub fn publish(&self, unit: AccessUnit) {
         let t = &self.track;
@@ -186,6 +218,7 @@ impl H264Track {
                 u.first = end;
                 u.bytes = 0;
             }
+            u.size = Some((unit.width, unit.height));
             u.kept.push_back(Arc::new(unit));
             u.bytes += len;
             while u.kept.len() > MAX_UNITS || (u.bytes > MAX_BYTES && u.kept.len() > 1) {
@@ -205,9 +238,11 @@ impl H264Track {
         self.tell(TrackNews::Consumers(n));
         let start = {
             let u = lock(&self.track.units);
-            // The newest unit is a keyframe: no older than one frame interval, start there.
-            match u.kept.back() {
-                Some(last) if last.keyframe => Position::At(u.end() - 1),
+            match (u.kept.back(), u.newest_keyframe()) {
+                // The newest unit is a keyframe: no older than one frame interval, start there.
+                (Some(last), _) if last.keyframe => Position::At(u.end() - 1),
+                // Passed through: no keyframe can be made on request; start with the GOP kept.
+                (_, Some(k)) if u.supply == H264Supply::Source => Position::At(k),
                 _ => Position::KeyframeFrom(u.end()),
             }
         };
@@ -265,8 +300,13 @@ impl H264Consumer {
     pub fn try_next(&mut self) -> Option<Arc<AccessUnit>> {
         let u = lock(&self.track.track.units);
         let (first, end) = (u.first, u.end());
+        // Passed through, skipping ahead would wait for the camera's next keyframe anyway.
+        let max_lag = match u.supply {
+            H264Supply::Source => u64::MAX,
+            _ => MAX_LAG_UNITS,
+        };
         let at = match self.position {
-            Position::At(i) if i >= first && end.saturating_sub(i) <= MAX_LAG_UNITS => i,
+            Position::At(i) if i >= first && end.saturating_sub(i) <= max_lag => i,
             Position::At(i) if i >= end => return None,
             // Fell behind: on at the newest keyframe if it lies ahead, else wait for the next
             // one (going back to this GOP's own keyframe would replay the past).
@@ -435,6 +475,45 @@ mod tests {
         t.publish(unit(9, true, 10));
         assert_eq!(c.try_next().map(|u| u.seq), Some(9));
         assert!(heard.lock().unwrap().contains(&TrackNews::KeyframeWanted));
+    }
+
+    #[test]
+    fn passed_through_a_new_consumer_starts_with_the_gop_kept() {
+        let t = H264Track::new();
+        let heard = news(&t);
+        t.set_supply(H264Supply::Source);
+        for s in 1..=100 {
+            t.publish(unit(s, s == 1, 10));
+        }
+        assert_eq!(t.size(), Some((16, 16)));
+        // 99 units behind at once, more than the lag rule allows an encoded track: served,
+        // from the keyframe on, without asking for a keyframe nobody can make.
+        let mut c = t.consume(None);
+        assert_eq!(seqs(&mut c), (1..=100).collect::<Vec<_>>());
+        let mut slow = t.consume(None);
+        assert_eq!(slow.try_next().map(|u| u.seq), Some(1));
+        assert!(!heard.lock().unwrap().contains(&TrackNews::KeyframeWanted));
+        // A slow consumer goes on in its GOP, then jumps to the next keyframe.
+        for s in 101..=200 {
+            t.publish(unit(s, false, 1));
+        }
+        assert_eq!(slow.try_next().map(|u| u.seq), Some(2));
+        t.publish(unit(201, true, 1));
+        assert_eq!(slow.try_next().map(|u| u.seq), Some(201));
+        // A GOP longer than the bounds: its keyframe is gone, so a new consumer waits for the
+        // camera's next one.
+        for s in 202..(202 + MAX_UNITS as u64) {
+            t.publish(unit(s, false, 1));
+        }
+        let mut late = t.consume(None);
+        assert_eq!(late.try_next().map(|u| u.seq), None);
+        t.publish(unit(999, true, 1));
+        assert_eq!(late.try_next().map(|u| u.seq), Some(999));
+        // Back to the encoder: the usual rules.
+        t.set_supply(H264Supply::EncoderInstead("hevc".into()));
+        t.publish(unit(1000, false, 1));
+        let mut enc = t.consume(None);
+        assert_eq!(enc.try_next().map(|u| u.seq), None);
     }
 
     #[tokio::test]

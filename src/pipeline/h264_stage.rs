@@ -103,6 +103,13 @@ impl H264Stage {
         if track.on_change(listener).is_err() {
             return Err(std::io::Error::other("the H.264 track already has a stage"));
         }
+        {
+            // A stage started late (a source that passes H.264 through fell back to the
+            // encoder) has consumers already, who wait for a keyframe.
+            let mut slot = lock(&shared.slot);
+            slot.consumers = track.consumers();
+            slot.keyframe_wanted = slot.consumers > 0;
+        }
         let thread = {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -118,6 +125,11 @@ impl H264Stage {
     /// Whether anyone consumes H.264 now (else frames need not be offered).
     pub fn wanted(&self) -> bool {
         lock(&self.shared.slot).consumers > 0
+    }
+
+    /// Makes the next frame a keyframe (the units before it were not this encoder's).
+    pub fn request_keyframe(&self) {
+        lock(&self.shared.slot).keyframe_wanted = true;
     }
 
     /// Offers a frame; a frame still waiting is replaced (it was never started).

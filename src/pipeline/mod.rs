@@ -17,13 +17,13 @@ pub mod h264_stage;
 pub mod no_signal;
 pub mod state;
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use crate::config::{SourceSpec, StreamConfig};
 use crate::encode::{EncodeEvent, EncodeSink, EncoderPool, EncoderThreads};
-use crate::frame::{CaptureTime, EncodedFrame, Frame, Payload};
+use crate::frame::{AccessUnit, CaptureTime, EncodedFrame, Frame, H264Supply, Payload};
 use crate::hub::{Hub, Output, PipelineInfo};
 use crate::shutdown::Shutdown;
 use crate::source::controls::CameraControls;
@@ -175,13 +175,20 @@ impl Pipeline {
         let hub = Hub::new(info);
         let (encoders, encoder_threads) =
             EncoderPool::start(workers, quality, Arc::new(HubSink(hub.clone())))?;
-        let h264 = H264Stage::start(hub.h264().clone(), h264)?;
+        let stage = OnceLock::new();
+        if !source.may_supply_h264() {
+            // A source that may pass its own H.264 through gets an encoder only when a run
+            // says it needs one (`FrameSink::supply_h264`).
+            let _ = stage.set(H264Stage::start(hub.h264().clone(), h264)?);
+        }
         let life = Arc::new(Life {
             machine: Mutex::new(Machine::new(timing)),
             demand_changed: Condvar::new(),
             hub: hub.clone(),
             encoders,
-            h264,
+            h264: stage,
+            h264_settings: h264,
+            passthrough: AtomicBool::new(false),
             clock,
         });
         let listener = Arc::downgrade(&life);
@@ -232,8 +239,12 @@ struct Life {
     demand_changed: Condvar,
     hub: Hub,
     encoders: EncoderPool,
-    /// Runs while the hub's H.264 track has consumers.
-    h264: H264Stage,
+    /// Runs while the hub's H.264 track has consumers; never started for a source that
+    /// passes its own H.264 through (until a run of it needs the encoder after all).
+    h264: OnceLock<H264Stage>,
+    h264_settings: StageSettings,
+    /// The source's own access units feed the H.264 track this run; frames do not.
+    passthrough: AtomicBool,
     clock: Arc<dyn Clock>,
 }
 
@@ -257,16 +268,24 @@ impl Life {
     }
 
     /// Hands a frame to the encoders that have someone to serve: the H.264 stage while the
-    /// track has consumers, the JPEG pool unless H.264 consumers are the only viewers (then
-    /// nobody would see the JPEGs). `false` when the JPEG pool dropped it (all busy).
+    /// track has consumers (and the source does not pass its own H.264 through), the JPEG
+    /// pool unless H.264 consumers are the only viewers (then nobody would see the JPEGs).
+    /// `false` when the JPEG pool dropped it (all busy).
     fn encode(&self, frame: Frame) -> bool {
-        let h264 = self.h264.wanted();
-        if h264 {
+        let stage = self
+            .h264
+            .get()
+            .filter(|_| !self.passthrough.load(Ordering::Relaxed));
+        let h264 = match stage {
+            Some(stage) => stage.wanted(),
+            None => self.hub.h264().consumers() > 0,
+        };
+        if let (true, Some(stage)) = (h264, stage) {
             let picture = match &frame.payload {
                 Payload::Yuv420(planes) => Picture::Planes(planes.clone()),
                 Payload::Jpeg(jpeg) => Picture::Jpeg(jpeg.clone()),
             };
-            self.h264.offer(Job {
+            stage.offer(Job {
                 seq: frame.seq,
                 captured: frame.captured,
                 width: frame.width,
@@ -308,6 +327,54 @@ impl FrameSink for Life {
             SourceNews::Starting => Event::Starting { new_run: false },
             SourceNews::Down(why) => Event::Down(why),
         });
+    }
+
+    fn supply_h264(&self, supply: H264Supply) {
+        let passthrough = supply == H264Supply::Source;
+        match self.h264.get() {
+            // Only the source thread calls this, so the stage is started once. A stage
+            // started late asks for a keyframe itself.
+            None if !passthrough => {
+                match H264Stage::start(self.hub.h264().clone(), self.h264_settings) {
+                    Ok(stage) => {
+                        let _ = self.h264.set(stage);
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot start the H.264 encoder"),
+                }
+            }
+            // Back from the camera's units: consumers are in the middle of its GOP, and the
+            // encoder's next P-frame would refer to pictures they never had. (The other way
+            // needs nothing: ffmpeg's copy starts at a keyframe.)
+            Some(stage) if !passthrough && self.passthrough.load(Ordering::Relaxed) => {
+                stage.request_keyframe();
+            }
+            _ => {}
+        }
+        if self.hub.h264().supply() != supply {
+            match &supply {
+                H264Supply::Source => tracing::info!(
+                    stream = %self.hub.info().name,
+                    "H.264 passed through from the source; the H.264 encoder does not run"
+                ),
+                _ => tracing::debug!(stream = %self.hub.info().name, "H.264 from the encoder"),
+            }
+        }
+        self.passthrough.store(passthrough, Ordering::Relaxed);
+        self.hub.h264().set_supply(supply);
+    }
+
+    fn access_unit(&self, unit: AccessUnit) {
+        if self.passthrough.load(Ordering::Relaxed) {
+            self.hub.h264().publish(unit);
+        }
+    }
+}
+
+impl Drop for Life {
+    fn drop(&mut self) {
+        // Ends the consumers' waits; the stage does the same when it stops, but a stream
+        // passing its own H.264 through may have none.
+        self.hub.h264().close();
     }
 }
 

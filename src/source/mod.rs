@@ -6,11 +6,15 @@
 //! watches it; a source sees only its [`SourceContext`]: a [`FrameSink`] that takes frames
 //! (never blocking: a frame the encoders cannot take is dropped, never queued) and news of
 //! the source, and a [`Demand`] signal, asked before each frame so nothing is captured while
-//! nobody watches.
+//! nobody watches. A source that passes its input's H.264 through (the ffmpeg source with
+//! `passthrough = true`) hands its access units to the same sink, and says per run whether
+//! it does ([`SourceContext::supply_h264`]), so the pipeline runs its own encoder only when
+//! it must.
 //!
 //! Encoding, fan-out and the stream's state machine do not belong here: no file under
 //! `source/` imports the pipeline, the encoders, the hub or the outputs.
 
+pub mod annexb;
 pub mod controls;
 pub mod faults;
 pub mod ffmpeg;
@@ -30,7 +34,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::frame::{CaptureTime, Frame, Payload, SourceInfo};
+use crate::frame::{AccessUnit, CaptureTime, Frame, H264Supply, Payload, SourceInfo};
 use crate::shutdown::Shutdown;
 
 /// Why a source stopped; the supervisor logs it and restarts the source after a backoff.
@@ -55,6 +59,12 @@ pub trait Source: Send + 'static {
     fn controls(&self) -> Option<std::sync::Arc<dyn controls::CameraControls>> {
         None
     }
+    /// Whether this source may hand over its input's own H.264 access units. If so, the
+    /// pipeline starts its H.264 encoder only once a run says it is needed
+    /// ([`SourceContext::supply_h264`]); otherwise it has one from the start.
+    fn may_supply_h264(&self) -> bool {
+        false
+    }
 }
 
 /// What a source tells the pipeline besides its frames (a frame itself means "live").
@@ -75,6 +85,12 @@ pub trait FrameSink: Send + Sync {
     /// Takes a frame without blocking; one that cannot be encoded right now is dropped.
     fn frame(&self, frame: Frame);
     fn news(&self, news: SourceNews);
+    /// Who makes the stream's H.264 during this run (sources that
+    /// [`Source::may_supply_h264`] only, before their first frame or unit).
+    fn supply_h264(&self, supply: H264Supply);
+    /// Takes one of the input's own H.264 access units without blocking (after
+    /// [`H264Supply::Source`]).
+    fn access_unit(&self, unit: AccessUnit);
 }
 
 /// Whether anyone wants frames. The pipeline implements it (viewers, and one linger after
@@ -155,6 +171,17 @@ impl SourceContext {
         Ok((info.width, info.height))
     }
 
+    /// Says who makes the stream's H.264 during this run: the pipeline's encoder, or this
+    /// source through [`Self::emit_h264`].
+    pub fn supply_h264(&self, supply: H264Supply) {
+        self.sink.supply_h264(supply);
+    }
+
+    /// Hands on one of the input's own H.264 access units, without blocking.
+    pub fn emit_h264(&self, unit: AccessUnit) {
+        self.sink.access_unit(unit);
+    }
+
     /// Reports that the source is (re)starting its device or upstream. After a failure the
     /// failure stays what viewers and `/state` see until a frame arrives.
     pub fn mark_starting(&self) {
@@ -197,6 +224,8 @@ pub(crate) mod testing {
         }
         fn frame(&self, _frame: Frame) {}
         fn news(&self, _news: SourceNews) {}
+        fn supply_h264(&self, _supply: H264Supply) {}
+        fn access_unit(&self, _unit: AccessUnit) {}
     }
 
     impl Demand for TestLink {

@@ -11,6 +11,7 @@ mod controls;
 mod demand;
 mod ffmpeg_sources;
 mod mjpeg;
+mod passthrough;
 mod publish;
 mod recovery;
 mod rtsp;
