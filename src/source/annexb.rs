@@ -223,176 +223,18 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The picture size an SPS (NAL unit, header byte first, emulation prevention in place)
-/// gives, after cropping; `None` if it cannot be read.
+/// gives, after cropping; `None` if it cannot be read. Parsed by `h264-reader` (the SPS
+/// syntax has profile-dependent branches, scaling lists and VUI: a kept parser, not ours).
 pub fn sps_size(nal: &[u8]) -> Option<(u32, u32)> {
-    let rbsp = unescape(nal.get(1..)?);
-    let mut r = Bits::new(&rbsp);
-    let profile_idc = r.bits(8)?;
-    r.bits(16)?; // constraint flags, level_idc
-    r.ue()?; // seq_parameter_set_id
-    let mut chroma_format_idc = 1;
-    let mut separate_colour_plane = false;
-    if matches!(
-        profile_idc,
-        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
-    ) {
-        chroma_format_idc = r.ue()?;
-        if chroma_format_idc > 3 {
-            return None;
-        }
-        if chroma_format_idc == 3 {
-            separate_colour_plane = r.bit()?;
-        }
-        r.ue()?; // bit_depth_luma_minus8
-        r.ue()?; // bit_depth_chroma_minus8
-        r.bit()?; // qpprime_y_zero_transform_bypass_flag
-        if r.bit()? {
-            let lists = if chroma_format_idc == 3 { 12 } else { 8 };
-            for i in 0..lists {
-                if r.bit()? {
-                    skip_scaling_list(&mut r, if i < 6 { 16 } else { 64 })?;
-                }
-            }
-        }
-    }
-    r.ue()?; // log2_max_frame_num_minus4
-    match r.ue()? {
-        0 => {
-            r.ue()?; // log2_max_pic_order_cnt_lsb_minus4
-        }
-        1 => {
-            r.bit()?; // delta_pic_order_always_zero_flag
-            r.se()?; // offset_for_non_ref_pic
-            r.se()?; // offset_for_top_to_bottom_field
-            let cycle = r.ue()?;
-            if cycle > 255 {
-                return None;
-            }
-            for _ in 0..cycle {
-                r.se()?;
-            }
-        }
-        2 => {}
-        _ => return None,
-    }
-    r.ue()?; // max_num_ref_frames
-    r.bit()?; // gaps_in_frame_num_value_allowed_flag
-    let width_mbs = r.ue()? + 1;
-    let height_map_units = r.ue()? + 1;
-    let frame_mbs_only = r.bit()?;
-    if !frame_mbs_only {
-        r.bit()?; // mb_adaptive_frame_field_flag
-    }
-    r.bit()?; // direct_8x8_inference_flag
-    let (mut left, mut right, mut top, mut bottom) = (0, 0, 0, 0);
-    if r.bit()? {
-        (left, right, top, bottom) = (r.ue()?, r.ue()?, r.ue()?, r.ue()?);
-    }
-    // H.264 7.4.2.1.1: the crop unit depends on the chroma format and field coding.
-    let chroma_array_type = if separate_colour_plane {
-        0
-    } else {
-        chroma_format_idc
-    };
-    let (sub_w, sub_h) = match chroma_array_type {
-        1 => (2, 2),
-        2 => (2, 1),
-        _ => (1, 1),
-    };
-    let fields = if frame_mbs_only { 1 } else { 2 };
-    let (crop_x, crop_y) = if chroma_array_type == 0 {
-        (1, fields)
-    } else {
-        (sub_w, sub_h * fields)
-    };
-    let width = (width_mbs * 16).checked_sub(crop_x * (left.checked_add(right)?))?;
-    let height =
-        (fields * height_map_units * 16).checked_sub(crop_y * (top.checked_add(bottom)?))?;
-    // Level 6.2's largest frame is 139,264 macroblocks (e.g. 8192x4320); anything far beyond
-    // is not a picture size.
-    if width == 0 || height == 0 || width > 16_384 || height > 16_384 {
+    use h264_reader::nal::{sps::SeqParameterSet, Nal, RefNal};
+    if nal.len() < 2 {
         return None;
     }
-    Some((width, height))
-}
-
-/// Skips one scaling_list() of `size` entries (H.264 7.3.2.1.1.1).
-fn skip_scaling_list(r: &mut Bits<'_>, size: usize) -> Option<()> {
-    let (mut last, mut next) = (8i64, 8i64);
-    for _ in 0..size {
-        if next != 0 {
-            let delta = r.se()?;
-            next = (last + delta + 256).rem_euclid(256);
-        }
-        if next != 0 {
-            last = next;
-        }
-    }
-    Some(())
-}
-
-/// Most bytes of an SPS read. The size fields lie within: real SPS are 10-40 bytes, and
-/// even 12 scaling lists (4:4:4: 6 of 16 and 6 of 64 deltas, each at most 19 bits) come to
-/// 1,140 bytes before them.
-const SPS_READ_MAX: usize = 2048;
-
-/// The RBSP of (the first [`SPS_READ_MAX`] bytes of) a NAL unit's payload: every
-/// `00 00 03` becomes `00 00`.
-fn unescape(payload: &[u8]) -> Vec<u8> {
-    let payload = &payload[..payload.len().min(SPS_READ_MAX)];
-    let mut out = Vec::with_capacity(payload.len());
-    let mut zeros = 0;
-    for &b in payload {
-        if zeros >= 2 && b == 3 {
-            zeros = 0;
-            continue;
-        }
-        zeros = if b == 0 { zeros + 1 } else { 0 };
-        out.push(b);
-    }
-    out
-}
-
-/// A big-endian bit reader with Exp-Golomb codes; `None` past the end.
-struct Bits<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Bits<'a> {
-    fn new(data: &'a [u8]) -> Self {
-        Bits { data, pos: 0 }
-    }
-
-    fn bit(&mut self) -> Option<bool> {
-        let byte = *self.data.get(self.pos / 8)?;
-        let bit = byte >> (7 - self.pos % 8) & 1;
-        self.pos += 1;
-        Some(bit == 1)
-    }
-
-    fn bits(&mut self, n: u32) -> Option<u32> {
-        (0..n).try_fold(0u32, |acc, _| Some(acc << 1 | self.bit()? as u32))
-    }
-
-    /// ue(v): values up to 2^31 - 2; longer codes are refused.
-    fn ue(&mut self) -> Option<u32> {
-        let mut zeros = 0;
-        while !self.bit()? {
-            zeros += 1;
-            if zeros > 31 {
-                return None;
-            }
-        }
-        let rest = self.bits(zeros)?;
-        ((1u64 << zeros) - 1 + rest as u64).try_into().ok()
-    }
-
-    /// se(v).
-    fn se(&mut self) -> Option<i64> {
-        let k = self.ue()? as i64;
-        Some(if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) })
-    }
+    let nal = RefNal::new(nal, &[], true);
+    SeqParameterSet::from_bits(nal.rbsp_bits())
+        .ok()?
+        .pixel_dimensions()
+        .ok()
 }
 
 #[cfg(test)]
