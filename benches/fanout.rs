@@ -723,8 +723,8 @@ async fn run_rtsp_client(
             r = stream.read_buf(&mut buf) => r.map_err(|e| if set_up {
                 format!("read: {e}")
             } else {
-                // picamd drops a connection over its limits at once; with SETUP unread in
-                // its socket the kernel answers with a reset rather than a close.
+                // picamd answers a connection over its limits with 503 and closes it; with
+                // SETUP unread in its socket the kernel may send a reset that overtakes the 503.
                 format!("reset before SETUP was answered (refused): {e}")
             })?,
         };

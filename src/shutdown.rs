@@ -21,6 +21,35 @@ impl Shutdown {
         Self::default()
     }
 
+    /// The next connection on `listener`, or `None` once shutdown has started. An accept error
+    /// (out of descriptors and the like) is logged, naming `server`, and retried after a pause
+    /// that doubles from 20 ms to 640 ms (`failures` counts them; reset by a success), so a
+    /// server never spins on it. The HTTP(S) and RTSP accept loops share this.
+    pub async fn accept(
+        &self,
+        listener: &tokio::net::TcpListener,
+        failures: &mut u32,
+        server: &str,
+    ) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+        loop {
+            tokio::select! {
+                _ = self.cancelled() => return None,
+                r = listener.accept() => match r {
+                    Ok(conn) => {
+                        *failures = 0;
+                        return Some(conn);
+                    }
+                    Err(e) => {
+                        *failures = (*failures + 1).min(6);
+                        let wait = Duration::from_millis(10 << *failures);
+                        tracing::warn!(error = %e, "{server} accept failed; retrying in {wait:?}");
+                        tokio::time::sleep(wait).await;
+                    }
+                },
+            }
+        }
+    }
+
     /// Starts shutdown; idempotent.
     pub fn trigger(&self) {
         self.token.cancel();

@@ -402,21 +402,11 @@ impl Server {
         tls: Option<tokio_rustls::TlsAcceptor>,
     ) {
         let mut accept_errors = 0u32;
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = self.shutdown.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok(conn) => { accept_errors = 0; conn }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        accept_errors = (accept_errors + 1).min(6);
-                        let wait = Duration::from_millis(10 << accept_errors);
-                        tracing::warn!(error = %e, "accept failed; retrying in {wait:?}");
-                        tokio::time::sleep(wait).await;
-                        continue;
-                    }
-                },
-            };
+        while let Some((stream, peer)) = self
+            .shutdown
+            .accept(&listener, &mut accept_errors, "HTTP")
+            .await
+        {
             // The guard, the limits and the logs need the client's address: the peer, or
             // behind a trusted proxy the client it names, per request (a proxy may send
             // several clients' requests over one connection). A redirect without a `Host`

@@ -214,21 +214,11 @@ fn refuse(stream: &tokio::net::TcpStream, peer: std::net::SocketAddr, why: &str)
 pub async fn serve(listener: TcpListener, server: Arc<Server>) {
     let tracker = TaskTracker::new();
     let mut accept_errors = 0u32;
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = server.shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(c) => { accept_errors = 0; c }
-                Err(e) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    accept_errors = (accept_errors + 1).min(6);
-                    let wait = Duration::from_millis(10 << accept_errors);
-                    tracing::warn!(error = %e, "RTSP accept failed; retrying in {wait:?}");
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) = server
+        .shutdown
+        .accept(&listener, &mut accept_errors, "RTSP")
+        .await
+    {
         let Ok(permit) = server.permits.clone().try_acquire_owned() else {
             let why = format!("{} RTSP connections are open", server.limits.total);
             refuse(&stream, peer, &why);

@@ -39,6 +39,23 @@ fn make_clip(path: &Path, seconds: u32, codec: &[&str]) {
 }
 
 /// Waits up to `within` for `/state` to satisfy `ok`; returns it.
+/// picamd passing the clip at `clip` through in a loop (320x240 frames at 25 fps for the
+/// JPEG side) and publishing it to `url`.
+fn start_looped_passed_through(clip: &str, url: &str) -> Picamd {
+    Picamd::start(&[
+        "--source",
+        clip,
+        "--loop",
+        "--passthrough",
+        "--size",
+        "320x240",
+        "--fps",
+        "25",
+        "--publish",
+        url,
+    ])
+}
+
 async fn wait_state(
     p: &Picamd,
     within: Duration,
@@ -114,18 +131,7 @@ async fn an_h264_file_is_published_as_it_is_and_snapshots_still_work() {
     );
     let nginx = NginxRtmp::server();
     let url = format!("rtmp://127.0.0.1:{}/live/pt-h264", nginx.rtmp_port);
-    let p = Picamd::start(&[
-        "--source",
-        &clip,
-        "--loop",
-        "--passthrough",
-        "--size",
-        "320x240",
-        "--fps",
-        "25",
-        "--publish",
-        &url,
-    ]);
+    let p = start_looped_passed_through(&clip, &url);
     // The publisher alone (an H.264 consumer holding a viewer slot) wakes the source.
     let s = wait_state(&p, Duration::from_secs(40), "publishing", |s| {
         s["publish"][0]["state"] == "publishing"
@@ -248,18 +254,7 @@ async fn another_codec_is_encoded_instead_and_says_why() {
     let clip = clip.to_str().unwrap().to_owned();
     let nginx = NginxRtmp::server();
     let url = format!("rtmp://127.0.0.1:{}/live/pt-mpeg4", nginx.rtmp_port);
-    let p = Picamd::start(&[
-        "--source",
-        &clip,
-        "--loop",
-        "--passthrough",
-        "--size",
-        "320x240",
-        "--fps",
-        "25",
-        "--publish",
-        &url,
-    ]);
+    let p = start_looped_passed_through(&clip, &url);
     wait_state(&p, Duration::from_secs(40), "publishing", |s| {
         s["publish"][0]["state"] == "publishing"
     })

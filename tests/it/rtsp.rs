@@ -155,12 +155,10 @@ async fn frame_numbers_read_back_from_ffmpegs_pictures_climb_without_a_gap_past_
     }
 }
 
-/// SETUP (interleaved over TCP) and PLAY on a new connection; the connection, after PLAY's
-/// reply, and when PLAY was sent.
-async fn play_over_tcp(addr: SocketAddr, u: &str) -> (TcpStream, Instant) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+/// SETUP of the video track, RTP interleaved on channels 0-1 of `s`: the session's id.
+async fn setup_over_tcp(s: &mut TcpStream, u: &str) -> String {
     let r = exchange(
-        &mut s,
+        s,
         &format!(
             "SETUP {u}/trackID=0 RTSP/1.0\r\nCSeq: 1\r\n\
              Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"
@@ -168,11 +166,18 @@ async fn play_over_tcp(addr: SocketAddr, u: &str) -> (TcpStream, Instant) {
     )
     .await;
     assert_eq!(status(&r), 200, "{r}");
-    let session = header(&r, "Session")[0]
+    header(&r, "Session")[0]
         .split(';')
         .next()
         .unwrap()
-        .to_owned();
+        .to_owned()
+}
+
+/// SETUP (interleaved over TCP) and PLAY on a new connection; the connection, after PLAY's
+/// reply, and when PLAY was sent.
+async fn play_over_tcp(addr: SocketAddr, u: &str) -> (TcpStream, Instant) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let session = setup_over_tcp(&mut s, u).await;
     let sent = Instant::now();
     let r = exchange(
         &mut s,
@@ -390,20 +395,7 @@ async fn a_client_that_stops_reading_slows_nobody_and_costs_bounded_memory() {
         let sock = TcpSocket::new_v4().unwrap();
         sock.set_recv_buffer_size(4096).unwrap();
         let mut s = sock.connect(addr).await.unwrap();
-        let r = exchange(
-            &mut s,
-            &format!(
-                "SETUP {u}/trackID=0 RTSP/1.0\r\nCSeq: 1\r\n\
-                 Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"
-            ),
-        )
-        .await;
-        assert_eq!(status(&r), 200, "{r}");
-        let session = header(&r, "Session")[0]
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned();
+        let session = setup_over_tcp(&mut s, &u).await;
         s.write_all(
             format!("PLAY {u} RTSP/1.0\r\nCSeq: 2\r\nSession: {session}\r\n\r\n").as_bytes(),
         )
