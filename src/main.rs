@@ -572,6 +572,24 @@ fn list_cameras() -> ExitCode {
             "libcamera {} (Pi camera modules; use --source libcamera[:ID_OR_INDEX]):",
             libcamera::libcamera_version()
         );
+        // The pipeline handlers compiled in (rpi/pisp: Raspberry Pi 5; rpi/vc4: Pi 0-4), as
+        // the bundle's build recorded them: libcamera's API does not list them.
+        match libcamera::bundle_info() {
+            Some(b) if b.recorded => {
+                println!("  library: {}", b.library);
+                println!("  pipeline handlers: {}", b.pipelines.join(", "));
+                let pisp = b
+                    .libpisp
+                    .map(|v| format!("; libpisp {v}"))
+                    .unwrap_or_default();
+                println!("  IPA modules: {}{pisp}", b.ipas.join(", "));
+            }
+            Some(b) => println!(
+                "  library: {} (not picamd's bundle: pipeline handlers not recorded)",
+                b.library
+            ),
+            None => println!("  library: not found in /proc/self/maps"),
+        }
         match libcamera::list_cameras() {
             Ok(cams) if cams.is_empty() => println!("  no libcamera cameras found"),
             Ok(cams) => {

@@ -199,5 +199,6 @@ remove_stale() {
 picamd_version() { sed -n 's/^version = "\(.*\)"/\1/p' "$PICAMD_REPO/Cargo.toml" | head -n1; }
 # picamd_deb_version: the .deb's version (PICAMD_DEB_VERSION, default <version>-1).
 picamd_deb_version() { echo "${PICAMD_DEB_VERSION:-$(picamd_version)-1}"; }
-# picamd_deb: where cross/deb writes the .deb by default.
-picamd_deb() { echo "$PICAMD_CROSS_OUT/picamd_$(picamd_deb_version)_arm64.deb"; }
+# picamd_deb [FLAVOUR]: where cross/deb writes the FLAVOUR's .deb (trixie, the default, or
+# bookworm).
+picamd_deb() { echo "$PICAMD_CROSS_OUT/picamd_$(picamd_deb_version)+${1:-trixie}_arm64.deb"; }

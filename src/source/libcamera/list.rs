@@ -148,6 +148,74 @@ pub fn libcamera_version() -> &'static str {
     libcamera::version::runtime_version()
 }
 
+/// What a libcamera bundle built by picamd's `cross/build` says about itself: libcamera's
+/// public API has no list of the pipeline handlers compiled in, so the build records them in
+/// `share/picamd/build-info` beside the library (after checking that `libcamera.so` registers
+/// each one), and `--list-cameras` prints them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BundleInfo {
+    /// The `libcamera.so` this process loaded.
+    pub library: String,
+    /// Pipeline handlers compiled in (`rpi/vc4`, `rpi/pisp`, ...); empty when not recorded.
+    pub pipelines: Vec<String>,
+    /// IPA modules (`rpi/vc4`, `rpi/pisp`).
+    pub ipas: Vec<String>,
+    /// The bundled libpisp's Debian version, when there is one (trixie flavour).
+    pub libpisp: Option<String>,
+    /// Whether `build-info` was found (false: a libcamera not built by `cross/build`).
+    pub recorded: bool,
+}
+
+impl BundleInfo {
+    /// `build-info`'s text: `pipelines A B`, `ipas A B`, `libpisp V` lines; others ignored.
+    fn parse(library: String, text: &str) -> BundleInfo {
+        let mut info = BundleInfo {
+            library,
+            recorded: true,
+            ..BundleInfo::default()
+        };
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let mut words = line.split_whitespace();
+            let list = |w: std::str::SplitWhitespace<'_>| w.map(str::to_owned).collect();
+            match words.next() {
+                Some("pipelines") => info.pipelines = list(words),
+                Some("ipas") => info.ipas = list(words),
+                Some("libpisp") => info.libpisp = words.next().map(str::to_owned),
+                _ => {}
+            }
+        }
+        info
+    }
+}
+
+/// The path of the `libcamera.so` mapped into this process, from `/proc/self/maps`.
+fn loaded_libcamera(maps: &str) -> Option<&str> {
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|path| {
+            path.rsplit('/')
+                .next()
+                .is_some_and(|file| file.starts_with("libcamera.so"))
+        })
+}
+
+/// The loaded libcamera and, for picamd's bundle, the pipeline handlers and IPA modules it
+/// was built with (`<lib>/../share/picamd/build-info`). `None` when no libcamera is mapped.
+pub fn bundle_info() -> Option<BundleInfo> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let library = loaded_libcamera(&maps)?.to_owned();
+    let file = std::path::Path::new(&library)
+        .parent()?
+        .join("../share/picamd/build-info");
+    Some(match std::fs::read_to_string(file) {
+        Ok(text) => BundleInfo::parse(library, &text),
+        Err(_) => BundleInfo {
+            library,
+            ..BundleInfo::default()
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +230,33 @@ mod tests {
         if std::env::var_os("PICAMD_EXPECT_NO_CAMERA").is_some() {
             assert!(cameras.is_empty(), "expected no cameras, found {cameras:?}");
         }
+    }
+
+    #[test]
+    fn bundle_info_from_maps_and_build_info() {
+        let maps = "\
+aaaad000-aaaae000 r-xp 00000000 fe:01 1 /usr/bin/picamd
+ffff8000-ffff9000 r-xp 00000000 fe:01 2 /usr/lib/picamd/libcamera/lib/libcamera-base.so.0.7.2
+ffff9000-ffffa000 r-xp 00000000 fe:01 3 /usr/lib/picamd/libcamera/lib/libcamera.so.0.7.2
+ffffb000-ffffc000 rw-p 00000000 00:00 0 
+";
+        let lib = loaded_libcamera(maps).unwrap();
+        assert_eq!(lib, "/usr/lib/picamd/libcamera/lib/libcamera.so.0.7.2");
+        assert_eq!(
+            loaded_libcamera("ffff0000-ffff1000 r-xp 0 0:0 0 /lib/libc.so.6\n"),
+            None
+        );
+        let info = BundleInfo::parse(
+            lib.to_owned(),
+            "# Written by cross/build\nlibcamera 0.7.2 (0.7.2-1)\npipelines rpi/vc4 rpi/pisp uvcvideo virtual\nipas rpi/vc4 rpi/pisp\nlibpisp 1.2.1-2\n",
+        );
+        assert!(info.recorded);
+        assert_eq!(
+            info.pipelines,
+            ["rpi/vc4", "rpi/pisp", "uvcvideo", "virtual"]
+        );
+        assert_eq!(info.ipas, ["rpi/vc4", "rpi/pisp"]);
+        assert_eq!(info.libpisp.as_deref(), Some("1.2.1-2"));
     }
 
     #[test]

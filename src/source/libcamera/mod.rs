@@ -50,7 +50,8 @@ use libcamera::properties;
 
 pub use self::controls::{LibcameraControls, Support};
 pub use self::list::{
-    libcamera_version, list_cameras, CameraListing, FormatListing, StreamListing,
+    bundle_info, libcamera_version, list_cameras, BundleInfo, CameraListing, FormatListing,
+    StreamListing,
 };
 pub use self::planes::RequestPlanes;
 
