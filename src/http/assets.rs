@@ -46,6 +46,11 @@ pub const ASSETS: &[(&str, &str, &[u8])] = &[
     ("rate.js", JS, include_bytes!("../web/rate.js")),
     ("streams.js", JS, include_bytes!("../web/streams.js")),
     ("ui.js", JS, include_bytes!("../web/ui.js")),
+    (
+        "webcodecs-source.js",
+        JS,
+        include_bytes!("../web/webcodecs-source.js"),
+    ),
     ("ws-source.js", JS, include_bytes!("../web/ws-source.js")),
 ];
 
