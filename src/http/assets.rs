@@ -46,6 +46,16 @@ pub const ASSETS: &[(&str, &str, &[u8])] = &[
     ("rate.js", JS, include_bytes!("../web/rate.js")),
     ("streams.js", JS, include_bytes!("../web/streams.js")),
     ("ui.js", JS, include_bytes!("../web/ui.js")),
+    (
+        "video-frames.js",
+        JS,
+        include_bytes!("../web/video-frames.js"),
+    ),
+    (
+        "webrtc-source.js",
+        JS,
+        include_bytes!("../web/webrtc-source.js"),
+    ),
     ("ws-source.js", JS, include_bytes!("../web/ws-source.js")),
 ];
 
