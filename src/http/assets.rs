@@ -47,9 +47,19 @@ pub const ASSETS: &[(&str, &str, &[u8])] = &[
     ("streams.js", JS, include_bytes!("../web/streams.js")),
     ("ui.js", JS, include_bytes!("../web/ui.js")),
     (
+        "video-frames.js",
+        JS,
+        include_bytes!("../web/video-frames.js"),
+    ),
+    (
         "webcodecs-source.js",
         JS,
         include_bytes!("../web/webcodecs-source.js"),
+    ),
+    (
+        "webrtc-source.js",
+        JS,
+        include_bytes!("../web/webrtc-source.js"),
     ),
     ("ws-source.js", JS, include_bytes!("../web/ws-source.js")),
 ];

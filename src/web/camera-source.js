@@ -1,11 +1,14 @@
 // The local camera source: getUserMedia into a <video>, each new video frame copied with
-// createImageBitmap(video) and handed to the same renderer as the server's frames.
+// createImageBitmap(video) (video-frames.js) and handed to the same renderer as the server's
+// frames.
 // Implements the Source interface documented in player.js.
 //
 // Browsers expose the camera only in a secure context: HTTPS, or http://localhost /
 // 127.0.0.1. A picamd on the LAN is usually opened as http://<pi>:8080, where
 // navigator.mediaDevices is simply missing, so the source reports a plain explanation as a
 // fatal error instead of failing silently.
+
+import { VideoFramePump } from './video-frames.js';
 
 /** Shown when the page is not a secure context. */
 export const INSECURE_CAMERA_MESSAGE =
@@ -75,10 +78,9 @@ export class CameraSource {
     this.stream = null;
     this.video = null;
     this.seq = 0;
-    this.grabbing = false;
     this.stopped = false;
-    this.callbackId = 0;
-    this.rafId = 0;
+    /** @type {VideoFramePump|null} */
+    this.pump = null;
     /** Frame rate the camera reports, once open. */
     this.fps = null;
   }
@@ -137,67 +139,27 @@ export class CameraSource {
     if (this.stopped) return;
     this.#emit({ type: 'open' });
     this.#emit({ type: 'info', camera: { deviceId: this.deviceId, label: track?.label ?? '', fps: this.fps } });
-    this.#next();
+    this.pump = new VideoFramePump(el, (bitmap) => {
+      const seq = ++this.seq;
+      this.onframe({ bitmap, seq, captureUs: null, width: bitmap.width, height: bitmap.height, noSignal: false });
+    });
+    this.pump.start();
   }
 
   #emit(event) {
     if (!this.stopped) this.onstate(event);
   }
 
-  /** Waits for the next video frame: requestVideoFrameCallback where available. */
-  #next() {
-    const v = this.video;
-    if (!v || this.stopped) return;
-    if (typeof v.requestVideoFrameCallback === 'function') {
-      this.callbackId = v.requestVideoFrameCallback(() => this.#grab());
-    } else {
-      let last = v.currentTime;
-      const poll = () => {
-        if (!this.video || this.stopped) return;
-        if (this.video.currentTime !== last) this.#grab();
-        else this.rafId = requestAnimationFrame(poll);
-        last = this.video.currentTime;
-      };
-      this.rafId = requestAnimationFrame(poll);
-    }
-  }
-
-  #grab() {
-    const v = this.video;
-    if (!v || this.stopped) return;
-    if (this.grabbing || v.videoWidth === 0) {
-      this.#next();
-      return;
-    }
-    this.grabbing = true;
-    const seq = ++this.seq;
-    createImageBitmap(v).then(
-      (bitmap) => {
-        this.grabbing = false;
-        if (this.stopped) {
-          bitmap.close();
-          return;
-        }
-        this.onframe({ bitmap, seq, captureUs: null, width: bitmap.width, height: bitmap.height, noSignal: false });
-      },
-      () => {
-        this.grabbing = false;
-      },
-    );
-    this.#next();
-  }
-
   #teardown() {
+    this.pump?.stop();
+    this.pump = null;
     const v = this.video;
     this.video = null;
     if (v) {
-      if (this.callbackId && typeof v.cancelVideoFrameCallback === 'function') v.cancelVideoFrameCallback(this.callbackId);
       v.pause();
       v.srcObject = null;
       v.remove();
     }
-    if (this.rafId) cancelAnimationFrame(this.rafId);
-    this.rafId = 0;
     const s = this.stream;
     this.stream = null;
     if (s) for (const t of s.getTracks()) t.stop();

@@ -27,13 +27,13 @@ import { pageAddress, tileBadge } from './streams.js';
 export class StreamGrid {
   /**
    * @param {HTMLElement} container the grid element (ui.js makes it)
-   * @param {import('./options.js').PlayerOptions} options the page's; tiles use the server's
-   *   WebSocket (or MJPEG with ?source=mjpeg, for networks that block WebSockets), never the
-   *   local camera
+   * @param {import('./options.js').PlayerOptions} options the page's; tiles climb the same
+   *   ladder as the single player (WebCodecs/WebRTC → JPEG WebSocket → MJPEG, or from
+   *   ?source= down), never the local camera
    */
   constructor(container, options) {
     this.container = container;
-    this.options = { ...options, source: options.source === 'mjpeg' ? 'mjpeg' : 'ws' };
+    this.options = { ...options, source: options.source === 'camera' ? 'auto' : options.source };
     /** @type {Map<string, {el: HTMLElement, player: Player, badge: HTMLElement, shownBadge: string|null}>} */
     this.tiles = new Map();
     /** Called with a stream name when a tile is activated. */

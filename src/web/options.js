@@ -1,9 +1,11 @@
 // Player options from the page's query string. Pure: pass `location.search`.
 //
-//   ?source=ws|mjpeg|camera   start with this source (default ws)
+//   ?source=webcodecs|webrtc|ws|mjpeg|camera
+//                             start with this source (default auto: the best this browser
+//                             can use, see browserSources; lower rungs stay as fallbacks)
 //   ?stall=<ms>               stall timeout (default max(4 frame intervals, 2 s))
 //   ?hiddenGrace=<ms>         how long a hidden page keeps its source open (default 10 s)
-//   ?probe=<ms>               WebSocket probe period while on the MJPEG fallback (default 10 s)
+//   ?probe=<ms>               how often a fallback tries the best source again (default 10 s)
 //   ?camera=<deviceId>        local camera to open with source=camera
 //   ?rotate=0|90|180|270      rotation (else the stored one)
 //   ?mirror=0|1               mirror (else the stored one)
@@ -12,7 +14,7 @@
 
 /**
  * @typedef {object} PlayerOptions
- * @property {"ws"|"mjpeg"|"camera"} source
+ * @property {"auto"|"webcodecs"|"webrtc"|"ws"|"mjpeg"|"camera"} source
  * @property {number|null} stallMs
  * @property {number} hiddenGraceMs
  * @property {number} probeIntervalMs
@@ -23,9 +25,38 @@
  * @property {boolean} hud
  */
 
+/** What `?source=` accepts. */
+const PICKABLE = Object.freeze(['webcodecs', 'webrtc', 'ws', 'mjpeg', 'camera']);
+
+/**
+ * The server's paths this browser can use, best first (player-state.js LADDER):
+ * - webcodecs: VideoDecoder exists only in a secure context (https, http://localhost or
+ *   127.0.0.1); the source still checks that the stream offers H.264 and the decoder takes it;
+ * - webrtc: RTCPeerConnection, in every current browser, on plain http too;
+ * - ws and mjpeg: always.
+ * @param {{isSecureContext?: boolean, VideoDecoder?: unknown, RTCPeerConnection?: unknown}} [win]
+ * @returns {string[]}
+ */
+export function browserSources(win = globalThis) {
+  const out = [];
+  if (win.isSecureContext === true && typeof win.VideoDecoder === 'function') out.push('webcodecs');
+  if (typeof win.RTCPeerConnection === 'function') out.push('webrtc');
+  out.push('ws', 'mjpeg');
+  return out;
+}
+
+/**
+ * The source to start with: the one asked for, or for `auto` the best the browser can use.
+ * @param {PlayerOptions["source"]} source
+ * @param {readonly string[]} available from browserSources
+ */
+export function startSource(source, available) {
+  return source === 'auto' ? available[0] : source;
+}
+
 /** Defaults of the options that have one. */
 export const DEFAULT_OPTIONS = Object.freeze({
-  source: 'ws',
+  source: 'auto',
   stallMs: null,
   hiddenGraceMs: 10_000,
   probeIntervalMs: 10_000,
@@ -52,7 +83,7 @@ export function parseOptions(search) {
   const q = new URLSearchParams(search);
   const o = { ...DEFAULT_OPTIONS };
   const source = q.get('source');
-  if (source === 'ws' || source === 'mjpeg' || source === 'camera') o.source = source;
+  if (PICKABLE.includes(source)) o.source = source;
   o.stallMs = ms(q.get('stall'), 100, 600_000);
   o.hiddenGraceMs = ms(q.get('hiddenGrace'), 0, 3_600_000) ?? DEFAULT_OPTIONS.hiddenGraceMs;
   o.probeIntervalMs = ms(q.get('probe'), 100, 3_600_000) ?? DEFAULT_OPTIONS.probeIntervalMs;

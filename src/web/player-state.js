@@ -7,25 +7,35 @@
 //   live            frames are being drawn
 //   stalled         no frame drawn for the stall timeout; the source was closed and reopened
 //   reconnecting    the source failed; the next attempt is at `nextAttemptAt`
-//   fallback-mjpeg  connecting or live on the MJPEG fallback after repeated WebSocket
-//                   failures; the WebSocket is probed every `probeIntervalMs`, and at once
-//                   whenever the fallback (re)gains a picture, to go back to it
+//   fallback        connecting or live on a lower rung of the ladder (below) after repeated
+//                   failures of the one above; the top rung is probed every
+//                   `probeIntervalMs`, and at once whenever the fallback (re)gains a picture,
+//                   to go back to it
 //   paused          the user paused; the source is closed, the last picture stays
 //   hidden          the page is hidden; nothing is drawn, the source closes after a grace period
 //   error           the source cannot work at all (e.g. no camera permission); needs the user
+//
+// The ladder: the server's stream reaches the page by one of four paths, best first
+// (LADDER): WebCodecs (H.264 over /ws, decoded by VideoDecoder), WebRTC (WHEP), JPEG over
+// /ws, MJPEG. The player starts on the best one the browser can use (options.js
+// `?source=` picks another top) and keeps the rungs below it that the browser can use too.
+// `failuresBeforeFallback` consecutive failures (closes or stalls without a drawn frame) step
+// one rung down; a rung the server or browser cannot do at all (`unsupported`: no H.264
+// offered, WebRTC switched off, no VideoDecoder) is dropped from the ladder at once. The
+// local camera is a ladder of its own, with nothing below it.
 //
 // Effects (objects with a `type`):
 //   {type:'open', source}   close whatever source is open, then open a new one of this kind
 //   {type:'close'}          close the open source
 //   {type:'render', on}     start / stop drawing
-//   {type:'probe'}          try a WebSocket in the background (answer with probe-ws-success or
-//                           probe-ws-failure)
-//   {type:'stop-probe'}     abandon a background WebSocket attempt
+//   {type:'probe', source}  try the top rung in the background (answer with probe-success,
+//                           probe-failure or probe-unsupported)
+//   {type:'stop-probe'}     abandon a background attempt
 //
 // Events (dispatch(type, now, data)):
 //   start, open, frame-drawn, stall-timeout, close (alias error), fatal {message}, hidden,
 //   visible, grace-expired, online, pageshow, pause, resume, select-source {source}, retry,
-//   fallback, probe-due, probe-ws-success, probe-ws-failure.
+//   fallback, unsupported, probe-due, probe-success, probe-failure, probe-unsupported.
 // The time-driven ones (stall-timeout, retry, grace-expired, probe-due) are produced by
 // tick(now) once their deadline has passed; tests may also dispatch them directly.
 //
@@ -40,22 +50,39 @@ export const State = Object.freeze({
   LIVE: 'live',
   STALLED: 'stalled',
   RECONNECTING: 'reconnecting',
-  FALLBACK: 'fallback-mjpeg',
+  FALLBACK: 'fallback',
   PAUSED: 'paused',
   HIDDEN: 'hidden',
   ERROR: 'error',
 });
 
 /** Source kinds. */
-export const SOURCES = Object.freeze(['ws', 'mjpeg', 'camera']);
+export const SOURCES = Object.freeze(['webcodecs', 'webrtc', 'ws', 'mjpeg', 'camera']);
+
+/** The server's paths to the page, best first: each falls back to the next. */
+export const LADDER = Object.freeze(['webcodecs', 'webrtc', 'ws', 'mjpeg']);
+
+/**
+ * The rungs from `source` down: `source` itself (the user asked for it; if it cannot work
+ * it says so and is dropped), then the lower ones among `available`.
+ * @param {string} source
+ * @param {readonly string[]} [available] the kinds this browser can use
+ * @returns {string[]}
+ */
+export function ladderFrom(source, available = LADDER) {
+  if (!SOURCES.includes(source)) throw new RangeError(`unknown source ${JSON.stringify(source)}`);
+  if (source === 'camera') return ['camera'];
+  return LADDER.slice(LADDER.indexOf(source)).filter((k, i) => i === 0 || available.includes(k));
+}
 
 /**
  * @typedef {object} MachineOptions
- * @property {"ws"|"mjpeg"|"camera"} [source="ws"]  the source the user wants
+ * @property {string} [source="ws"]            the top of the ladder (see SOURCES)
+ * @property {readonly string[]} [available]   the kinds this browser can use (default all)
  * @property {number} [stallMs=2000]           no drawn frame for this long = stalled
  * @property {number} [hiddenGraceMs=10000]    hidden for this long = close the source
- * @property {number} [probeIntervalMs=10000]  WebSocket probe period while on the fallback
- * @property {number} [failuresBeforeFallback=3] consecutive WebSocket failures before MJPEG
+ * @property {number} [probeIntervalMs=10000]  top-rung probe period while on a fallback
+ * @property {number} [failuresBeforeFallback=3] consecutive failures before the next rung
  * @property {boolean} [allowFallback=true]
  * @property {Backoff|import('./backoff.js').BackoffOptions} [backoff]
  */
@@ -67,7 +94,7 @@ export class PlayerStateMachine {
   /** @param {MachineOptions} [opts] */
   constructor(opts = {}) {
     const source = opts.source ?? 'ws';
-    if (!SOURCES.includes(source)) throw new RangeError(`unknown source ${JSON.stringify(source)}`);
+    this.available = opts.available ?? LADDER;
     this.stallMs = opts.stallMs ?? 2000;
     this.hiddenGraceMs = opts.hiddenGraceMs ?? 10_000;
     this.probeIntervalMs = opts.probeIntervalMs ?? 10_000;
@@ -75,12 +102,10 @@ export class PlayerStateMachine {
     this.allowFallback = opts.allowFallback ?? true;
     this.backoff = opts.backoff instanceof Backoff ? opts.backoff : new Backoff(opts.backoff);
 
-    /** The source the user chose. */
-    this.preferred = source;
-    /** The source in use: differs from `preferred` while on the MJPEG fallback. */
+    /** The rungs still to try, best first (see the top of this file). */
+    this.ladder = ladderFrom(source, this.available);
+    /** The source in use: a lower rung than `preferred` while on a fallback. */
     this.active = source;
-    /** On the MJPEG fallback, probing the WebSocket. */
-    this.fallback = false;
     /** connecting | live | stalled | reconnecting | error: the connection, whatever the page. */
     this.phase = State.CONNECTING;
     this.paused = false;
@@ -102,6 +127,16 @@ export class PlayerStateMachine {
     this.graceAt = null;
     this.probeAt = null;
     this.started = false;
+  }
+
+  /** The best rung left: the source the user chose, unless it turned out unsupported. */
+  get preferred() {
+    return this.ladder[0];
+  }
+
+  /** On a lower rung than the best, probing the best. */
+  get fallback() {
+    return this.active !== this.ladder[0];
   }
 
   /** The state shown to the user; see the top of this file. */
@@ -154,7 +189,7 @@ export class PlayerStateMachine {
    * Feeds one event.
    * @param {string} type see the top of this file
    * @param {number} now ms, monotonic
-   * @param {object} [data] `{message}` for fatal, `{source}` for select-source
+   * @param {object} [data] `{message}` for fatal and unsupported, `{source}` for select-source
    * @returns {Effect[]} what the player must do, in order
    */
   dispatch(type, now, data = {}) {
@@ -176,9 +211,11 @@ export class PlayerStateMachine {
       case 'select-source': return this.#select(data.source, now);
       case 'retry': return this.#retry(now);
       case 'fallback': return this.#goFallback(now);
+      case 'unsupported': return this.#unsupported(now, data.message);
       case 'probe-due': return this.#probeDue(now);
-      case 'probe-ws-success': return this.#probeSuccess(now);
-      case 'probe-ws-failure': return [];
+      case 'probe-success': return this.#probeSuccess(now);
+      case 'probe-failure': return [];
+      case 'probe-unsupported': return this.#probeUnsupported();
       default: throw new RangeError(`unknown player event ${JSON.stringify(type)}`);
     }
   }
@@ -204,9 +241,14 @@ export class PlayerStateMachine {
     return this.#open(now);
   }
 
+  /** The rung below the active one, or null at the bottom. */
+  #below() {
+    const i = this.ladder.indexOf(this.active);
+    return i >= 0 && i + 1 < this.ladder.length ? this.ladder[i + 1] : null;
+  }
+
   #shouldFallback() {
-    return this.allowFallback && this.preferred === 'ws' && this.active === 'ws' &&
-      this.failures >= this.failuresBeforeFallback;
+    return this.allowFallback && this.#below() !== null && this.failures >= this.failuresBeforeFallback;
   }
 
   /** One failure of the active source: fall back, or schedule the next attempt. */
@@ -360,10 +402,8 @@ export class PlayerStateMachine {
   }
 
   #select(source, now) {
-    if (!SOURCES.includes(source)) throw new RangeError(`unknown source ${JSON.stringify(source)}`);
-    this.preferred = source;
+    this.ladder = ladderFrom(source, this.available);
     this.active = source;
-    this.fallback = false;
     this.failures = 0;
     this.backoff.reset();
     this.error = null;
@@ -391,12 +431,22 @@ export class PlayerStateMachine {
   }
 
   #goFallback(now) {
-    if (!this.allowFallback || this.preferred !== 'ws' || this.phase === State.ERROR) return [];
-    this.fallback = true;
-    this.active = 'mjpeg';
+    const below = this.#below();
+    if (!this.allowFallback || below === null || this.phase === State.ERROR) return [];
+    this.active = below;
+    return this.#stepTo(now);
+  }
+
+  /**
+   * Opens the (new) active rung after a step down; probes the top one from now on.
+   * @param {number} now
+   * @param {boolean} [counts=true] whether it counts as a reconnect (a step past an
+   *   unsupported rung does not: nothing failed)
+   */
+  #stepTo(now, counts = true) {
     this.failures = 0;
     this.backoff.reset();
-    this.probeAt = now + this.probeIntervalMs;
+    this.probeAt = this.fallback ? now + this.probeIntervalMs : null;
     if (this.paused || this.hidden) {
       const out = this.sourceOpen ? [{ type: 'close' }] : [];
       this.sourceOpen = false;
@@ -404,7 +454,22 @@ export class PlayerStateMachine {
       this.probeAt = null;
       return out;
     }
-    return this.#open(now);
+    return this.#open(now, { counts });
+  }
+
+  /** The active source cannot work here at all: drop its rung and go on with the next. */
+  #unsupported(now, message) {
+    if (!this.sourceOpen || this.phase === State.ERROR) return [];
+    const i = this.ladder.indexOf(this.active);
+    const next = i >= 0 ? this.ladder[i + 1] : undefined;
+    if (next === undefined || !this.allowFallback) {
+      return this.#fatal(message ?? `${this.active} is not available`);
+    }
+    this.ladder = this.ladder.filter((k) => k !== this.active);
+    this.active = next;
+    const out = [{ type: 'stop-probe' }, { type: 'close' }];
+    this.sourceOpen = false;
+    return [...out, ...this.#stepTo(now, false)];
   }
 
   #probeDue(now) {
@@ -413,13 +478,20 @@ export class PlayerStateMachine {
       return [];
     }
     this.probeAt = now + this.probeIntervalMs;
-    return [{ type: 'probe' }];
+    return [{ type: 'probe', source: this.ladder[0] }];
+  }
+
+  #probeUnsupported() {
+    if (!this.fallback) return [{ type: 'stop-probe' }];
+    this.ladder = this.ladder.slice(1);
+    // The active rung may be the best one left now.
+    if (!this.fallback) this.probeAt = null;
+    return [{ type: 'stop-probe' }];
   }
 
   #probeSuccess(now) {
     // A probe answering after a pause or while hidden is stale (both stop probing).
     if (!this.fallback || this.#blocked()) return [{ type: 'stop-probe' }];
-    this.fallback = false;
     this.active = this.preferred;
     this.failures = 0;
     this.backoff.reset();

@@ -5,10 +5,11 @@
 //
 // ## The Source interface
 //
-// ws-source.js, mjpeg-source.js and camera-source.js implement the same small interface, so
-// the player treats them alike:
+// webcodecs-source.js, webrtc-source.js, ws-source.js, mjpeg-source.js and camera-source.js
+// implement the same small interface, so the player treats them alike (SOURCE_FACTORIES
+// below makes them):
 //
-//   source.kind                  "ws" | "mjpeg" | "camera"
+//   source.kind                  "webcodecs" | "webrtc" | "ws" | "mjpeg" | "camera"
 //   source.start()               begin connecting; never calls back synchronously
 //   source.stop()                close everything and release resources; after stop() no
 //                                callback runs (close() is an alias)
@@ -16,8 +17,14 @@
 //        frame = { jpeg?: Uint8Array | Blob,   JPEG bytes to decode (WebSocket)
 //                  bitmap?: ImageBitmap,       or a decoded picture (MJPEG, camera); whoever
 //                                              receives it owns it and must close() it
+//                  videoFrame?: VideoFrame,    or a decoded H.264 picture (WebCodecs); the
+//                                              same: the receiver must close() it, or the
+//                                              decoder runs out of frames and stalls
 //                  seq: number,                increasing within one connection
 //                  captureUs: number | null,   capture time, µs since the epoch, server clock
+//                  captureLocalMs?: number,    or capture time already in this page's clock,
+//                                              ms since the epoch (WebRTC: the browser maps
+//                                              the RTCP sender reports itself)
 //                  width, height: number,
 //                  noSignal: boolean }         the server's "no signal" placeholder
 //   source.onstate = (event) => …
@@ -26,6 +33,10 @@
 //        { type: "fatal", message, reason }    cannot work at all (e.g. camera denied): the
 //                                              player shows `message` and waits for the user
 //        { type: "info", hello? , camera? }    the server's hello, or the opened camera
+//        { type: "unsupported", message }      this kind cannot work for this page at all (no
+//                                              WebRTC on the server, no H.264 decoder, …):
+//                                              the player drops it from its ladder
+//   source.bytes                 bytes received so far, or null when unknown (MJPEG, camera)
 //
 // ## Recovery rules (all timing measured from the last drawn frame)
 //
@@ -36,18 +47,40 @@
 // - Page hidden: stop drawing at once, close the source after a grace period (?hiddenGrace=,
 //   10 s); visible again: draw at once, reconnect at once if it was closed.
 // - `online`, and `pageshow` from the back/forward cache: reconnect at once.
-// - 3 consecutive WebSocket failures: fall back to MJPEG and probe the WebSocket every 10 s
-//   (?probe=); the first probe that receives a frame switches back.
+// - The ladder (player-state.js): WebCodecs → WebRTC → JPEG WebSocket → MJPEG, starting at
+//   the best this browser can use (options.js browserSources) or at ?source=. 3 consecutive
+//   failures step one rung down; an unsupported rung is dropped at once. On a lower rung the
+//   best one is probed every 10 s (?probe=) and at once when the lower rung regains a
+//   picture; the first probe that receives a frame switches back.
 
 import { CanvasRenderer } from './canvas-renderer.js';
 import { ClockOffset } from './clock.js';
 import { CameraSource, listCameras } from './camera-source.js';
 import { MjpegSource } from './mjpeg-source.js';
-import { parseOptions, stallTimeout } from './options.js';
+import { browserSources, parseOptions, stallTimeout, startSource } from './options.js';
 import { PlayerStateMachine } from './player-state.js';
-import { RateMeter } from './rate.js';
+import { ByteRateMeter, RateMeter } from './rate.js';
 import { streamUrls } from './streams.js';
+import { WebCodecsSource } from './webcodecs-source.js';
+import { WebRtcSource } from './webrtc-source.js';
 import { WsSource, wsUrl } from './ws-source.js';
+
+/**
+ * How each kind of source is made. A kind missing here is dropped from the ladder as
+ * unsupported. `ctx`: {urls, clock, host, cameraId}.
+ */
+export const SOURCE_FACTORIES = Object.freeze({
+  webcodecs: (ctx) => new WebCodecsSource({ url: wsUrl(ctx.urls.ws), clock: ctx.clock, now: epochNow }),
+  webrtc: (ctx) => new WebRtcSource({ url: ctx.urls.whep, parent: ctx.host }),
+  ws: (ctx) => new WsSource({ url: wsUrl(ctx.urls.ws), clock: ctx.clock, now: epochNow }),
+  mjpeg: (ctx) => new MjpegSource({ url: ctx.urls.stream, parent: ctx.host }),
+  camera: (ctx) => new CameraSource({ deviceId: ctx.cameraId, parent: ctx.host }),
+});
+
+/** The kinds this browser can use and this build can make, best first. */
+function availableSources() {
+  return browserSources(globalThis).filter((k) => k in SOURCE_FACTORIES);
+}
 
 /** How often deadlines are checked and the overlay refreshed, ms. */
 const TICK_MS = 200;
@@ -79,9 +112,11 @@ function storageSet(key, value) {
  * @typedef {object} PlayerStats  read by the overlay and by tests (window.picamd.stats)
  * @property {string|null} stream      the stream shown (null: the default one, root URLs)
  * @property {string} state            see player-state.js
- * @property {"ws"|"mjpeg"|"camera"} source      the source in use
- * @property {"ws"|"mjpeg"|"camera"} preferredSource   the one the user chose
- * @property {boolean} fallback        on the MJPEG fallback
+ * @property {string} source          the source in use (see SOURCE_FACTORIES)
+ * @property {string} preferredSource  the best one left on the ladder (the user's choice,
+ *                                     unless it turned out unsupported)
+ * @property {string[]} ladder         the rungs left, best first
+ * @property {boolean} fallback        on a lower rung than preferredSource
  * @property {number} received         frames received from sources
  * @property {number} drawn            frames drawn
  * @property {number} dropped          frames not drawn (superseded, out of order, undecodable)
@@ -91,6 +126,7 @@ function storageSet(key, value) {
  * @property {number} fpsReceived
  * @property {number} fpsDrawn
  * @property {number|null} latencyMs   capture → draw, server clock corrected by the offset
+ * @property {number|null} kbps        received bit rate, kbit/s (null when the source cannot tell)
  * @property {number|null} clockOffsetMs  server clock − browser clock
  * @property {number|null} rttMs       ping round trip of the best clock sample
  * @property {number|null} lastSeq     seq of the last drawn frame
@@ -107,6 +143,27 @@ function storageSet(key, value) {
  * @property {string|null} error       message of the error state
  * @property {string|null} cameraId    the camera in use or chosen
  */
+
+/** Closes what a frame holds that its receiver must release (a bitmap, a VideoFrame). */
+function releaseFrame(frame) {
+  frame.bitmap?.close();
+  frame.videoFrame?.close();
+}
+
+/**
+ * Capture → drawn, ms: from the page-clock capture time when the source has one (WebRTC),
+ * else from the server-clock capture time corrected by the ping offset (WebSocket sources).
+ * @param {{captureUs?: number|null, captureLocalMs?: number|null}} frame
+ * @param {number} now ms since the epoch, this page's clock
+ * @param {number|null} offsetMs server clock − page clock
+ * @returns {number|null}
+ */
+export function latencyOf(frame, now, offsetMs) {
+  const round = (x) => Math.round(x * 10) / 10;
+  if (typeof frame.captureLocalMs === 'number') return round(now - frame.captureLocalMs);
+  if (typeof frame.captureUs === 'number' && offsetMs !== null) return round(now + offsetMs - frame.captureUs / 1000);
+  return null;
+}
 
 /** The player logic; the DOM around it belongs to the caller (see PicamPlayer). */
 export class Player {
@@ -129,7 +186,8 @@ export class Player {
     this.listeners = [];
     /** Called after the state or the figures changed (at most every TICK_MS for figures). */
     this.onupdate = () => {};
-    this.#newSession(this.options.source);
+    this.available = availableSources();
+    this.#newSession(startSource(this.options.source, this.available));
   }
 
   /**
@@ -142,6 +200,7 @@ export class Player {
     this.serverFps = null;
     this.machine = new PlayerStateMachine({
       source,
+      available: this.available,
       stallMs: stallTimeout(this.options.stallMs, null),
       hiddenGraceMs: this.options.hiddenGraceMs,
       probeIntervalMs: this.options.probeIntervalMs,
@@ -161,6 +220,7 @@ export class Player {
     }
     this.renderer = renderer;
     this.rxMeter = new RateMeter();
+    this.byteMeter = new ByteRateMeter();
     this.drawMeter = new RateMeter();
     this.source = null;
     this.probe = null;
@@ -173,6 +233,7 @@ export class Player {
       state: this.machine.state,
       source: this.machine.active,
       preferredSource: this.machine.preferred,
+      ladder: [...this.machine.ladder],
       fallback: false,
       received: 0,
       drawn: 0,
@@ -183,6 +244,7 @@ export class Player {
       fpsReceived: 0,
       fpsDrawn: 0,
       latencyMs: null,
+      kbps: null,
       clockOffsetMs: null,
       rttMs: null,
       lastSeq: null,
@@ -257,7 +319,7 @@ export class Player {
     this.stop();
     this.stream = stream;
     this.urls = urls;
-    const preferred = this.machine.preferred === 'camera' ? 'ws' : this.machine.preferred;
+    const preferred = this.machine.preferred === 'camera' ? startSource('auto', this.available) : this.machine.preferred;
     this.#newSession(preferred);
     if (wasRunning) this.start();
     else this.#refresh();
@@ -265,7 +327,7 @@ export class Player {
 
   /**
    * Switches to another source.
-   * @param {"ws"|"mjpeg"|"camera"} kind
+   * @param {string} kind see SOURCE_FACTORIES
    * @param {{cameraId?: string|null}} [opts] for "camera": which one
    */
   selectSource(kind, opts = {}) {
@@ -356,24 +418,32 @@ export class Player {
         case 'open': this.#openSource(e.source); break;
         case 'close': this.#closeSource(); break;
         case 'render': if (e.on) this.renderer.resume(); else this.renderer.pause(); break;
-        case 'probe': this.#startProbe(); break;
+        case 'probe': this.#startProbe(e.source); break;
         case 'stop-probe': this.#stopProbe(); break;
         default: break;
       }
     }
   }
 
+  /** A new source of `kind`, or null when this build cannot make one. */
+  #makeSource(kind) {
+    const make = SOURCE_FACTORIES[kind];
+    return make ? make({ urls: this.urls, clock: this.clock, host: this.host, cameraId: this.cameraId }) : null;
+  }
+
   #openSource(kind) {
     this.#closeSource();
     this.renderer.newGeneration();
-    let src;
-    if (kind === 'ws') src = new WsSource({ url: wsUrl(this.urls.ws), clock: this.clock, now: epochNow });
-    else if (kind === 'mjpeg') src = new MjpegSource({ url: this.urls.stream, parent: this.host });
-    else src = new CameraSource({ deviceId: this.cameraId, parent: this.host });
+    this.byteMeter.reset();
+    const src = this.#makeSource(kind);
+    if (!src) {
+      queueMicrotask(() => this.#dispatch('unsupported', { message: `no ${kind} source in this player` }));
+      return;
+    }
     this.source = src;
     src.onframe = (frame) => {
       if (this.source !== src) {
-        frame.bitmap?.close();
+        releaseFrame(frame);
         return;
       }
       this.received += 1;
@@ -406,6 +476,9 @@ export class Player {
         break;
       case 'fatal':
         this.#dispatch('fatal', { message: event.message });
+        break;
+      case 'unsupported':
+        this.#dispatch('unsupported', { message: event.message });
         break;
       case 'info':
         if (event.hello) {
@@ -444,22 +517,32 @@ export class Player {
       .catch(() => {});
   }
 
-  #startProbe() {
+  /** Tries `kind` in the background (not drawn); the first frame it receives is success. */
+  #startProbe(kind) {
     if (this.probe) return;
-    const probe = new WsSource({ url: wsUrl(this.urls.ws), clock: this.clock, now: epochNow });
+    const probe = this.#makeSource(kind);
+    if (!probe) {
+      queueMicrotask(() => this.#dispatch('probe-unsupported'));
+      return;
+    }
     this.probe = probe;
     const fail = () => {
       if (this.probe !== probe) return;
       this.#stopProbe();
-      this.#dispatch('probe-ws-failure');
+      this.#dispatch('probe-failure');
     };
-    probe.onframe = () => {
+    probe.onframe = (frame) => {
+      releaseFrame(frame);
       if (this.probe !== probe) return;
       this.#stopProbe();
-      this.#dispatch('probe-ws-success');
+      this.#dispatch('probe-success');
     };
     probe.onstate = (event) => {
-      if (event.type === 'close' || event.type === 'fatal') fail();
+      if (this.probe !== probe) return;
+      if (event.type === 'unsupported') {
+        this.#stopProbe();
+        this.#dispatch('probe-unsupported');
+      } else if (event.type === 'close' || event.type === 'fatal') fail();
     };
     // A probe that opens but never delivers a frame has failed too.
     this.probeTimer = setTimeout(fail, Math.max(this.machine.stallMs, 2000) + 1000);
@@ -483,10 +566,7 @@ export class Player {
     s.width = frame.width;
     s.height = frame.height;
     s.noSignal = !!frame.noSignal;
-    const offset = this.clock.offsetMs;
-    s.latencyMs = frame.captureUs !== null && frame.captureUs !== undefined && offset !== null
-      ? Math.round((now + offset - frame.captureUs / 1000) * 10) / 10
-      : null;
+    s.latencyMs = latencyOf(frame, now, this.clock.offsetMs);
     const before = this.machine.state;
     this.machine.dispatch('frame-drawn', now);
     if (this.machine.state !== before) this.#refresh();
@@ -513,6 +593,7 @@ export class Player {
     s.state = m.state;
     s.source = m.active;
     s.preferredSource = m.preferred;
+    s.ladder = [...m.ladder];
     s.fallback = m.fallback;
     s.reconnects = m.reconnects;
     s.failures = m.failures;
@@ -521,6 +602,10 @@ export class Player {
     s.error = m.error;
     s.fpsReceived = Math.round(this.rxMeter.rate(now) * 10) / 10;
     s.fpsDrawn = Math.round(this.drawMeter.rate(now) * 10) / 10;
+    const bytes = this.source?.bytes;
+    if (typeof bytes === 'number') this.byteMeter.add(now, bytes);
+    const bps = this.byteMeter.rate();
+    s.kbps = bps === null ? null : Math.round((bps * 8) / 100) / 10;
     s.clockOffsetMs = this.clock.offsetMs === null ? null : Math.round(this.clock.offsetMs * 10) / 10;
     s.rttMs = this.clock.rttMs === null ? null : Math.round(this.clock.rttMs * 10) / 10;
     s.badFrames = this.badFramesClosed + (this.source?.kind === 'ws' ? this.source.badFrames : 0);

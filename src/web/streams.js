@@ -55,6 +55,7 @@ export function streamUrls(name) {
     base,
     page: `${base}/`,
     ws: `${base}/ws`,
+    whep: `${base}/whep`,
     stream: `${base}/stream`,
     snapshot: `${base}/snapshot`,
     state: `${base}/state`,
@@ -151,7 +152,7 @@ export function resolveStream(list, requested) {
 export function tileBadge(stats) {
   switch (stats.state) {
     case 'live':
-    case 'fallback-mjpeg':
+    case 'fallback':
       return stats.noSignal ? { kind: 'no-signal', label: 'No signal' } : { kind: 'live', label: 'Live' };
     case 'connecting':
       return { kind: 'connecting', label: 'Connecting' };

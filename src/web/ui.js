@@ -22,7 +22,7 @@ const ICONS = {
   sun: svg('<circle cx="12" cy="12" r="4"/><path d="M12 2.5v2M12 19.5v2M2.5 12h2M19.5 12h2M5.3 5.3l1.4 1.4M17.3 17.3l1.4 1.4M5.3 18.7l1.4-1.4M17.3 6.7l1.4-1.4"/>'),
 };
 
-const SOURCE_NAMES = { ws: 'WebSocket', mjpeg: 'MJPEG', camera: 'Camera' };
+const SOURCE_NAMES = { webcodecs: 'H.264', webrtc: 'WebRTC', ws: 'WebSocket', mjpeg: 'MJPEG', camera: 'Camera' };
 
 /**
  * The state line of the overlay, e.g. "Live", "Reconnecting in 3 s", "MJPEG fallback".
@@ -40,7 +40,10 @@ export function formatState(stats, now) {
       const s = Math.max(1, Math.ceil((stats.nextAttemptAt - now) / 1000));
       return `Reconnecting in ${s} s`;
     }
-    case 'fallback-mjpeg': return stats.noSignal ? 'MJPEG fallback · no signal' : 'MJPEG fallback';
+    case 'fallback': {
+      const name = `${SOURCE_NAMES[stats.source] ?? stats.source} fallback`;
+      return stats.noSignal ? `${name} · no signal` : name;
+    }
     case 'paused': return 'Paused';
     case 'hidden': return 'Hidden';
     case 'error': return 'Error';
@@ -50,8 +53,8 @@ export function formatState(stats, now) {
 
 /**
  * The figures of the overlay.
- * @param {{fpsReceived: number, fpsDrawn: number, latencyMs: number|null}} stats
- * @returns {{received: string, drawn: string, latency: string}}
+ * @param {{fpsReceived: number, fpsDrawn: number, latencyMs: number|null, kbps?: number|null}} stats
+ * @returns {{received: string, drawn: string, latency: string, rate: string}}
  */
 export function formatMetrics(stats) {
   const fps = (x) => (x > 0 ? (x >= 10 ? x.toFixed(0) : x.toFixed(1)) : '0');
@@ -59,7 +62,15 @@ export function formatMetrics(stats) {
     received: fps(stats.fpsReceived),
     drawn: fps(stats.fpsDrawn),
     latency: stats.latencyMs === null || stats.latencyMs === undefined ? '–' : String(Math.max(0, Math.round(stats.latencyMs))),
+    rate: formatKbps(stats.kbps),
   };
+}
+
+/** A bit rate for the overlay: `850 kbit/s`, `9.9 Mbit/s`, or `–` when unknown. */
+export function formatKbps(kbps) {
+  if (typeof kbps !== 'number' || !Number.isFinite(kbps)) return '–';
+  if (kbps >= 1000) return `${(kbps / 1000).toFixed(kbps >= 10_000 ? 0 : 1)} Mbit/s`;
+  return `${Math.max(0, Math.round(kbps))} kbit/s`;
 }
 
 /** The theme in effect: the stored/forced one, else the system's. */
@@ -106,10 +117,11 @@ const TEMPLATE = `
     <div class="pp-pill pp-state" data-state="connecting" role="status" aria-live="polite">
       <span class="pp-dot"></span><span class="pp-state-text">Connecting…</span><span class="pp-source-tag"></span>
     </div>
-    <div class="pp-pill pp-metrics" title="Frames per second received and drawn; capture-to-screen latency">
+    <div class="pp-pill pp-metrics" title="Frames per second received and drawn; capture-to-screen latency; received bit rate">
       <span><b data-metric="received">–</b> fps in</span>
       <span><b data-metric="drawn">–</b> drawn</span>
       <span><b data-metric="latency">–</b> ms</span>
+      <span><b data-metric="rate">–</b></span>
     </div>
   </div>
   <div class="pp-toast" role="status" aria-live="polite" hidden></div>
@@ -132,7 +144,8 @@ const TEMPLATE = `
   </label>
   <span class="pp-grid-title"></span>
   <div class="pp-seg" role="radiogroup" aria-label="Source">
-    <button type="button" role="radio" data-source="ws" title="The server's stream over a WebSocket (lowest latency)">WebSocket</button>
+    <button type="button" role="radio" data-source="webrtc" title="The server's H.264 stream over WebRTC (a fraction of the bandwidth)">WebRTC</button>
+    <button type="button" role="radio" data-source="ws" title="The server's stream as JPEGs over a WebSocket">WebSocket</button>
     <button type="button" role="radio" data-source="mjpeg" title="The server's stream as MJPEG (works through any HTTP proxy)">MJPEG</button>
     <button type="button" role="radio" data-source="camera" title="A camera attached to this device">Camera</button>
   </div>
@@ -176,6 +189,7 @@ export function createUi(root, options) {
     received: $('[data-metric="received"]'),
     drawn: $('[data-metric="drawn"]'),
     latency: $('[data-metric="latency"]'),
+    rate: $('[data-metric="rate"]'),
   };
   const message = $('.pp-message');
   const messageTitle = $('.pp-message-title');
@@ -321,6 +335,7 @@ export function createUi(root, options) {
     setText(metric.received, m.received);
     setText(metric.drawn, m.drawn);
     setText(metric.latency, m.latency);
+    setText(metric.rate, m.rate);
     const hasPicture = s.drawn > 0;
     if (stage.classList.contains('pp-has-picture') !== hasPicture) stage.classList.toggle('pp-has-picture', hasPicture);
     setText(placeholderText, s.state === 'connecting' || s.state === 'live' ? 'Connecting…' : text);

@@ -7,8 +7,9 @@
 // - Before asking, it checks that this browser can decode the stream: VideoDecoder exists,
 //   the page is a secure context (browsers offer WebCodecs only there: https, localhost,
 //   127.0.0.1), the hello offers "h264", and VideoDecoder.isConfigSupported() accepts the
-//   hello's codec string. If not, it reports `{type: "fatal", reason: "webcodecs-unsupported",
-//   message}`: reconnecting cannot help, the player should take the next kind of source.
+//   hello's codec string. If not, it reports `{type: "unsupported", reason:
+//   "webcodecs-unsupported", message}` and closes: reconnecting cannot help, so the player
+//   drops this rung of its ladder and takes the next kind of source.
 // - The decoder is configured from the first keyframe's own SPS (the codec string the hello
 //   named is only a promise: a camera passed through may differ) and again whenever a
 //   keyframe brings another SPS or size. Nothing is decoded before the first keyframe.
@@ -200,7 +201,7 @@ export class WebCodecsSource extends WsSource {
 
   #unsupported(message) {
     this.phase = 'unsupported';
-    this.fail({ type: 'fatal', reason: 'webcodecs-unsupported', message });
+    this.fail({ type: 'unsupported', reason: 'webcodecs-unsupported', message });
   }
 
   handleFrame(header, payload) {

@@ -39,6 +39,8 @@ export class WsSource {
     this.hello = null;
     /** Binary messages that were not frames this player reads. */
     this.badFrames = 0;
+    /** Bytes of binary messages received (frames), for the player's bit rate. */
+    this.bytes = 0;
     this.ws = null;
     this.timers = [];
     this.pingId = 0;
@@ -161,6 +163,7 @@ export class WsSource {
       this.handleControl(msg);
       return;
     }
+    this.bytes += data.byteLength;
     let parsed;
     try {
       parsed = parseFrame(data);

@@ -58,7 +58,7 @@ test('without credentials the page is refused with a Basic challenge', async () 
 });
 
 test('after the Basic prompt the player streams over the WebSocket', async () => {
-  const { context, page, resp, errors } = await open(`${server.origin}/`, { username: USER, password: PASSWORD });
+  const { context, page, resp, errors } = await open(`${server.origin}/?source=ws`, { username: USER, password: PASSWORD });
   try {
     assert.equal(resp.status(), 200);
     await page.waitForFunction(() => window.picamd?.stats, null, { timeout: 10000 });
@@ -73,7 +73,7 @@ test('after the Basic prompt the player streams over the WebSocket', async () =>
 
 test('credentials in the page URL work too', async () => {
   const origin = server.origin.replace('http://', `http://${USER}:${encodeURIComponent(PASSWORD)}@`);
-  const { context, page, resp } = await open(`${origin}/`);
+  const { context, page, resp } = await open(`${origin}/?source=ws`);
   try {
     assert.equal(resp.status(), 200);
     await page.waitForFunction(() => window.picamd?.stats, null, { timeout: 10000 });
@@ -95,7 +95,7 @@ test('a ?token= in the page URL is enough: the cookie it sets carries the rest',
     page.on('response', (r) => {
       if (r.status() >= 400) refused.push(`${r.status()} ${new URL(r.url()).pathname}`);
     });
-    const resp = await page.goto(`${server.origin}/?token=${token}`);
+    const resp = await page.goto(`${server.origin}/?token=${token}&source=ws`);
     assert.equal(resp.status(), 200);
     await page.waitForFunction(() => window.picamd?.stats, null, { timeout: 10000 });
     const s = await waitForStats(page, (st) => st.drawn >= 20 && st.state === 'live', '20 frames drawn');

@@ -26,20 +26,30 @@ export async function freePort() {
   return port;
 }
 
-/** A running picamd on 127.0.0.1:port. */
+/** A running picamd on 127.0.0.1:port (or `opts.host`, inside `opts.netns`). */
 export class Picamd {
-  constructor(port, args = []) {
+  /**
+   * @param {number} port
+   * @param {string[]} [args]
+   * @param {{host?: string, netns?: Netns}} [opts]
+   */
+  constructor(port, args = [], opts = {}) {
     this.port = port;
     this.args = args;
+    this.host = opts.host ?? '127.0.0.1';
+    this.netns = opts.netns ?? null;
     this.proc = null;
   }
 
   get origin() {
-    return `http://127.0.0.1:${this.port}`;
+    return `http://${this.host}:${this.port}`;
   }
 
   async start() {
-    const proc = spawn(PICAMD_BIN, ['--listen', `127.0.0.1:${this.port}`, '--allow-root', ...this.args], {
+    const args = ['--listen', `${this.host}:${this.port}`, '--allow-root', ...this.args];
+    // `ip netns exec` execs picamd itself, so signals reach it directly.
+    const [cmd, ...argv] = this.netns ? ['ip', 'netns', 'exec', this.netns.name, PICAMD_BIN, ...args] : [PICAMD_BIN, ...args];
+    const proc = spawn(cmd, argv, {
       stdio: ['ignore', 'pipe', 'inherit'],
       env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' },
     });
@@ -158,3 +168,117 @@ export const setPageHidden = (page, hidden) => page.evaluate((h) => {
 }, hidden);
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * A network namespace of the test's own, for picamd and Chromium together, with one address
+ * that looks like a LAN address to Chromium (10.77.0.1 on a TUN device that a helper holds
+ * open, plus a default route: Chromium gathers WebRTC candidates only on an interface that is
+ * up and routes). Traffic between the two never leaves the namespace (local addresses route
+ * over its `lo`), and `block` blackholes UDP, or TCP to a port, by a policy-routing rule, to
+ * model a network that blocks UDP or a port (sends fail at once, as behind a firewall that
+ * rejects; this kernel has no tc drop action to model a silent one). Needs root;
+ * `Netns.why()` says why not.
+ */
+export class Netns {
+  static ADDR = '10.77.0.1';
+
+  /** Null when namespaces can be made here, else the reason. */
+  static why() {
+    if (process.getuid?.() !== 0) return 'not root';
+    return null;
+  }
+
+  constructor() {
+    this.name = `picamd-e2e-${process.pid}-${Netns.count = (Netns.count ?? 0) + 1}`;
+    this.holder = null;
+    this.dir = null;
+  }
+
+  async create() {
+    await run('ip', ['netns', 'add', this.name]);
+    await run('ip', ['-n', this.name, 'link', 'set', 'lo', 'up']);
+    // The TUN device is UP only while a process holds it open: a Python one-liner does.
+    const holder = spawn('ip', ['netns', 'exec', this.name, 'python3', '-c', [
+      'import fcntl, os, struct, sys',
+      "fd = os.open('/dev/net/tun', os.O_RDWR)",
+      "fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', b'lan0', 0x1001))",
+      "print('ready', flush=True)",
+      'sys.stdin.read()',
+    ].join('\n')], { stdio: ['pipe', 'pipe', 'inherit'] });
+    this.holder = holder;
+    const [line] = await once(holder.stdout, 'data');
+    if (!String(line).includes('ready')) throw new Error(`TUN holder: ${line}`);
+    await run('ip', ['-n', this.name, 'addr', 'add', `${Netns.ADDR}/24`, 'dev', 'lan0']);
+    await run('ip', ['-n', this.name, 'link', 'set', 'lan0', 'up']);
+    await run('ip', ['-n', this.name, 'route', 'add', 'default', 'dev', 'lan0']);
+    // Policy rules are looked up in order, and the `local` table's rule comes first (pref 0):
+    // move it behind the room `block` uses (10…99), or no rule could stop local traffic.
+    await run('ip', ['-n', this.name, 'rule', 'add', 'pref', '100', 'lookup', 'local']);
+    await run('ip', ['-n', this.name, 'rule', 'del', 'pref', '0']);
+    this.dir = await mkdtemp(path.join(tmpdir(), 'picamd-netns-'));
+    return this;
+  }
+
+  /** Chromium started inside the namespace (a wrapper script as playwright's executable). */
+  async launch(extraArgs = []) {
+    const wrapper = path.join(this.dir, 'chromium');
+    const exe = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+    await writeFile(wrapper, `#!/bin/sh\nexec ip netns exec ${this.name} ${exe} "$@"\n`, { mode: 0o755 });
+    return chromium.launch({ executablePath: wrapper, headless: true, args: [...CHROMIUM_ARGS, ...extraArgs] });
+  }
+
+  /**
+   * Blocks traffic inside the namespace: `{udp: true}` every UDP datagram, `{tcpPort: N}` TCP
+   * to port N. Returns a handle for `unblock`.
+   */
+  async block({ udp = false, tcpPort = null }) {
+    const pref = String(10 + (this.count = (this.count ?? 0) + 1));
+    const match = udp ? ['ipproto', 'udp'] : ['ipproto', 'tcp', 'dport', String(tcpPort)];
+    await run('ip', ['-n', this.name, 'rule', 'add', 'pref', pref, ...match, 'blackhole']);
+    return pref;
+  }
+
+  async unblock(pref) {
+    await run('ip', ['-n', this.name, 'rule', 'del', 'pref', pref]);
+  }
+
+  async destroy() {
+    this.holder?.kill('SIGKILL');
+    this.holder = null;
+    await run('ip', ['netns', 'del', this.name]).catch(() => {});
+    if (this.dir) await rm(this.dir, { recursive: true, force: true });
+    this.dir = null;
+  }
+}
+
+/** Runs a command to completion; rejects with its stderr on failure. */
+export function run(cmd, args) {
+  return new Promise((resolve, reject) => {
+    const p = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    p.stderr.on('data', (d) => (err += d));
+    p.on('error', reject);
+    p.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`${cmd} ${args.join(' ')}: exit ${code}: ${err.trim()}`))));
+  });
+}
+
+/** Reads the test pattern's frame-number cells and a few bar colours back from the canvas. */
+export async function readCanvas(page) {
+  return page.evaluate(() => {
+    const host = document.querySelector('picam-player');
+    const canvas = document.querySelector('canvas') ?? host?.shadowRoot?.querySelector('canvas');
+    const ctx = canvas.getContext('2d', { willReadFrequently: true });
+    const { width, height } = canvas;
+    const px = (x, y) => Array.from(ctx.getImageData(Math.floor(x), Math.floor(y), 1, 1).data.slice(0, 3));
+    // Cells along the top edge spell the frame number, MSB first (see docs/sources.md, "The test pattern").
+    const cell = Math.max(2, Math.floor(width / 64)) & ~1;
+    let seq = 0;
+    for (let bit = 0; bit < 32; bit++) {
+      const [r, g, b] = px(bit * cell + cell / 2, cell / 2);
+      seq = seq * 2 + ((r + g + b) / 3 > 128 ? 1 : 0);
+    }
+    // The rightmost colour bar (blue) at three heights; the moving box covers at most one.
+    const blue = [0.3, 0.45, 0.6].map((f) => px(width * 0.93, height * f));
+    return { width, height, seq, blue };
+  });
+}

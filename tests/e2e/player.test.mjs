@@ -3,7 +3,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  Picamd, freePort, launch, openPlayer, stats, waitForStats, sleep, setPageHidden,
+  Picamd, freePort, launch, openPlayer, readCanvas, stats, waitForStats, sleep, setPageHidden,
 } from './harness.mjs';
 
 const SIZE = ['--size', '640x360', '--fps', '30'];
@@ -15,27 +15,6 @@ before(async () => {
 after(async () => {
   await browser?.close();
 });
-
-/** Reads the test pattern's frame-number cells and a few bar colours back from the canvas. */
-async function readCanvas(page) {
-  return page.evaluate(() => {
-    const host = document.querySelector('picam-player');
-    const canvas = document.querySelector('canvas') ?? host?.shadowRoot?.querySelector('canvas');
-    const ctx = canvas.getContext('2d', { willReadFrequently: true });
-    const { width, height } = canvas;
-    const px = (x, y) => Array.from(ctx.getImageData(Math.floor(x), Math.floor(y), 1, 1).data.slice(0, 3));
-    // Cells along the top edge spell the frame number, MSB first (see docs/sources.md, "The test pattern").
-    const cell = Math.max(2, Math.floor(width / 64)) & ~1;
-    let seq = 0;
-    for (let bit = 0; bit < 32; bit++) {
-      const [r, g, b] = px(bit * cell + cell / 2, cell / 2);
-      seq = seq * 2 + ((r + g + b) / 3 > 128 ? 1 : 0);
-    }
-    // The rightmost colour bar (blue) at three heights; the moving box covers at most one.
-    const blue = [0.3, 0.45, 0.6].map((f) => px(width * 0.93, height * f));
-    return { width, height, seq, blue };
-  });
-}
 
 test('frames reach the canvas and match the test pattern', async () => {
   const server = await new Picamd(await freePort(), SIZE).start();

@@ -1,10 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseOptions, stallTimeout, DEFAULT_OPTIONS } from '../../src/web/options.js';
+import { browserSources, parseOptions, startSource, stallTimeout, DEFAULT_OPTIONS } from '../../src/web/options.js';
 
 test('defaults', () => {
   assert.deepEqual(parseOptions(''), { ...DEFAULT_OPTIONS });
-  assert.equal(parseOptions('').source, 'ws');
+  assert.equal(parseOptions('').source, 'auto');
 });
 
 test('reads source, stall, hiddenGrace and probe', () => {
@@ -18,7 +18,7 @@ test('reads source, stall, hiddenGrace and probe', () => {
 
 test('invalid values fall back to defaults', () => {
   const o = parseOptions('?source=rtsp&stall=soon&hiddenGrace=&rotate=45&mirror=maybe&theme=blue');
-  assert.equal(o.source, 'ws');
+  assert.equal(o.source, 'auto');
   assert.equal(o.stallMs, null);
   assert.equal(o.hiddenGraceMs, 10_000);
   assert.equal(o.rotation, null);
@@ -42,4 +42,17 @@ test('stall timeout is max(4 frame intervals, 2 s) unless overridden', () => {
   assert.equal(stallTimeout(null, 1), 4000);
   assert.equal(stallTimeout(null, null), 2000);
   assert.equal(stallTimeout(700, 1), 700);
+});
+
+test('the sources a browser can use, and the one auto starts with', () => {
+  function Fn() {}
+  const chrome = { isSecureContext: true, VideoDecoder: Fn, RTCPeerConnection: Fn };
+  assert.deepEqual(browserSources(chrome), ['webcodecs', 'webrtc', 'ws', 'mjpeg']);
+  // A LAN address over plain http: no VideoDecoder there (and none without a secure context).
+  assert.deepEqual(browserSources({ ...chrome, isSecureContext: false }), ['webrtc', 'ws', 'mjpeg']);
+  assert.deepEqual(browserSources({ isSecureContext: false, RTCPeerConnection: Fn }), ['webrtc', 'ws', 'mjpeg']);
+  assert.deepEqual(browserSources({}), ['ws', 'mjpeg']);
+  assert.equal(startSource('auto', ['webrtc', 'ws', 'mjpeg']), 'webrtc');
+  assert.equal(startSource('mjpeg', ['webrtc', 'ws', 'mjpeg']), 'mjpeg');
+  for (const s of ['webcodecs', 'webrtc', 'ws', 'mjpeg', 'camera']) assert.equal(parseOptions(`?source=${s}`).source, s);
 });

@@ -2,14 +2,14 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { PlayerStateMachine, State } from '../../src/web/player-state.js';
+import { LADDER, ladderFrom, PlayerStateMachine, State } from '../../src/web/player-state.js';
 
 /** A machine with deterministic backoff (no jitter: 250, 500, 1000, … ms). */
 function machine(opts = {}) {
   return new PlayerStateMachine({ backoff: { jitter: 'none' }, ...opts });
 }
 
-const types = (effects) => effects.map((e) => (e.type === 'open' ? `open:${e.source}` : e.type === 'render' ? `render:${e.on}` : e.type));
+const types = (effects) => effects.map((e) => (e.type === 'open' || e.type === 'probe' ? `${e.type}:${e.source}` : e.type === 'render' ? `render:${e.on}` : e.type));
 
 /** Starts a WebSocket player and draws one frame at t=100. */
 function live(opts) {
@@ -126,12 +126,12 @@ test('on the fallback the WebSocket is probed; a successful probe returns to it'
   assert.equal(m.state, State.FALLBACK);
   assert.equal(m.probeAt, 11_000);
   assert.deepEqual(m.tick(10_999), []);
-  assert.deepEqual(types(m.tick(11_000)), ['probe']);
-  m.dispatch('probe-ws-failure', 11_100);
+  assert.deepEqual(types(m.tick(11_000)), ['probe:ws']);
+  m.dispatch('probe-failure', 11_100);
   assert.equal(m.state, State.FALLBACK);
   assert.equal(m.probeAt, 21_000);
-  assert.deepEqual(types(m.tick(21_000)), ['probe']);
-  assert.deepEqual(types(m.dispatch('probe-ws-success', 21_200)), ['stop-probe', 'close', 'open:ws']);
+  assert.deepEqual(types(m.tick(21_000)), ['probe:ws']);
+  assert.deepEqual(types(m.dispatch('probe-success', 21_200)), ['stop-probe', 'close', 'open:ws']);
   assert.equal(m.active, 'ws');
   assert.equal(m.fallback, false);
   assert.equal(m.probeAt, null);
@@ -145,7 +145,7 @@ test('no probing while hidden or paused; a late probe answer is ignored', () => 
   m.dispatch('fallback', 1000);
   assert.deepEqual(types(m.dispatch('hidden', 2000)), ['render:false', 'stop-probe']);
   assert.equal(m.probeAt, null);
-  assert.deepEqual(types(m.dispatch('probe-ws-success', 2100)), ['stop-probe']);
+  assert.deepEqual(types(m.dispatch('probe-success', 2100)), ['stop-probe']);
   assert.equal(m.fallback, true);
   m.dispatch('visible', 3000);
   assert.equal(m.probeAt, 13_000);
@@ -162,7 +162,7 @@ test('the fallback regaining a picture probes the WebSocket at once', () => {
   m.tick(1350); // retry MJPEG
   m.dispatch('frame-drawn', 1500); // server back
   assert.equal(m.probeAt, 1500);
-  assert.deepEqual(types(m.tick(1500)), ['probe']);
+  assert.deepEqual(types(m.tick(1500)), ['probe:ws']);
 });
 
 test('MJPEG failures back off but never fall back further', () => {
@@ -279,4 +279,93 @@ test('choosing a source leaves the fallback and resets failures', () => {
 test('unknown events and sources are errors', () => {
   assert.throws(() => machine().dispatch('explode', 0), RangeError);
   assert.throws(() => machine({ source: 'hls' }), RangeError);
+});
+
+test('the ladder starts at the chosen source and keeps the lower rungs the browser can use', () => {
+  assert.deepEqual(ladderFrom('webcodecs'), LADDER);
+  assert.deepEqual(ladderFrom('webrtc', ['webrtc', 'ws', 'mjpeg']), ['webrtc', 'ws', 'mjpeg']);
+  assert.deepEqual(ladderFrom('ws', ['webcodecs', 'webrtc', 'ws', 'mjpeg']), ['ws', 'mjpeg']);
+  // Asked for explicitly, a source stays on top even if the browser seems unable: it says so.
+  assert.deepEqual(ladderFrom('webcodecs', ['ws', 'mjpeg']), ['webcodecs', 'ws', 'mjpeg']);
+  assert.deepEqual(ladderFrom('camera'), ['camera']);
+  assert.deepEqual(ladderFrom('mjpeg'), ['mjpeg']);
+  assert.throws(() => ladderFrom('hls'), RangeError);
+});
+
+/** Fails the active source `n` times in a row (close, then the retry that reopens it). */
+function failTimes(m, n, t0) {
+  let t = t0;
+  for (let i = 0; i < n; i++) {
+    m.dispatch('close', t);
+    t += 10_000;
+    m.tick(t);
+  }
+  return t;
+}
+
+test('WebRTC falls to the JPEG WebSocket, then to MJPEG, and probes WebRTC from both', () => {
+  const m = live({ source: 'webrtc', probeIntervalMs: 60_000, stallMs: 1e9 });
+  assert.equal(m.active, 'webrtc');
+  const t = failTimes(m, 3, 1000);
+  assert.equal(m.active, 'ws');
+  assert.equal(m.state, State.FALLBACK);
+  assert.equal(m.preferred, 'webrtc');
+  m.dispatch('frame-drawn', t + 10);
+  assert.deepEqual(types(m.tick(t + 10)), ['probe:webrtc'], 'the fallback drawing probes the top at once');
+  m.dispatch('probe-failure', t + 20);
+  const t2 = failTimes(m, 3, t + 100);
+  assert.equal(m.active, 'mjpeg');
+  m.dispatch('frame-drawn', t2 + 10);
+  assert.deepEqual(types(m.tick(t2 + 10)), ['probe:webrtc']);
+  assert.deepEqual(types(m.dispatch('probe-success', t2 + 50)), ['stop-probe', 'close', 'open:webrtc']);
+  assert.equal(m.fallback, false);
+  assert.equal(m.probeAt, null);
+});
+
+test('an unsupported rung is dropped at once, without counting failures or probing it again', () => {
+  const m = machine({ source: 'webcodecs', probeIntervalMs: 10_000 });
+  m.dispatch('start', 0);
+  assert.deepEqual(types(m.dispatch('unsupported', 50, { message: 'no H.264' })), ['stop-probe', 'close', 'open:webrtc']);
+  assert.deepEqual(m.ladder, ['webrtc', 'ws', 'mjpeg']);
+  assert.equal(m.preferred, 'webrtc');
+  assert.equal(m.fallback, false);
+  assert.equal(m.probeAt, null);
+  assert.equal(m.state, State.CONNECTING);
+  m.dispatch('unsupported', 60);
+  assert.equal(m.active, 'ws');
+  assert.equal(m.reconnects, 0, 'stepping past unsupported rungs is not a reconnect');
+  m.dispatch('frame-drawn', 100);
+  assert.equal(m.state, State.LIVE, 'the best rung left is not a fallback');
+  assert.equal(m.nextDeadline(), m.stallAt, 'nothing to probe');
+});
+
+test('the last rung unsupported is an error; a probe answering unsupported stops the probing', () => {
+  const m = machine({ source: 'mjpeg' });
+  m.dispatch('start', 0);
+  m.dispatch('unsupported', 10, { message: 'nope' });
+  assert.equal(m.state, State.ERROR);
+  assert.equal(m.error, 'nope');
+
+  const f = live({ source: 'webrtc', probeIntervalMs: 10_000, stallMs: 1e9 });
+  f.dispatch('fallback', 1000);
+  assert.equal(f.active, 'ws');
+  f.dispatch('frame-drawn', 1100);
+  f.dispatch('probe-failure', 1110);
+  assert.deepEqual(types(f.tick(11_110)), ['probe:webrtc']);
+  f.dispatch('probe-unsupported', 11_100);
+  assert.deepEqual(f.ladder, ['ws', 'mjpeg']);
+  assert.equal(f.fallback, false);
+  assert.equal(f.state, State.LIVE);
+  assert.equal(f.probeAt, null);
+});
+
+test('choosing a source rebuilds the ladder from it', () => {
+  const m = live({ source: 'webrtc', available: ['webrtc', 'ws', 'mjpeg'] });
+  m.dispatch('select-source', 2000, { source: 'ws' });
+  assert.deepEqual(m.ladder, ['ws', 'mjpeg']);
+  m.dispatch('select-source', 3000, { source: 'webcodecs' });
+  assert.deepEqual(m.ladder, ['webcodecs', 'webrtc', 'ws', 'mjpeg']);
+  m.dispatch('select-source', 4000, { source: 'camera' });
+  assert.deepEqual(m.ladder, ['camera']);
+  assert.throws(() => m.dispatch('select-source', 5000, { source: 'x' }), RangeError);
 });

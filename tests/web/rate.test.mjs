@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { RateMeter } from '../../src/web/rate.js';
+import { ByteRateMeter, RateMeter } from '../../src/web/rate.js';
 
 test('a steady stream reads its rate', () => {
   const r = new RateMeter(2000);
@@ -25,4 +25,23 @@ test('fewer than two events read 0; reset forgets', () => {
   assert.ok(r.rate(100) > 0);
   r.reset();
   assert.equal(r.rate(100), 0);
+});
+
+test('a byte rate from a running total, read every tick and updated once a second', () => {
+  const m = new ByteRateMeter(3000);
+  assert.equal(m.rate(), null);
+  // 125 kB/s (1 Mbit/s), the total updated once a second, read every 200 ms.
+  for (let t = 0; t <= 10_000; t += 200) m.add(t, Math.floor(t / 1000) * 125_000);
+  const r = m.rate();
+  assert.ok(Math.abs(r - 125_000) < 125_000 * 0.1, `read ${r}`);
+  // Stopped: once the last growth leaves the window the rate is 0.
+  for (let t = 10_200; t <= 15_000; t += 200) m.add(t, 10 * 125_000);
+  assert.equal(m.rate(), 0);
+  // A new connection's smaller total starts afresh.
+  m.add(15_200, 1000);
+  assert.equal(m.rate(), null);
+  m.add(15_800, 2000);
+  assert.ok(Math.abs(m.rate() - 1000 / 0.6) < 1);
+  m.reset();
+  assert.equal(m.rate(), null);
 });

@@ -40,12 +40,13 @@ test('?grid turns the grid on, ?grid=0 does not', () => {
 
 test('every URL of a stream is under its base; the default stream keeps the root URLs', () => {
   assert.deepEqual(streamUrls(null), {
-    base: '', page: '/', ws: '/ws', stream: '/stream', snapshot: '/snapshot', state: '/state', controls: '/controls',
+    base: '', page: '/', ws: '/ws', whep: '/whep', stream: '/stream', snapshot: '/snapshot', state: '/state', controls: '/controls',
   });
   assert.deepEqual(streamUrls('b'), {
     base: '/cam/b',
     page: '/cam/b/',
     ws: '/cam/b/ws',
+    whep: '/cam/b/whep',
     stream: '/cam/b/stream',
     snapshot: '/cam/b/snapshot',
     state: '/cam/b/state',
@@ -108,7 +109,7 @@ test('a tile badge says live, no signal or reconnecting', () => {
   assert.equal(tileBadge({ state: 'live', noSignal: false }).kind, 'live');
   assert.equal(tileBadge({ state: 'live', noSignal: true }).kind, 'no-signal');
   assert.equal(tileBadge({ state: 'live', noSignal: true }).label, 'No signal');
-  assert.equal(tileBadge({ state: 'fallback-mjpeg', noSignal: false }).kind, 'live');
+  assert.equal(tileBadge({ state: 'fallback', noSignal: false }).kind, 'live');
   assert.equal(tileBadge({ state: 'reconnecting' }).kind, 'reconnecting');
   assert.equal(tileBadge({ state: 'stalled' }).kind, 'reconnecting');
   assert.equal(tileBadge({ state: 'connecting' }).kind, 'connecting');

@@ -252,11 +252,11 @@ test('a decoder error closes the source with the reason', async () => {
   assert.equal(ws.onmessage, null, 'no more messages');
 });
 
-test('no WebCodecs, an insecure page or a refused codec is fatal with a distinct reason', async () => {
+test('no WebCodecs, an insecure page or a refused codec is reported as unsupported', async () => {
   for (const opts of [{ secure: false }, { supported: false }, { hello: { ...HELLO, types: ['jpeg'] } }]) {
     const { ws, events } = await started(opts);
     const last = events.at(-1);
-    assert.equal(last.type, 'fatal', JSON.stringify(opts));
+    assert.equal(last.type, 'unsupported', JSON.stringify(opts));
     assert.equal(last.reason, 'webcodecs-unsupported');
     assert.ok(last.message.length > 10);
     assert.equal(ws.sent.filter((m) => m.type === 'video').length, 0);
