@@ -29,6 +29,10 @@
 //! - client → server `{"type":"video","codec":"h264"}` (or `"jpeg"`, the default) → the
 //!   server switches and confirms with `{"type":"video","codec":"h264"}`; H.264 units follow
 //!   from the next keyframe on.
+//! - client → server `{"type":"keyframe"}` while on H.264: the client's decoder dropped
+//!   units (it fell behind), so the server skips to a keyframe made for it (no reply; at
+//!   most one forced keyframe per 0.5 s for all clients) instead of sending P-frames it
+//!   cannot use until the next regular one.
 //! - client → server `{"type":"ping","id":…,"t":…}` → server replies
 //!   `{"type":"pong","id":…,"t":…,"server_us":…}` (`id` and `t` echoed as sent; `server_us` is
 //!   the server's clock in µs since the Unix epoch), for the player's clock-offset estimate.
@@ -189,17 +193,26 @@ async fn run(
                 }
                 Some(Ok(Message::Text(t))) => {
                     let reply = match request(t.as_str()) {
-                        Request::Reply(v) => v,
+                        Request::Reply(v) => Some(v),
+                        Request::Keyframe => match &mut h264 {
+                            Some(c) => {
+                                c.restart();
+                                None
+                            }
+                            None => Some(error("keyframes are for H.264; ask for it first")),
+                        },
                         Request::Video(codec) => {
                             switch_video(hub, codec, &mut viewer, &mut h264);
                             if codec == Codec::Jpeg {
                                 // Current from the next publish on, not the one seen before.
                                 frames.mark_unchanged();
                             }
-                            json!({ "type": "video", "codec": codec.as_str() })
+                            Some(json!({ "type": "video", "codec": codec.as_str() }))
                         }
                     };
-                    sink.send(text(reply)).await?;
+                    if let Some(reply) = reply {
+                        sink.send(text(reply)).await?;
+                    }
                     None
                 }
                 Some(Ok(Message::Binary(_))) => {
@@ -338,6 +351,8 @@ pub(crate) enum Request {
     Reply(Value),
     /// Switch the pictures to this codec (and confirm).
     Video(Codec),
+    /// Skip to a keyframe made for this client (H.264 only).
+    Keyframe,
 }
 
 /// Reads one client text message.
@@ -346,8 +361,10 @@ pub(crate) fn request(msg: &str) -> Request {
         Ok(v) => v,
         Err(e) => return Request::Reply(error(&format!("invalid JSON: {e}"))),
     };
-    if parsed.get("type").and_then(Value::as_str) != Some("video") {
-        return Request::Reply(reply_to_parsed(&parsed));
+    match parsed.get("type").and_then(Value::as_str) {
+        Some("video") => {}
+        Some("keyframe") => return Request::Keyframe,
+        _ => return Request::Reply(reply_to_parsed(&parsed)),
     }
     match parsed.get("codec").and_then(Value::as_str) {
         Some("h264") => Request::Video(Codec::H264),
@@ -377,6 +394,7 @@ pub(crate) fn reply_to(msg: &str) -> Value {
     match request(msg) {
         Request::Reply(v) => v,
         Request::Video(c) => json!({ "type": "video", "codec": c.as_str() }),
+        Request::Keyframe => Value::Null,
     }
 }
 
@@ -463,6 +481,7 @@ mod tests {
             request(r#"{"type":"video","codec":"jpeg"}"#),
             Request::Video(Codec::Jpeg)
         );
+        assert_eq!(request(r#"{"type":"keyframe"}"#), Request::Keyframe);
         for bad in [
             r#"{"type":"video","codec":"vp9"}"#,
             r#"{"type":"video","codec":7}"#,

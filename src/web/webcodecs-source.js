@@ -15,7 +15,9 @@
 //   keyframe brings another SPS or size. Nothing is decoded before the first keyframe.
 // - Bounded: a VideoDecoder queues chunks without limit. When more than
 //   `maxDecodeQueue` (3, ~0.1 s at 30 fps) wait in it, a slow device is falling behind, so
-//   chunks are dropped until the next keyframe (the server's own rule for a slow socket).
+//   chunks are dropped until the next keyframe (the server's own rule for a slow socket),
+//   and the server is asked for one (`{"type":"keyframe"}`), so the picture does not wait
+//   up to a GOP (2 s) for the next regular keyframe.
 // - Every VideoFrame goes to onframe, whose receiver must close() it; frames the decoder
 //   hands out after stop() are closed here. Each chunk's timestamp is its capture time (µs),
 //   so the decoded frame is matched back to its seq and capture time (latency overlay).
@@ -154,7 +156,7 @@ export class WebCodecsSource extends WsSource {
     this.pending = new Map();
     /** "hello" → "checking" → "requested" → "h264"; "unsupported" when it cannot work. */
     this.phase = 'hello';
-    this.counts = { units: 0, bytes: 0, decoded: 0, dropped: 0, jpegSkipped: 0 };
+    this.counts = { units: 0, bytes: 0, decoded: 0, dropped: 0, jpegSkipped: 0, keyframeRequests: 0 };
   }
 
   /** Counters: units and bytes received, frames decoded, units or frames dropped. */
@@ -218,7 +220,14 @@ export class WebCodecsSource extends WsSource {
       this.counts.dropped += 1;
       return;
     }
-    if (this.gate.offer(header.keyframe, this.decoder.decodeQueueSize) === 'drop') return;
+    const wasDecoding = !this.gate.waitingForKey;
+    if (this.gate.offer(header.keyframe, this.decoder.decodeQueueSize) === 'drop') {
+      if (wasDecoding) {
+        this.counts.keyframeRequests += 1;
+        this.send({ type: 'keyframe' });
+      }
+      return;
+    }
     const timestamp = header.captureUs;
     if (this.pending.size >= MAX_PENDING) this.pending.clear();
     this.pending.set(timestamp, {

@@ -243,6 +243,21 @@ async fn a_client_asking_for_h264_gets_access_units_from_a_keyframe_and_no_jpeg(
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(p.state().await["frames"]["encoded"], encoded);
 
+    // A client whose decoder fell behind asks for a keyframe: the next unit is one, long
+    // before the 2 s GOP would bring it.
+    ws.send(Message::text(r#"{"type":"keyframe"}"#))
+        .await
+        .unwrap();
+    let asked = std::time::Instant::now();
+    loop {
+        let (h, _) = next_frame(&mut ws).await;
+        if h.flags & FLAG_KEYFRAME != 0 {
+            break;
+        }
+        // Units already on their way when the request arrived.
+        assert!(asked.elapsed() < Duration::from_millis(700), "no keyframe");
+    }
+
     // Back to JPEG: the consumer goes, JPEGs come again.
     ws.send(Message::text(r#"{"type":"video","codec":"jpeg"}"#))
         .await
@@ -268,6 +283,17 @@ async fn a_client_asking_for_h264_gets_access_units_from_a_keyframe_and_no_jpeg(
             break;
         }
     }
+    ws.send(Message::text(r#"{"type":"video","codec":"jpeg"}"#))
+        .await
+        .unwrap();
+    next_json(&mut ws, "video").await;
+    ws.send(Message::text(r#"{"type":"keyframe"}"#))
+        .await
+        .unwrap();
+    assert!(next_json(&mut ws, "error").await["message"]
+        .as_str()
+        .unwrap()
+        .contains("H.264"));
     ws.send(Message::text(r#"{"type":"video","codec":"av1"}"#))
         .await
         .unwrap();
@@ -275,6 +301,12 @@ async fn a_client_asking_for_h264_gets_access_units_from_a_keyframe_and_no_jpeg(
         .as_str()
         .unwrap()
         .contains("av1"));
+    // Leaving while on H.264 ends the consumer.
+    ws.send(Message::text(r#"{"type":"video","codec":"h264"}"#))
+        .await
+        .unwrap();
+    next_json(&mut ws, "video").await;
+    assert_eq!(p.state().await["h264"]["consumers"], 1);
     drop(ws);
     let mut state = p.state().await;
     for _ in 0..50 {

@@ -221,9 +221,12 @@ test('a long decode queue drops units up to the next keyframe', async () => {
   const dec = Dec.last;
   // 1-4 queued (a queue of 3 still takes one more), then 5-8 dropped.
   assert.deepEqual(dec.decodedChunks.map((c) => c.timestamp % 1000), [1, 2, 3, 4].map((s) => (1_700_000_000_000_000 + s * 33_333) % 1000));
+  // Falling behind asked the server for a keyframe, once.
+  assert.deepEqual(ws.sent.filter((m) => m.type === 'keyframe'), [{ type: 'keyframe' }]);
   dec.finish();
   ws.onmessage({ data: unit(9, false) });
   assert.equal(dec.decodedChunks.length, 4, 'still waiting for a keyframe');
+  assert.equal(ws.sent.filter((m) => m.type === 'keyframe').length, 1);
   ws.onmessage({ data: unit(10, true) });
   dec.finish();
   assert.deepEqual(frames.map((f) => f.seq), [1, 2, 3, 4, 10]);
