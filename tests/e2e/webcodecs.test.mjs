@@ -94,7 +94,6 @@ test('H.264 is decoded and drawn, every VideoFrame closed, at a fraction of the 
     await context.close();
     await server.stop();
   }
-  // The socket closed: the H.264 consumer is gone with it (checked on a fresh server below).
 });
 
 test('the WebCodecs player recovers by itself after kill -9 and a restart', async () => {
