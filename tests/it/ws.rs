@@ -367,3 +367,38 @@ async fn a_stalled_h264_client_skips_to_a_keyframe_instead_of_queueing() {
     let (_, _, lag_us) = got.last().copied().unwrap();
     assert!(lag_us < 500_000, "still {lag_us} µs behind at the end");
 }
+
+#[tokio::test]
+async fn an_h264_client_gets_no_signal_pictures_while_the_source_is_down() {
+    // Live for 2 s, failing for 3 s, and again.
+    let p = Picamd::start(&[
+        "--size",
+        "320x240",
+        "--fps",
+        "30",
+        "--source",
+        "test:live=2,fail=3",
+    ]);
+    let mut ws = connect(&p).await;
+    ws.send(Message::text(r#"{"type":"video","codec":"h264"}"#))
+        .await
+        .unwrap();
+    next_json(&mut ws, "video").await;
+    let mut seen = Vec::new();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(9) {
+        let (h, au) = next_frame(&mut ws).await;
+        assert_eq!(h.kind, TYPE_H264, "no JPEG, not even for no signal");
+        assert!(!au.is_empty());
+        let no_signal = h.flags & FLAG_NO_SIGNAL != 0;
+        if seen.last() != Some(&no_signal) {
+            seen.push(no_signal);
+        }
+    }
+    // Live, then "no signal" (encoded as H.264, flagged), then live again.
+    let windows: Vec<_> = seen.windows(3).collect();
+    assert!(
+        windows.contains(&[false, true, false].as_slice()),
+        "phases seen: {seen:?}"
+    );
+}
