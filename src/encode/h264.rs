@@ -215,21 +215,37 @@ impl H264Encoder {
 /// The lowest level whose limits (H.264 Table A-1: macroblocks per second and per frame) hold
 /// the stream, so decoders size their buffers for it; 5.1 beyond.
 fn level_for(width: u32, height: u32, fps: u32) -> Level {
+    level_row(width, height, fps).0
+}
+
+/// `level_idc` of the level [`H264Encoder`] picks for a size and rate (31 for 720p30, 40 for
+/// 1080p30): the last byte of the codec string a player can check before the first SPS.
+pub fn level_idc(width: u32, height: u32, fps: u32) -> u8 {
+    level_row(width, height, fps).1
+}
+
+/// The codec string (`avc1.42C0LL`: Constrained Baseline, constraint_set0 and 1, as
+/// OpenH264 writes its SPS) the encoder's stream will have at this size and rate.
+pub fn expected_codec(width: u32, height: u32, fps: u32) -> String {
+    format!("avc1.42C0{:02X}", level_idc(width, height, fps))
+}
+
+fn level_row(width: u32, height: u32, fps: u32) -> (Level, u8) {
     let mbs = width.div_ceil(16) as u64 * height.div_ceil(16) as u64;
     let rate = mbs * fps.max(1) as u64;
-    const LEVELS: &[(u64, u64, Level)] = &[
-        (396, 11_880, Level::Level_2_1),
-        (1_620, 40_500, Level::Level_3_0),
-        (3_600, 108_000, Level::Level_3_1),
-        (5_120, 216_000, Level::Level_3_2),
-        (8_192, 245_760, Level::Level_4_0),
-        (8_704, 522_240, Level::Level_4_2),
-        (22_080, 589_824, Level::Level_5_0),
+    const LEVELS: &[(u64, u64, Level, u8)] = &[
+        (396, 11_880, Level::Level_2_1, 21),
+        (1_620, 40_500, Level::Level_3_0, 30),
+        (3_600, 108_000, Level::Level_3_1, 31),
+        (5_120, 216_000, Level::Level_3_2, 32),
+        (8_192, 245_760, Level::Level_4_0, 40),
+        (8_704, 522_240, Level::Level_4_2, 42),
+        (22_080, 589_824, Level::Level_5_0, 50),
     ];
     LEVELS
         .iter()
-        .find(|(frame, second, _)| mbs <= *frame && rate <= *second)
-        .map_or(Level::Level_5_1, |(_, _, level)| *level)
+        .find(|(frame, second, _, _)| mbs <= *frame && rate <= *second)
+        .map_or((Level::Level_5_1, 51), |(_, _, level, idc)| (*level, *idc))
 }
 
 #[cfg(test)]
@@ -301,6 +317,12 @@ mod tests {
             if au.keyframe {
                 keys.push(t);
                 assert_eq!(&types[..2], &[NAL_SPS, NAL_PPS], "{types:?}");
+                // What the WebSocket's hello promises before the first SPS exists.
+                let sps = au.nal_of_type(NAL_SPS).expect("an SPS");
+                assert_eq!(
+                    crate::wire::avc1_codec(&sps),
+                    Some(expected_codec(320, 240, 30))
+                );
                 assert!(types.contains(&5), "an IDR slice: {types:?}");
                 // Constrained Baseline: profile_idc 66 with constraint_set1.
                 let sps = au.nal_of_type(NAL_SPS).unwrap();
@@ -394,6 +416,8 @@ mod tests {
         assert!(matches!(level_for(1280, 720, 30), Level::Level_3_1));
         assert!(matches!(level_for(1920, 1080, 30), Level::Level_4_0));
         assert!(matches!(level_for(640, 480, 30), Level::Level_3_0));
+        assert_eq!(expected_codec(1280, 720, 30), "avc1.42C01F");
+        assert_eq!(expected_codec(1920, 1080, 30), "avc1.42C028");
         assert_eq!(default_bitrate(1280, 720, 30), 2_000_000);
         let hd = default_bitrate(1920, 1080, 30);
         assert!((3_500_000..3_700_000).contains(&hd), "{hd}");

@@ -52,6 +52,11 @@ pub const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../web/video-frames.js"),
     ),
     (
+        "webcodecs-source.js",
+        JS,
+        include_bytes!("../web/webcodecs-source.js"),
+    ),
+    (
         "webrtc-source.js",
         JS,
         include_bytes!("../web/webrtc-source.js"),

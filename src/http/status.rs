@@ -92,6 +92,8 @@ pub struct Viewers {
     pub publish: usize,
     /// RTSP sessions (from SETUP to TEARDOWN or timeout).
     pub rtsp: usize,
+    /// WebSocket clients that asked for H.264 (WebCodecs); not in `ws`.
+    pub ws_h264: usize,
     pub max: usize,
     pub refused: u64,
 }
@@ -194,6 +196,7 @@ impl Snapshot {
                 snapshot: hub.viewers(Output::Snapshot),
                 publish: hub.viewers(Output::Publish),
                 rtsp: hub.viewers(Output::Rtsp),
+                ws_h264: hub.viewers(Output::WebSocketH264),
                 max: info.max_viewers,
                 refused: s.viewers_refused.load(Ordering::Relaxed),
             },
@@ -345,6 +348,7 @@ impl Snapshot {
                     ("output=\"snapshot\"", s.viewers.snapshot as f64),
                     ("output=\"publish\"", s.viewers.publish as f64),
                     ("output=\"rtsp\"", s.viewers.rtsp as f64),
+                    ("output=\"ws_h264\"", s.viewers.ws_h264 as f64),
                 ]
             },
         );

@@ -329,6 +329,16 @@ impl H264Consumer {
         Some(unit)
     }
 
+    /// Goes on at the next keyframe, asking the encoder for one: for a consumer whose own
+    /// decoder fell behind and dropped units (a browser's WebCodecs queue), which would
+    /// otherwise wait up to a GOP for the next regular keyframe. The encoder makes at most one
+    /// forced keyframe per 0.5 s however often this is called.
+    pub fn restart(&mut self) {
+        let end = lock(&self.track.track.units).end();
+        self.position = Position::KeyframeFrom(end);
+        self.track.tell(TrackNews::KeyframeWanted);
+    }
+
     /// Units published but not yet taken by this consumer.
     pub fn behind(&self) -> u64 {
         let end = *self.published.borrow();
@@ -444,6 +454,22 @@ mod tests {
         t.publish(unit(100, true, 1));
         assert_eq!(seqs(&mut slow), [100]);
         assert_eq!(seqs(&mut fast).last(), Some(&100));
+    }
+
+    #[test]
+    fn a_restarted_consumer_waits_for_a_new_keyframe() {
+        let t = H264Track::new();
+        t.publish(unit(0, true, 10));
+        let mut c = t.consume(None);
+        let heard = news(&t);
+        t.publish(unit(1, false, 10));
+        c.restart();
+        assert_eq!(*heard.lock().unwrap(), [TrackNews::KeyframeWanted]);
+        t.publish(unit(2, false, 10));
+        assert_eq!(seqs(&mut c), [] as [u64; 0], "P-frames it could not decode");
+        t.publish(unit(3, true, 10));
+        t.publish(unit(4, false, 10));
+        assert_eq!(seqs(&mut c), [3, 4]);
     }
 
     #[test]

@@ -37,9 +37,13 @@ pub enum Output {
     Publish = 3,
     /// An RTSP session (counted against `max_viewers` like MJPEG and WebSocket viewers).
     Rtsp = 4,
+    /// A WebSocket client that asked for H.264 (the player's WebCodecs path): counted against
+    /// `max_viewers`, but not a JPEG viewer, so with only these and RTSP watching no JPEG is
+    /// encoded.
+    WebSocketH264 = 5,
 }
 
-const OUTPUTS: usize = 5;
+const OUTPUTS: usize = 6;
 
 /// What a publisher is doing, for `/state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -453,7 +457,10 @@ impl Hub {
     }
 
     fn stream_viewers(&self) -> usize {
-        self.viewers(Output::Mjpeg) + self.viewers(Output::WebSocket) + self.viewers(Output::Rtsp)
+        self.viewers(Output::Mjpeg)
+            + self.viewers(Output::WebSocket)
+            + self.viewers(Output::Rtsp)
+            + self.viewers(Output::WebSocketH264)
     }
 
     /// Tells the listener, if any; called with the count's lock held.
@@ -519,6 +526,27 @@ impl Hub {
 pub struct ViewerGuard {
     hub: Hub,
     output: Output,
+}
+
+impl ViewerGuard {
+    /// Counts this viewer under another output from now on (a WebSocket client switching
+    /// between JPEG and H.264). The total does not change, so no limit is checked and the
+    /// listener hears nothing: the viewer keeps the slot it has.
+    pub fn switch(&mut self, output: Output) {
+        if output == self.output {
+            return;
+        }
+        let shared = &self.hub.shared;
+        let _total = lock(&shared.viewers_total);
+        shared.viewers[self.output as usize].fetch_sub(1, Ordering::Relaxed);
+        shared.viewers[output as usize].fetch_add(1, Ordering::Relaxed);
+        self.output = output;
+    }
+
+    /// The output this viewer is counted under.
+    pub fn output(&self) -> Output {
+        self.output
+    }
 }
 
 impl Drop for ViewerGuard {
@@ -605,6 +633,32 @@ mod tests {
         drop((g, s));
         assert_eq!(h.viewers(Output::Mjpeg), 0);
         assert!(h.add_viewer(Output::WebSocket).is_ok());
+    }
+
+    #[test]
+    fn a_viewer_switching_outputs_keeps_its_slot() {
+        let h = hub(2);
+        let mut g = h.add_viewer(Output::WebSocket).unwrap();
+        let _other = h.add_viewer(Output::Mjpeg).unwrap();
+        // At the limit: switching must not need a free slot, nor leave one behind.
+        g.switch(Output::WebSocketH264);
+        assert_eq!(g.output(), Output::WebSocketH264);
+        assert_eq!(
+            (
+                h.viewers(Output::WebSocket),
+                h.viewers(Output::WebSocketH264)
+            ),
+            (0, 1)
+        );
+        assert_eq!(h.total_viewers(), 2);
+        assert!(h.add_viewer(Output::WebSocketH264).is_err(), "still full");
+        g.switch(Output::WebSocket);
+        g.switch(Output::WebSocket);
+        assert_eq!(h.viewers(Output::WebSocket), 1);
+        g.switch(Output::WebSocketH264);
+        drop(g);
+        assert_eq!(h.viewers(Output::WebSocketH264), 0);
+        assert_eq!(h.total_viewers(), 1);
     }
 
     #[test]

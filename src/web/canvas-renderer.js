@@ -8,6 +8,10 @@
 // - Every ImageBitmap the renderer owns is close()d when dropped or replaced: bitmaps hold
 //   decoded pixels outside the JS heap, and the garbage collector does not see that memory.
 //   `stats.openBitmaps` counts the ones it holds (created or adopted, minus closed).
+// - A decoded VideoFrame (WebCodecs source) is adopted and drawn like a bitmap, at its
+//   display size, and closed the same way; a decoder that is not given its frames back stalls
+//   (it has a small pool of them). `openBitmaps` counts these too, `openVideoFrames` only
+//   these.
 // - Rotation (0/90/180/270) and mirroring are canvas transforms; mirroring is applied in
 //   screen space, so "mirror" always flips left and right as the user sees them.
 // - While paused (hidden page, paused player) nothing is drawn and JPEGs are not even decoded:
@@ -17,6 +21,7 @@
  * @typedef {object} Frame
  * @property {Uint8Array|Blob} [jpeg]   JPEG bytes (WebSocket source)
  * @property {ImageBitmap} [bitmap]     a decoded picture; the renderer takes ownership
+ * @property {VideoFrame} [videoFrame]  a decoded H.264 picture; the renderer takes ownership
  * @property {number} seq               increasing within one source connection
  * @property {number|null} captureUs    capture time, µs since the epoch (server clock)
  * @property {number} width
@@ -57,10 +62,10 @@ export class CanvasRenderer {
     /** @type {Frame|null} newest JPEG received while paused, not decoded yet */
     this.pendingRaw = null;
     this.rafId = 0;
-    this.counts = { openBitmaps: 0, decoded: 0, drawn: 0, dropped: 0, decodeErrors: 0 };
+    this.counts = { openBitmaps: 0, openVideoFrames: 0, decoded: 0, drawn: 0, dropped: 0, decodeErrors: 0 };
   }
 
-  /** Counters: openBitmaps, decoded, drawn, dropped, decodeErrors, inFlight. */
+  /** Counters: openBitmaps, openVideoFrames, decoded, drawn, dropped, decodeErrors, inFlight. */
   get stats() {
     return { ...this.counts, inFlight: this.inFlight };
   }
@@ -73,11 +78,14 @@ export class CanvasRenderer {
   submit(frame) {
     if (this.destroyed) {
       frame.bitmap?.close();
+      frame.videoFrame?.close();
       return;
     }
-    if (frame.bitmap) {
+    const picture = frame.bitmap ?? frame.videoFrame;
+    if (picture) {
       this.counts.openBitmaps += 1;
-      this.#accept(frame.bitmap, frame, this.generation);
+      if (frame.videoFrame) this.counts.openVideoFrames += 1;
+      this.#accept(picture, frame, this.generation);
       return;
     }
     if (!this.active) {
@@ -189,6 +197,7 @@ export class CanvasRenderer {
   #close(bitmap) {
     bitmap.close();
     this.counts.openBitmaps -= 1;
+    if (isVideoFrame(bitmap)) this.counts.openVideoFrames -= 1;
   }
 
   #drop(entry, count = true) {
@@ -230,8 +239,9 @@ export class CanvasRenderer {
   }
 
   #paint(bitmap) {
-    const w = bitmap.width;
-    const h = bitmap.height;
+    // A VideoFrame's coded size may be padded (1080 → 1088 rows); draw its display size.
+    const w = isVideoFrame(bitmap) ? bitmap.displayWidth : bitmap.width;
+    const h = isVideoFrame(bitmap) ? bitmap.displayHeight : bitmap.height;
     const quarter = this.rotation === 90 || this.rotation === 270;
     const cw = quarter ? h : w;
     const ch = quarter ? w : h;
@@ -244,7 +254,12 @@ export class CanvasRenderer {
     ctx.translate(cw / 2, ch / 2);
     if (this.mirror) ctx.scale(-1, 1);
     ctx.rotate((this.rotation * Math.PI) / 180);
-    ctx.drawImage(bitmap, -w / 2, -h / 2);
+    ctx.drawImage(bitmap, -w / 2, -h / 2, w, h);
     ctx.setTransform(1, 0, 0, 1, 0, 0);
   }
+}
+
+/** A WebCodecs VideoFrame (or a stand-in with its shape), as opposed to an ImageBitmap. */
+function isVideoFrame(picture) {
+  return typeof picture.displayWidth === 'number';
 }

@@ -1,17 +1,18 @@
-// The binary header in front of every JPEG in a `/ws` message: the reader half of
+// The binary header in front of every picture in a `/ws` message: the reader half of
 // src/wire.rs, which documents the layout (all integers little-endian):
 //
 //   offset size field
 //        0    1 version, currently 1
-//        1    1 type: 1 = JPEG video frame
-//        2    2 flags: bit 0 = "no signal" placeholder frame
-//        4    2 header length in bytes (32); the JPEG starts here
+//        1    1 type: 1 = JPEG video frame, 2 = H.264 access unit (only after asking for it)
+//        2    2 flags: bit 0 = "no signal" placeholder frame, bit 1 = keyframe (H.264: an
+//                 IDR with SPS and PPS in front)
+//        4    2 header length in bytes (32); the payload starts here
 //        6    2 reserved, 0
 //        8    8 seq: frame sequence number, strictly increasing
 //       16    8 capture time, microseconds since the Unix epoch (UTC)
 //       24    4 width in pixels
 //       28    4 height in pixels
-//       32    … JPEG bytes
+//       32    … type 1: JPEG bytes; type 2: one access unit, Annex B (00 00 00 01 + NAL …)
 //
 // A reader skips `header length` bytes instead of assuming 32, so a later version may append
 // fields without breaking this player. Pure: no DOM, usable from Node.
@@ -22,8 +23,12 @@ export const HEADER_LEN = 32;
 export const VERSION = 1;
 /** `type` of a JPEG video frame. */
 export const TYPE_JPEG = 1;
+/** `type` of an H.264 access unit (Annex B), sent to a client that asked for H.264. */
+export const TYPE_H264 = 2;
 /** `flags` bit: the frame is a placeholder shown while the source is down. */
 export const FLAG_NO_SIGNAL = 1 << 0;
+/** `flags` bit: a keyframe (H.264: a decoder can start here); JPEGs leave it clear. */
+export const FLAG_KEYFRAME = 1 << 1;
 
 /**
  * Why a message is not a frame this reader understands. `kind` is `"short"`, `"version"`
@@ -44,10 +49,11 @@ export class FrameHeaderError extends Error {
 /**
  * @typedef {object} FrameHeader
  * @property {number} version   header version (1)
- * @property {number} type      1 = JPEG video frame
+ * @property {number} type      1 = JPEG video frame, 2 = H.264 access unit
  * @property {number} flags     raw flag bits
  * @property {boolean} noSignal flags bit 0
- * @property {number} headerLen bytes to skip to reach the JPEG
+ * @property {boolean} keyframe flags bit 1
+ * @property {number} headerLen bytes to skip to reach the payload
  * @property {number} seq       frame sequence number
  * @property {number} captureUs capture time, µs since the Unix epoch
  * @property {number} width     pixels
@@ -93,6 +99,7 @@ export function parseFrameHeader(data) {
     type: view.getUint8(1),
     flags,
     noSignal: (flags & FLAG_NO_SIGNAL) !== 0,
+    keyframe: (flags & FLAG_KEYFRAME) !== 0,
     headerLen,
     seq: u64(view, 8),
     captureUs: u64(view, 16),

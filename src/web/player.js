@@ -5,8 +5,9 @@
 //
 // ## The Source interface
 //
-// webrtc-source.js, ws-source.js, mjpeg-source.js and camera-source.js implement the same
-// small interface, so the player treats them alike (SOURCE_FACTORIES below makes them):
+// webcodecs-source.js, webrtc-source.js, ws-source.js, mjpeg-source.js and camera-source.js
+// implement the same small interface, so the player treats them alike (SOURCE_FACTORIES
+// below makes them):
 //
 //   source.kind                  "webcodecs" | "webrtc" | "ws" | "mjpeg" | "camera"
 //   source.start()               begin connecting; never calls back synchronously
@@ -16,6 +17,9 @@
 //        frame = { jpeg?: Uint8Array | Blob,   JPEG bytes to decode (WebSocket)
 //                  bitmap?: ImageBitmap,       or a decoded picture (MJPEG, camera); whoever
 //                                              receives it owns it and must close() it
+//                  videoFrame?: VideoFrame,    or a decoded H.264 picture (WebCodecs); the
+//                                              same: the receiver must close() it, or the
+//                                              decoder runs out of frames and stalls
 //                  seq: number,                increasing within one connection
 //                  captureUs: number | null,   capture time, µs since the epoch, server clock
 //                  captureLocalMs?: number,    or capture time already in this page's clock,
@@ -57,6 +61,7 @@ import { browserSources, parseOptions, stallTimeout, startSource } from './optio
 import { PlayerStateMachine } from './player-state.js';
 import { ByteRateMeter, RateMeter } from './rate.js';
 import { streamUrls } from './streams.js';
+import { WebCodecsSource } from './webcodecs-source.js';
 import { WebRtcSource } from './webrtc-source.js';
 import { WsSource, wsUrl } from './ws-source.js';
 
@@ -65,6 +70,7 @@ import { WsSource, wsUrl } from './ws-source.js';
  * unsupported. `ctx`: {urls, clock, host, cameraId}.
  */
 export const SOURCE_FACTORIES = Object.freeze({
+  webcodecs: (ctx) => new WebCodecsSource({ url: wsUrl(ctx.urls.ws), clock: ctx.clock, now: epochNow }),
   webrtc: (ctx) => new WebRtcSource({ url: ctx.urls.whep, parent: ctx.host }),
   ws: (ctx) => new WsSource({ url: wsUrl(ctx.urls.ws), clock: ctx.clock, now: epochNow }),
   mjpeg: (ctx) => new MjpegSource({ url: ctx.urls.stream, parent: ctx.host }),

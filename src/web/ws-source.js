@@ -1,6 +1,7 @@
 // The WebSocket source: `/ws` binary messages are a frame header (frame-header.js) + JPEG;
 // text messages are JSON control (hello, pong, error). Implements the Source interface
-// documented in player.js.
+// documented in player.js. webcodecs-source.js extends it (same socket, pings and clock;
+// H.264 instead of JPEG) through handleFrame, handleControl, send and fail.
 //
 // Pings go out on open and every `pingIntervalMs` (plus two quick ones right after open, so
 // the clock offset, hence the latency figure, is known within a fraction of a second); each
@@ -119,10 +120,47 @@ export class WsSource {
     ws.send(JSON.stringify({ type: 'ping', id: this.pingId, t: this.now() }));
   }
 
+  /**
+   * Sends a JSON control message; false when the socket is not open.
+   * @param {object} msg
+   */
+  send(msg) {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== 1) return false;
+    ws.send(JSON.stringify(msg));
+    return true;
+  }
+
+  /**
+   * Ends the connection from this side and reports `event` (a `close` with the reason, or a
+   * `fatal`): the socket is closed without another callback, as after stop().
+   * @param {{type: string, [k: string]: any}} event
+   */
+  fail(event) {
+    if (this.stopped) return;
+    this.#clearTimers();
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) {
+      ws.onmessage = null;
+      ws.onclose = null;
+      ws.onerror = () => {};
+      ws.onopen = ws.readyState === 0 ? () => ws.close(1000) : null;
+      if (ws.readyState === 1) ws.close(1000);
+    }
+    this.#emit(event);
+  }
+
   #message(data) {
     if (this.stopped) return;
     if (typeof data === 'string') {
-      this.#control(data);
+      let msg;
+      try {
+        msg = JSON.parse(data);
+      } catch {
+        return;
+      }
+      this.handleControl(msg);
       return;
     }
     this.bytes += data.byteLength;
@@ -137,8 +175,17 @@ export class WsSource {
       }
       return;
     }
-    const { header, payload } = parsed;
-    if (header.type !== TYPE_JPEG) return; // a kind of message a later server may add
+    this.handleFrame(parsed.header, parsed.payload);
+  }
+
+  /**
+   * One binary message, its header parsed: a JPEG goes to onframe; other types are ignored
+   * (kinds of message a later server may add).
+   * @param {import('./frame-header.js').FrameHeader} header
+   * @param {Uint8Array} payload
+   */
+  handleFrame(header, payload) {
+    if (header.type !== TYPE_JPEG) return;
     this.onframe({
       jpeg: payload,
       seq: header.seq,
@@ -149,13 +196,11 @@ export class WsSource {
     });
   }
 
-  #control(text) {
-    let msg;
-    try {
-      msg = JSON.parse(text);
-    } catch {
-      return;
-    }
+  /**
+   * One JSON control message from the server.
+   * @param {any} msg
+   */
+  handleControl(msg) {
     if (msg?.type === 'hello') {
       this.hello = msg;
       this.#emit({ type: 'info', hello: msg });
@@ -166,5 +211,10 @@ export class WsSource {
     } else if (msg?.type === 'error') {
       console.warn(`picamd: server says: ${msg.message}`);
     }
+  }
+
+  /** Emits an event unless stopped (for subclasses: private #emit is not inherited). */
+  emit(event) {
+    this.#emit(event);
   }
 }

@@ -35,10 +35,14 @@ after(async () => {
   await server?.stop();
 });
 
-/** WebSocket viewers of one stream, as the server counts them. */
+/**
+ * WebSocket viewers of one stream, as the server counts them: JPEG (`ws`) and H.264
+ * (`ws_h264`, where the tiles' ladder starts on 127.0.0.1, a secure context with WebCodecs).
+ */
 async function wsViewers(name) {
   const r = await fetch(`${server.origin}/cam/${name}/state`);
-  return (await r.json()).viewers.ws;
+  const { viewers } = await r.json();
+  return viewers.ws + (viewers.ws_h264 ?? 0);
 }
 
 async function waitFor(what, fn, timeoutMs = 10000) {

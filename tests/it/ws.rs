@@ -1,4 +1,4 @@
-//! `/ws`: binary frame header + JPEG, JSON hello and ping/pong.
+//! `/ws`: binary frame header + JPEG, JSON hello and ping/pong; H.264 on request.
 
 use crate::common;
 
@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use common::{decode, now_us, Picamd};
 use futures_util::{SinkExt, StreamExt};
-use picamd::wire::{FrameHeader, FLAG_NO_SIGNAL, HEADER_LEN, TYPE_JPEG, VERSION};
+use picamd::wire::{
+    FrameHeader, FLAG_KEYFRAME, FLAG_NO_SIGNAL, HEADER_LEN, TYPE_H264, TYPE_JPEG, VERSION,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue, Message};
 
 async fn connect(
@@ -138,4 +141,264 @@ async fn default_ports_in_host_and_origin_are_the_same_origin() {
         let status = handshake_status(&p, host, origin).await;
         assert!(status.contains(" 403 "), "{host} / {origin}: {status}");
     }
+}
+
+type Ws<S> = tokio_tungstenite::WebSocketStream<S>;
+
+/// The next text message that is JSON of `kind`, skipping frames.
+async fn next_json<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut Ws<S>,
+    kind: &str,
+) -> serde_json::Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("a {kind} message within 5 s"))
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = msg {
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+}
+
+/// The next binary message's header and payload.
+async fn next_frame<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>) -> (FrameHeader, Vec<u8>) {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a frame within 5 s")
+            .unwrap()
+            .unwrap();
+        if let Message::Binary(data) = msg {
+            let (h, payload) = FrameHeader::parse(&data).expect("valid header");
+            return (h, payload.to_vec());
+        }
+    }
+}
+
+/// NAL unit types of an Annex B access unit, in order.
+fn nal_types(au: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    let mut i = 0;
+    while i + 3 < au.len() {
+        if au[i..i + 3] == [0, 0, 1] {
+            types.push(au[i + 3] & 0x1f);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    types
+}
+
+#[tokio::test]
+async fn a_client_asking_for_h264_gets_access_units_from_a_keyframe_and_no_jpeg() {
+    let p = Picamd::start(&["--size", "640x360", "--fps", "30"]);
+    let mut ws = connect(&p).await;
+    let hello = next_json(&mut ws, "hello").await;
+    assert_eq!(hello["types"], serde_json::json!(["jpeg", "h264"]));
+    // 640x360 at 30 fps: level 3.0, Constrained Baseline.
+    assert_eq!(hello["h264_codec"], "avc1.42C01E");
+
+    ws.send(Message::text(r#"{"type":"video","codec":"h264"}"#))
+        .await
+        .unwrap();
+    // JPEGs sent before the request was read may come first; after the confirmation, none.
+    let confirmed = next_json(&mut ws, "video").await;
+    assert_eq!(confirmed["codec"], "h264");
+    let (first, au) = next_frame(&mut ws).await;
+    assert_eq!(first.kind, TYPE_H264);
+    assert_eq!(first.flags, FLAG_KEYFRAME, "starts at a keyframe");
+    assert_eq!(&nal_types(&au)[..2], &[7, 8], "SPS and PPS in front");
+    assert!(nal_types(&au).contains(&5), "an IDR slice");
+    // The codec string promised is the one in the SPS.
+    let sps = &au[5..8];
+    assert_eq!(
+        format!("avc1.{:02X}{:02X}{:02X}", sps[0], sps[1], sps[2]),
+        hello["h264_codec"].as_str().unwrap()
+    );
+    assert!(first.capture_us.abs_diff(now_us()) < 2_000_000);
+    let mut last_seq = first.seq;
+    let mut bytes = au.len();
+    for _ in 0..59 {
+        let (h, au) = next_frame(&mut ws).await;
+        assert_eq!(h.kind, TYPE_H264, "no JPEG while on H.264");
+        assert_eq!((h.width, h.height), (640, 360));
+        assert!(h.seq > last_seq, "seq goes up: {last_seq} then {}", h.seq);
+        assert_eq!(h.flags & FLAG_KEYFRAME != 0, nal_types(&au).contains(&5));
+        last_seq = h.seq;
+        bytes += au.len();
+    }
+    println!("60 H.264 units of 640x360: {bytes} bytes");
+    let state = p.state().await;
+    assert_eq!(state["viewers"]["ws"], 0);
+    assert_eq!(state["viewers"]["ws_h264"], 1);
+    assert_eq!(state["h264"]["consumers"], 1);
+    // Only an H.264 viewer: no JPEG is encoded.
+    let encoded = state["frames"]["encoded"].clone();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(p.state().await["frames"]["encoded"], encoded);
+
+    // A client whose decoder fell behind asks for a keyframe: the next unit is one, long
+    // before the 2 s GOP would bring it.
+    ws.send(Message::text(r#"{"type":"keyframe"}"#))
+        .await
+        .unwrap();
+    let asked = std::time::Instant::now();
+    loop {
+        let (h, _) = next_frame(&mut ws).await;
+        if h.flags & FLAG_KEYFRAME != 0 {
+            break;
+        }
+        // Units already on their way when the request arrived.
+        assert!(asked.elapsed() < Duration::from_millis(700), "no keyframe");
+    }
+
+    // Back to JPEG: the consumer goes, JPEGs come again.
+    ws.send(Message::text(r#"{"type":"video","codec":"jpeg"}"#))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut ws, "video").await["codec"], "jpeg");
+    let (h, jpeg) = next_frame(&mut ws).await;
+    assert_eq!(h.kind, TYPE_JPEG);
+    assert_eq!(decode(&jpeg).0, 640);
+    let state = p.state().await;
+    assert_eq!(state["viewers"]["ws"], 1);
+    assert_eq!(state["viewers"]["ws_h264"], 0);
+    assert_eq!(state["h264"]["consumers"], 0);
+
+    // Asking again works, and leaving ends the consumer.
+    ws.send(Message::text(r#"{"type":"video","codec":"h264"}"#))
+        .await
+        .unwrap();
+    next_json(&mut ws, "video").await;
+    loop {
+        let (h, _) = next_frame(&mut ws).await;
+        if h.kind == TYPE_H264 {
+            assert_ne!(h.flags & FLAG_KEYFRAME, 0, "a new start is a keyframe");
+            break;
+        }
+    }
+    ws.send(Message::text(r#"{"type":"video","codec":"jpeg"}"#))
+        .await
+        .unwrap();
+    next_json(&mut ws, "video").await;
+    ws.send(Message::text(r#"{"type":"keyframe"}"#))
+        .await
+        .unwrap();
+    assert!(next_json(&mut ws, "error").await["message"]
+        .as_str()
+        .unwrap()
+        .contains("H.264"));
+    ws.send(Message::text(r#"{"type":"video","codec":"av1"}"#))
+        .await
+        .unwrap();
+    assert!(next_json(&mut ws, "error").await["message"]
+        .as_str()
+        .unwrap()
+        .contains("av1"));
+    // Leaving while on H.264 ends the consumer.
+    ws.send(Message::text(r#"{"type":"video","codec":"h264"}"#))
+        .await
+        .unwrap();
+    next_json(&mut ws, "video").await;
+    assert_eq!(p.state().await["h264"]["consumers"], 1);
+    drop(ws);
+    let mut state = p.state().await;
+    for _ in 0..50 {
+        if state["h264"]["consumers"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        state = p.state().await;
+    }
+    assert_eq!(state["h264"]["consumers"], 0);
+    assert_eq!(state["viewers"]["ws_h264"], 0);
+}
+
+#[tokio::test]
+async fn a_stalled_h264_client_skips_to_a_keyframe_instead_of_queueing() {
+    let p = Picamd::start(&["--size", "640x360", "--fps", "30"]);
+    // A small receive buffer (8 KiB, 16 KiB once Linux doubles it), so the kernel holds
+    // little of what the server sent.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(8 * 1024).unwrap();
+    let stream = sock.connect(p.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/ws", p.addr), stream)
+        .await
+        .unwrap();
+    ws.send(Message::text(r#"{"type":"video","codec":"h264"}"#))
+        .await
+        .unwrap();
+    next_json(&mut ws, "video").await;
+    let (first, _) = next_frame(&mut ws).await;
+    assert_eq!(first.kind, TYPE_H264);
+    // Reads nothing for 4 s: 120 units, twice the track's lag bound of 60.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut got = Vec::new();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        let (h, _) = next_frame(&mut ws).await;
+        if h.kind == TYPE_H264 {
+            got.push((h.seq, h.flags & FLAG_KEYFRAME != 0, now_us() - h.capture_us));
+        }
+    }
+    // The units that waited in buffers come first, then a jump over the stall that lands on
+    // a keyframe (a decoder can go on from there), then current units.
+    let jumps: Vec<_> = got
+        .windows(2)
+        .filter(|w| w[1].0 > w[0].0 + 15)
+        .map(|w| w[1])
+        .collect();
+    assert!(!jumps.is_empty(), "no skip ahead: {got:?}");
+    for (seq, keyframe, _) in &jumps {
+        assert!(keyframe, "the jump to {seq} lands on a P-frame: {got:?}");
+    }
+    let buffered = got.iter().take_while(|g| g.0 < jumps[0].0).count();
+    println!(
+        "stalled H.264 reader: {buffered} units from buffers, then seq {} (keyframe)",
+        jumps[0].0
+    );
+    assert!(buffered < 90, "{buffered} units were queued for it");
+    let (_, _, lag_us) = got.last().copied().unwrap();
+    assert!(lag_us < 500_000, "still {lag_us} µs behind at the end");
+}
+
+#[tokio::test]
+async fn an_h264_client_gets_no_signal_pictures_while_the_source_is_down() {
+    // Live for 2 s, failing for 3 s, and again.
+    let p = Picamd::start(&[
+        "--size",
+        "320x240",
+        "--fps",
+        "30",
+        "--source",
+        "test:live=2,fail=3",
+    ]);
+    let mut ws = connect(&p).await;
+    ws.send(Message::text(r#"{"type":"video","codec":"h264"}"#))
+        .await
+        .unwrap();
+    next_json(&mut ws, "video").await;
+    let mut seen = Vec::new();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(9) {
+        let (h, au) = next_frame(&mut ws).await;
+        assert_eq!(h.kind, TYPE_H264, "no JPEG, not even for no signal");
+        assert!(!au.is_empty());
+        let no_signal = h.flags & FLAG_NO_SIGNAL != 0;
+        if seen.last() != Some(&no_signal) {
+            seen.push(no_signal);
+        }
+    }
+    // Live, then "no signal" (encoded as H.264, flagged), then live again.
+    let windows: Vec<_> = seen.windows(3).collect();
+    assert!(
+        windows.contains(&[false, true, false].as_slice()),
+        "phases seen: {seen:?}"
+    );
 }

@@ -3,7 +3,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  parseFrameHeader, parseFrame, FrameHeaderError, HEADER_LEN, VERSION, TYPE_JPEG, FLAG_NO_SIGNAL,
+  parseFrameHeader, parseFrame, FrameHeaderError, HEADER_LEN, VERSION, TYPE_JPEG, TYPE_H264,
+  FLAG_NO_SIGNAL, FLAG_KEYFRAME,
 } from '../../src/web/frame-header.js';
 
 /** A message: header fields written one by one with DataView, then `payload`. */
@@ -31,6 +32,8 @@ test('constants match src/wire.rs', () => {
   assert.equal(VERSION, 1);
   assert.equal(TYPE_JPEG, 1);
   assert.equal(FLAG_NO_SIGNAL, 1);
+  assert.equal(TYPE_H264, 2);
+  assert.equal(FLAG_KEYFRAME, 2);
 });
 
 test('parses the exact byte layout of the Rust round-trip test', () => {
@@ -48,6 +51,7 @@ test('parses the exact byte layout of the Rust round-trip test', () => {
     type: 1,
     flags: 1,
     noSignal: true,
+    keyframe: false,
     headerLen: 32,
     seq: 0x0102030405060708,
     captureUs: 1_700_000_000_000_001,
@@ -56,6 +60,38 @@ test('parses the exact byte layout of the Rust round-trip test', () => {
   });
   const { payload } = parseFrame(bytes.buffer);
   assert.deepEqual([...payload], [0xff, 0xd8]);
+});
+
+test('parses the exact byte layout of the Rust H.264 test', () => {
+  // Same values as src/wire.rs an_h264_header_has_its_type_and_keyframe_bit.
+  const bytes = new Uint8Array(37);
+  bytes.set([1, 2, 2, 0, 32, 0, 0, 0], 0); // version, type 2, flags=keyframe, header len=32
+  bytes.set([9, 0, 0, 0, 0, 0, 0, 0], 8); // seq 9
+  new DataView(bytes.buffer).setBigUint64(16, 1_700_000_000_000_000n, true);
+  bytes.set([0x80, 0x02, 0, 0], 24); // width 640
+  bytes.set([0x68, 0x01, 0, 0], 28); // height 360
+  bytes.set([0, 0, 0, 1, 0x67], 32);
+  const { header, payload } = parseFrame(bytes.buffer);
+  assert.deepEqual(header, {
+    version: 1,
+    type: TYPE_H264,
+    flags: 2,
+    noSignal: false,
+    keyframe: true,
+    headerLen: 32,
+    seq: 9,
+    captureUs: 1_700_000_000_000_000,
+    width: 640,
+    height: 360,
+  });
+  assert.deepEqual([...payload], [0, 0, 0, 1, 0x67]);
+});
+
+test('the keyframe flag is bit 1 only', () => {
+  assert.equal(parseFrameHeader(message({ type: 2, flags: 0 })).keyframe, false);
+  assert.equal(parseFrameHeader(message({ type: 2, flags: 0b01 })).keyframe, false);
+  assert.equal(parseFrameHeader(message({ type: 2, flags: 0b10 })).keyframe, true);
+  assert.equal(parseFrameHeader(message({ type: 2, flags: 0b11 })).noSignal, true);
 });
 
 test('u64 fields are read as little-endian and converted to Number', () => {
