@@ -116,6 +116,7 @@ function storageSet(key, value) {
  * @property {string} preferredSource  the best one left on the ladder (the user's choice,
  *                                     unless it turned out unsupported)
  * @property {string[]} ladder         the rungs left, best first
+ * @property {string[]} usable         the server paths this browser can take, best first
  * @property {boolean} fallback        on a lower rung than preferredSource
  * @property {number} received         frames received from sources
  * @property {number} drawn            frames drawn
@@ -234,6 +235,7 @@ export class Player {
       source: this.machine.active,
       preferredSource: this.machine.preferred,
       ladder: [...this.machine.ladder],
+      usable: [...this.available],
       fallback: false,
       received: 0,
       drawn: 0,

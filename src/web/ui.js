@@ -144,6 +144,7 @@ const TEMPLATE = `
   </label>
   <span class="pp-grid-title"></span>
   <div class="pp-seg" role="radiogroup" aria-label="Source">
+    <button type="button" role="radio" data-source="webcodecs" title="The server's H.264 stream over the WebSocket, decoded by the browser (WebCodecs: https or localhost only)">H.264</button>
     <button type="button" role="radio" data-source="webrtc" title="The server's H.264 stream over WebRTC (a fraction of the bandwidth)">WebRTC</button>
     <button type="button" role="radio" data-source="ws" title="The server's stream as JPEGs over a WebSocket">WebSocket</button>
     <button type="button" role="radio" data-source="mjpeg" title="The server's stream as MJPEG (works through any HTTP proxy)">MJPEG</button>
@@ -352,6 +353,10 @@ export function createUi(root, options) {
     btn('rotate').dataset.rotation = String(s.rotation);
 
     for (const b of segButtons) {
+      // A path this browser cannot take (WebCodecs on a plain-http LAN address, …) is not
+      // offered; the camera explains itself when chosen.
+      const offered = b.dataset.source === 'camera' || !s.usable || s.usable.includes(b.dataset.source);
+      if (b.hidden === offered) b.hidden = !offered;
       const sel = b.dataset.source === s.preferredSource;
       if (b.getAttribute('aria-checked') !== String(sel)) b.setAttribute('aria-checked', String(sel));
     }
