@@ -37,9 +37,11 @@ pub enum Output {
     Publish = 3,
     /// An RTSP session (counted against `max_viewers` like MJPEG and WebSocket viewers).
     Rtsp = 4,
+    /// A WebRTC session (WHEP), counted like an RTSP session.
+    WebRtc = 5,
 }
 
-const OUTPUTS: usize = 5;
+const OUTPUTS: usize = 6;
 
 /// What a publisher is doing, for `/state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -453,7 +455,10 @@ impl Hub {
     }
 
     fn stream_viewers(&self) -> usize {
-        self.viewers(Output::Mjpeg) + self.viewers(Output::WebSocket) + self.viewers(Output::Rtsp)
+        self.viewers(Output::Mjpeg)
+            + self.viewers(Output::WebSocket)
+            + self.viewers(Output::Rtsp)
+            + self.viewers(Output::WebRtc)
     }
 
     /// Tells the listener, if any; called with the count's lock held.
