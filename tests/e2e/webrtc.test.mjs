@@ -20,7 +20,7 @@ after(async () => {
 /** Starts picamd with `args` (WebRTC on a free UDP port) and opens a page on its origin. */
 async function setup(args) {
   const server = await new Picamd(await freePort(), [
-    '--size', '320x240', '--fps', '30', '--webrtc-udp-port', '0', ...args,
+    '--size', '320x240', '--fps', '30', '--webrtc-udp-port', '0', '--rtsp-listen', '', ...args,
   ]).start();
   const context = await browser.newContext();
   const page = await context.newPage();
@@ -138,11 +138,17 @@ test('Chromium receives and decodes H.264 over WHEP, and DELETE ends the session
     assert.match(location, /^\/whep\/[0-9a-f]{32}$/);
     const s = await expectDecoding(page);
     assert.equal(s.protocol, 'udp');
-    // How a page gets capture time: abs-capture-time in the synchronization source, and
-    // requestVideoFrameCallback's metadata (captureTime from the RTCP sender reports).
+    // How a page gets capture time: abs-capture-time, negotiated above, puts the newest
+    // picture's capture time (NTP milliseconds: since 1900) in the synchronization source.
+    assert.equal(s.extError, null);
+    assert.ok(s.sync?.captureTimestamp, `no captureTimestamp: ${JSON.stringify(s.sync)}`);
+    const NTP_UNIX_MS = 2208988800000;
+    const latencyMs = s.nowEpochMs - (s.sync.captureTimestamp - NTP_UNIX_MS);
     console.log('webrtc timing:', JSON.stringify({
-      sync: s.sync, frameMeta: s.frameMeta, nowEpochMs: s.nowEpochMs, extError: s.extError,
+      latencyMs, sync: s.sync, frameMeta: s.frameMeta, nowEpochMs: s.nowEpochMs,
     }));
+    // Same machine, same clock: capture to the newest decoded picture's stats.
+    assert.ok(latencyMs > -50 && latencyMs < 1000, `latency ${latencyMs} ms`);
     assert.equal(await webrtcViewers(server), 1);
     const status = await page.evaluate(async (loc) => (await fetch(loc, { method: 'DELETE' })).status, location);
     assert.equal(status, 204);
