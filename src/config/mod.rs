@@ -1246,6 +1246,59 @@ mod tests {
     }
 
     #[test]
+    fn webrtc_keys_resolve_and_errors_name_the_key() {
+        let c = Config::default();
+        let w = c.webrtc.unwrap();
+        assert_eq!(w.udp.to_string(), "0.0.0.0:8555");
+        assert!(!w.explicit && w.udp_candidates && w.public_ip.is_none());
+        assert_eq!(w.peer_timeout, std::time::Duration::from_secs(10));
+        let c = resolve_file(
+            "listen = '127.0.0.1:0'\nwebrtc_udp = 'off'\nwebrtc_public_ip = '203.0.113.7'\n\
+             webrtc_ice_servers = ['stun:s.example:3478', 'turn:u:p@t.example:3478?transport=udp']",
+            ConfigLayer::default(),
+        )
+        .unwrap();
+        let w = c.webrtc.unwrap();
+        assert_eq!(
+            w.udp.to_string(),
+            "127.0.0.1:0",
+            "ephemeral beside an ephemeral listen"
+        );
+        assert!(!w.udp_candidates);
+        assert_eq!(w.public_ip, Some("203.0.113.7".parse().unwrap()));
+        assert_eq!(w.ice_servers[1].urls, "turn:t.example:3478?transport=udp");
+        assert_eq!(w.ice_servers[1].username.as_deref(), Some("u"));
+        assert_eq!(w.ice_servers[1].credential.as_deref(), Some("p"));
+        let c = resolve_file("webrtc = 'off'", ConfigLayer::default()).unwrap();
+        assert!(c.webrtc.is_none());
+        let c = resolve_file("webrtc_udp_port = 9000", ConfigLayer::default()).unwrap();
+        assert!(c.webrtc.unwrap().explicit);
+        let e = |text: &str| {
+            resolve_file(text, ConfigLayer::default())
+                .unwrap_err()
+                .to_string()
+        };
+        for (text, key) in [
+            ("webrtc = 'maybe'", "`webrtc`"),
+            ("webrtc_udp_port = 70000", "`webrtc_udp_port`"),
+            ("webrtc_public_ip = 'example.net'", "`webrtc_public_ip`"),
+            ("webrtc_ice_servers = ['http://x']", "`webrtc_ice_servers`"),
+            (
+                "webrtc_ice_servers = ['turn:t.example:3478']",
+                "`webrtc_ice_servers`",
+            ),
+            (
+                "webrtc_ice_servers = ['stun:u:p@s.example']",
+                "`webrtc_ice_servers`",
+            ),
+            ("webrtc_peer_timeout = 1", "`webrtc_peer_timeout`"),
+        ] {
+            let m = e(text);
+            assert!(m.contains(key), "{text}: {m}");
+        }
+    }
+
+    #[test]
     fn tls_keys_resolve_and_errors_name_the_key() {
         let c = Config::default();
         assert_eq!(c.tls, None);

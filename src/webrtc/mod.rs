@@ -507,34 +507,35 @@ impl WebRtc {
     /// Hands a datagram to its session: the one remembered for its source, else the first
     /// whose `Rtc` accepts it.
     pub(crate) fn route(&self, d: Datagram) {
-        let Some(input) = d.input() else { return };
         let key = (d.proto, d.source);
+        let Some(inbox) = self.session_for(&d, key) else {
+            tracing::trace!(from = %key.1, "datagram for no WebRTC session");
+            return;
+        };
+        if inbox.try_send(d).is_err() {
+            tracing::trace!("WebRTC session's queue full; datagram dropped");
+        }
+    }
+
+    /// The inbox of the session `d` belongs to.
+    fn session_for(
+        &self,
+        d: &Datagram,
+        key: (Protocol, SocketAddr),
+    ) -> Option<mpsc::Sender<Datagram>> {
+        let input = d.input()?;
         let known = lock(&self.routes).get(&key).cloned();
         let sessions = lock(&self.sessions);
-        let mut target = known
-            .as_ref()
-            .and_then(|id| sessions.get(id).map(|e| (id, e)))
-            .filter(|(_, e)| lock(&e.rtc).accepts(&input))
-            .map(|(id, e)| (id.clone(), e.inbox.clone()));
-        if target.is_none() {
-            target = sessions
-                .iter()
-                .find(|(_, e)| lock(&e.rtc).accepts(&input))
-                .map(|(id, e)| (id.clone(), e.inbox.clone()));
-            if let Some((id, _)) = &target {
-                lock(&self.routes).insert(key, id.clone());
+        if let Some(e) = known.as_ref().and_then(|id| sessions.get(id)) {
+            if lock(&e.rtc).accepts(&input) {
+                return Some(e.inbox.clone());
             }
         }
-        drop(sessions);
-        drop(input);
-        match target {
-            Some((_, inbox)) => {
-                if inbox.try_send(d).is_err() {
-                    tracing::trace!("WebRTC session's queue full; datagram dropped");
-                }
-            }
-            None => tracing::trace!(from = %key.1, "datagram for no WebRTC session"),
-        }
+        let (id, e) = sessions
+            .iter()
+            .find(|(_, e)| lock(&e.rtc).accepts(&input))?;
+        lock(&self.routes).insert(key, id.clone());
+        Some(e.inbox.clone())
     }
 
     /// Reads the UDP socket (and accepts ICE-TCP connections) until shutdown, handing each
