@@ -27,7 +27,7 @@ mod session;
 mod tcp;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -221,14 +221,6 @@ impl WebRtc {
     /// STUN/TURN servers clients should use (`webrtc_ice_servers`).
     pub fn ice_servers(&self) -> &[IceServer] {
         &self.config.ice_servers
-    }
-
-    /// Sessions of stream `stream` right now.
-    pub fn sessions_of(&self, stream: usize) -> usize {
-        lock(&self.sessions)
-            .values()
-            .filter(|e| e.stream == stream)
-            .count()
     }
 
     /// Answers `sdp`, an offer to receive stream `stream`'s video: checks it, makes the
@@ -425,9 +417,15 @@ impl WebRtc {
             _slot: slot,
         };
         let server = self.clone();
+        let running = tokio::spawn(async move { task.run(&server).await });
+        // Forgotten however the task ends: a panic (a bug in str0m or here) ends only this
+        // session, and its entry and routes go with it.
+        let server = self.clone();
         let ended = id.clone();
         self.tracker.spawn(async move {
-            task.run(&server).await;
+            if let Err(e) = running.await {
+                tracing::warn!(session = %ended, "WebRTC session task failed: {e}");
+            }
             server.forget(&ended);
         });
         Ok(id)
@@ -583,16 +581,6 @@ impl WebRtc {
     /// The stream index of stream `name`.
     pub fn stream_index(&self, name: &str) -> Option<usize> {
         self.streams.iter().position(|h| h.info().name == name)
-    }
-
-    /// The address of the shared socket.
-    pub fn bound(&self) -> SocketAddr {
-        self.bound
-    }
-
-    /// Whether an address is one of this host's (for tests of the candidate list).
-    pub fn candidate_ips(&self) -> Vec<IpAddr> {
-        ice::local_addresses(self.bound.ip())
     }
 }
 
