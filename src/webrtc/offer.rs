@@ -366,6 +366,30 @@ mod tests {
     }
 
     #[test]
+    fn no_input_makes_the_checks_panic() {
+        // Every prefix, and bytes flipped through the offer by a small LCG: the checks
+        // read hostile text from any client.
+        let offer = chromium(CHROMIUM_CODECS);
+        for end in 0..=offer.len() {
+            if let Some(p) = offer.get(..end) {
+                let _ = check(p, ProfileLevel::ENCODER);
+                let _ = video_mid(p);
+            }
+        }
+        let mut x: u32 = 12345;
+        let mut bytes = offer.into_bytes();
+        for _ in 0..2000 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let i = (x >> 8) as usize % bytes.len();
+            let alphabet = b"=: ;/\r\n0123456789abcdefHm";
+            bytes[i] = alphabet[(x >> 20) as usize % alphabet.len()];
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = check(&text, ProfileLevel::ENCODER);
+            let _ = video_mid(&text);
+        }
+    }
+
+    #[test]
     fn the_video_sections_mid_is_found() {
         let sdp = "v=0\r\nm=audio 9 X 0\r\na=mid:a\r\nm=video 0 X 96\r\na=mid:gone\r\n\
                    m=video 9 X 96\r\na=mid:1\r\n";

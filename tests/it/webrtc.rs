@@ -66,6 +66,8 @@ struct Client {
     pending: Option<SdpPendingOffer>,
     /// The answer, when this peer answered picamd's offer.
     answer: Option<String>,
+    /// The video section (when this peer offered).
+    mid: Option<str0m::media::Mid>,
 }
 
 impl Client {
@@ -79,7 +81,7 @@ impl Client {
             .build(Instant::now());
         rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
         let mut api = rtc.sdp_api();
-        api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        let mid = api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
         let (offer, pending) = api.apply().expect("an offer");
         let client = Client {
             rtc,
@@ -87,6 +89,7 @@ impl Client {
             local,
             pending: Some(pending),
             answer: None,
+            mid: Some(mid),
         };
         (client, offer.to_sdp_string())
     }
@@ -108,6 +111,7 @@ impl Client {
             local,
             pending: None,
             answer: Some(answer.to_sdp_string()),
+            mid: None,
         }
     }
 
@@ -303,6 +307,41 @@ fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pli_from_the_client_gets_a_keyframe_made_for_it() {
+    // A GOP of 60 s: no keyframe comes by itself during the test.
+    let p = Picamd::start(&["--size", "320x240", "--fps", "30", "--h264-gop", "60"]);
+    let (mut client, r) = offer(&p, "/whep").await;
+    assert_eq!(r.status, 201);
+    client.accept(&String::from_utf8(r.body).unwrap());
+    receive(&mut client, 10).await;
+    // Past the encoder's 0.5 s between forced keyframes, still receiving: none comes.
+    let mut keyframes = 0;
+    client
+        .run(Duration::from_millis(1000), |m| {
+            keyframes += usize::from(m.is_keyframe());
+            false
+        })
+        .await;
+    assert_eq!(keyframes, 0, "no keyframe without a reason");
+    let before = p.state().await["h264"]["keyframes"].as_u64().unwrap();
+    let mid = client.mid.unwrap();
+    client
+        .rtc
+        .writer(mid)
+        .expect("the video section")
+        .request_keyframe(None, str0m::media::KeyframeRequestKind::Pli)
+        .expect("a PLI");
+    let asked = Instant::now();
+    let got = client
+        .run(Duration::from_secs(5), |m| m.is_keyframe())
+        .await;
+    assert!(got, "no keyframe within 5 s of the PLI");
+    println!("PLI to keyframe received: {:?}", asked.elapsed());
+    let after = p.state().await["h264"]["keyframes"].as_u64().unwrap();
+    assert_eq!(after, before + 1, "one keyframe made for the PLI");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
