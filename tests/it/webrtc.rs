@@ -554,3 +554,53 @@ fn webrtc_can_be_turned_off_and_ice_servers_are_advertised() {
         );
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_sessions_share_the_one_socket_and_each_gets_the_frames() {
+    use common::procfs::{cpu_ticks, status_field};
+    const N: usize = 8;
+    let p = Picamd::start(&["--size", "640x480", "--fps", "30"]);
+    let pid = p.pid().to_string();
+    let rss_before = status_field(&pid, "VmRSS:").unwrap_or(0);
+    let mut clients = Vec::new();
+    for _ in 0..N {
+        let (mut c, r) = offer(&p, "/whep").await;
+        assert_eq!(r.status, 201);
+        c.accept(&String::from_utf8(r.body).unwrap());
+        clients.push(c);
+    }
+    let ticks_before = cpu_ticks(&pid);
+    let started = Instant::now();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let mut frames = 0u32;
+                c.run(Duration::from_secs(6), |_| {
+                    frames += 1;
+                    false
+                })
+                .await;
+                frames
+            })
+        })
+        .collect();
+    let mut counts = Vec::new();
+    for t in tasks {
+        counts.push(t.await.unwrap());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = (cpu_ticks(&pid) - ticks_before) as f64 / 100.0 / secs * 100.0;
+    let rss_after = status_field(&pid, "VmRSS:").unwrap_or(0);
+    assert_eq!(webrtc_viewers(&p).await, N as u64);
+    println!(
+        "{N} WebRTC sessions, 640x480 at 30 fps, {secs:.1} s: frames per client {counts:?}; \
+         server CPU {cpu:.0} % of a core; RSS {} → {} MiB",
+        rss_before / 1024,
+        rss_after / 1024
+    );
+    // Connecting takes about a second of the six; the rest is 30 fps.
+    for c in &counts {
+        assert!(*c >= 100, "a client got {c} frames in 6 s: {counts:?}");
+    }
+}
