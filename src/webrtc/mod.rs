@@ -503,7 +503,7 @@ impl WebRtc {
     }
 
     /// Hands a datagram to its session: the one remembered for its source, else the first
-    /// whose `Rtc` accepts it.
+    /// whose `Rtc` accepts it (STUN by its ICE username), remembered from then on.
     pub(crate) fn route(&self, d: Datagram) {
         let key = (d.proto, d.source);
         let Some(inbox) = self.session_for(&d, key) else {
@@ -524,10 +524,12 @@ impl WebRtc {
         let input = d.input()?;
         let known = lock(&self.routes).get(&key).cloned();
         let sessions = lock(&self.sessions);
+        // An address a session's ICE credentials claimed stays that session's: asking its
+        // `Rtc` again would race its task, which may not have read the STUN request yet
+        // when the client's DTLS hello follows 1 ms later — `accepts` would say no and the
+        // hello would be lost until the client resends it (~1 s, measured).
         if let Some(e) = known.as_ref().and_then(|id| sessions.get(id)) {
-            if lock(&e.rtc).accepts(&input) {
-                return Some(e.inbox.clone());
-            }
+            return Some(e.inbox.clone());
         }
         let (id, e) = sessions
             .iter()
