@@ -139,25 +139,31 @@ pub struct Sockets {
 }
 
 impl Sockets {
-    /// Binds `addr` (UDP, with the buffers above) and TCP on the port UDP got.
+    /// Binds `addr` (UDP, with the buffers above) and TCP on the port UDP got. For port 0
+    /// (any), a UDP port whose TCP twin is taken is given back and another tried, up to 8
+    /// times; a fixed port whose TCP twin is taken goes without ICE-TCP.
     pub fn bind(addr: SocketAddr) -> std::io::Result<Sockets> {
-        let udp = std::net::UdpSocket::bind(addr)?;
-        let sock = socket2::SockRef::from(&udp);
-        let _ = sock.set_send_buffer_size(UDP_SEND_BUFFER);
-        let _ = sock.set_recv_buffer_size(UDP_RECV_BUFFER);
-        udp.set_nonblocking(true)?;
-        let port = udp.local_addr()?.port();
-        let tcp = match std::net::TcpListener::bind(SocketAddr::new(addr.ip(), port)) {
-            Ok(l) => {
-                l.set_nonblocking(true)?;
-                Some(l)
+        let tries = if addr.port() == 0 { 8 } else { 1 };
+        let mut attempt = 1;
+        loop {
+            let udp = std::net::UdpSocket::bind(addr)?;
+            let sock = socket2::SockRef::from(&udp);
+            let _ = sock.set_send_buffer_size(UDP_SEND_BUFFER);
+            let _ = sock.set_recv_buffer_size(UDP_RECV_BUFFER);
+            udp.set_nonblocking(true)?;
+            let port = udp.local_addr()?.port();
+            match std::net::TcpListener::bind(SocketAddr::new(addr.ip(), port)) {
+                Ok(l) => {
+                    l.set_nonblocking(true)?;
+                    return Ok(Sockets { udp, tcp: Some(l) });
+                }
+                Err(e) if attempt >= tries => {
+                    tracing::warn!("no ICE-TCP on port {port}: {e}");
+                    return Ok(Sockets { udp, tcp: None });
+                }
+                Err(_) => attempt += 1,
             }
-            Err(e) => {
-                tracing::warn!("no ICE-TCP on port {port}: {e}");
-                None
-            }
-        };
-        Ok(Sockets { udp, tcp })
+        }
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
