@@ -11,6 +11,8 @@
 //! - [`hub`]: the newest encoded frame (latest wins), viewers, counters, the posted state.
 //! - [`http`]: the outputs (MJPEG, snapshot, WebSocket, state, controls) and their guard.
 //! - [`rtsp`]: the RTSP server, each stream's H.264 over RTP.
+//! - [`webrtc`]: WebRTC (WHEP) sessions, each stream's H.264 to browsers; its HTTP
+//!   routes are `http/whep.rs`.
 //! - Appliance parts: [`config`], [`led`], [`service`], [`shutdown`], [`auth`], [`tls`],
 //!   [`privileges`], [`logging`].
 //!
@@ -37,6 +39,7 @@ pub mod service;
 pub mod shutdown;
 pub mod source;
 pub mod tls;
+pub mod webrtc;
 pub mod wire;
 
 use crate::config::{Config, StreamConfig};
@@ -75,6 +78,7 @@ fn start_stream(
             controls: pipeline.controls.clone(),
             policy: policy.clone(),
             rtsp_port,
+            webrtc: None,
         },
         pipeline,
     })
@@ -92,14 +96,15 @@ impl rtsp::SharedSlots for HttpSlots {
     }
 }
 
-/// Runs every stream's pipeline, the status LED, the HTTP(S) server on `listeners` and the
-/// RTSP server on `rtsp` until `shutdown` fires, then stops every stage and waits for its
-/// threads. Under systemd it also reports readiness, status and watchdog pings (see
-/// [`service`]).
+/// Runs every stream's pipeline, the status LED, the HTTP(S) server on `listeners`, the
+/// RTSP server on `rtsp` and WebRTC on `webrtc` until `shutdown` fires, then stops every
+/// stage and waits for its threads. Under systemd it also reports readiness, status and
+/// watchdog pings (see [`service`]).
 pub async fn run(
     config: Config,
     listeners: http::Listeners,
     rtsp: Option<tokio::net::TcpListener>,
+    webrtc: Option<webrtc::Sockets>,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let policy = http::guard::Policy::new(&config.security)
@@ -151,13 +156,35 @@ pub async fn run(
         );
         tokio::spawn(rtsp::serve(listener, server))
     });
-    let states = pipelines.iter().map(|p| p.state.clone()).collect();
+    let webrtc = match (webrtc, &config.webrtc) {
+        (Some(sockets), Some(c)) => {
+            match webrtc::WebRtc::new(hubs.clone(), c.clone(), sockets, shutdown.clone()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!("no WebRTC: {e}");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let webrtc_task = webrtc.clone().map(|w| tokio::spawn(w.serve()));
+    let states = pipelines
+        .iter()
+        .map(|p| http::AppState {
+            webrtc: webrtc.clone(),
+            ..p.state.clone()
+        })
+        .collect();
     http::serve(listeners, states, shutdown.clone()).await;
 
     // The servers return only on shutdown; then every pipeline's threads end.
     shutdown.trigger();
     if let Some(r) = rtsp {
         let _ = r.await;
+    }
+    if let Some(w) = webrtc_task {
+        let _ = w.await;
     }
     let _ = service.await;
     join_pipelines(pipelines, led).await

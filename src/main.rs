@@ -379,6 +379,10 @@ fn print_checked(config: &Config) -> ExitCode {
         Some(r) => text.push_str(&format!("rtsp: listen {}\n", r.listen)),
         None => text.push_str("rtsp: off\n"),
     }
+    match &config.webrtc {
+        Some(w) => text.push_str(&format!("webrtc: udp {}\n", w.udp)),
+        None => text.push_str("webrtc: off\n"),
+    }
     for s in &config.streams {
         text.push_str(&format!(
             "stream {}: source {} @ {} {} fps\n",
@@ -447,6 +451,21 @@ fn run(
                 None
             }
             Err(e) => return Err(e),
+        },
+        None => None,
+    };
+    // WebRTC's default port may be taken too: then picamd runs without WebRTC.
+    let webrtc_sockets = match &config.webrtc {
+        Some(w) => match picamd::webrtc::Sockets::bind(w.udp) {
+            Ok(s) => Some(s),
+            Err(e) if !w.explicit => {
+                tracing::warn!(
+                    "no WebRTC: cannot bind UDP {}: {e} (set webrtc_udp_port to choose another port)",
+                    w.udp
+                );
+                None
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot bind WebRTC's UDP {}", w.udp)),
         },
         None => None,
     };
@@ -527,6 +546,9 @@ fn run(
                 banner.push_str(&format!("open {url}{name}\n"));
             }
         }
+        if let Some(addr) = webrtc_sockets.as_ref().and_then(|s| s.local_addr().ok()) {
+            banner.push_str(&format!("webrtc on udp {addr}\n"));
+        }
         let redirect = config.tls.as_ref().is_some_and(|t| t.http_redirect);
         if redirect {
             banner.push_str("plain http redirects to https (but /healthz)\n");
@@ -550,7 +572,7 @@ fn run(
             https,
             redirect,
         };
-        picamd::run(config, listeners, rtsp, shutdown)
+        picamd::run(config, listeners, rtsp, webrtc_sockets, shutdown)
             .await
             .context("pipeline")?;
         tracing::info!("stopped");

@@ -256,6 +256,33 @@ config_keys! {
             Computed("port 8554 on `listen`'s address (an ephemeral port when `listen`'s is 0)"),
             "Address and port to serve RTSP on (rtsp://HOST:PORT/<name>, docs/rtsp.md); \
              empty: no RTSP.");
+        webrtc "webrtc": String = Key::new(Str("on|off"), Value("\"on\""),
+            "WebRTC: each stream's H.264 to browsers by WHEP (POST /whep, docs/webrtc.md), \
+             media over `webrtc_udp_port`.");
+        // 8555: next to RTSP's 8554, as MediaMTX and go2rtc number their WebRTC ports (8189,
+        // 8555) apart from RTSP; one port for every session, so one firewall rule or one
+        // port forward covers WebRTC.
+        webrtc_udp_port "webrtc_udp_port": i64 = Key::new(Int("PORT", Valid::Range(0, 65_535)),
+            Computed("8555 (an ephemeral port when `listen`'s port is 0)"),
+            "UDP port (on `listen`'s address) every WebRTC session's media uses; 0: any free \
+             port. ICE-TCP listens on the same port number.");
+        webrtc_udp "webrtc_udp": String = Key::new(Str("on|off"), Value("\"on\""),
+            "off: offer no UDP candidate, only ICE-TCP (to try what a network that blocks UDP \
+             sees).");
+        webrtc_public_ip "webrtc_public_ip": String = Key::new(Str("ADDR"), Unset("none"),
+            "The public address a port forward (NAT 1:1) reaches picamd at: offered to clients \
+             as one more candidate, with `webrtc_udp_port` forwarded to this host.");
+        webrtc_ice_servers "webrtc_ice_servers": Vec<String> = Key::new(List("URL"),
+            Unset("none, host candidates only"),
+            "STUN and TURN servers for WebRTC clients (`stun:HOST:PORT`, \
+             `turn:USER:PASSWORD@HOST:PORT?transport=udp`), told them in the WHEP answer's \
+             `Link` headers and in /streams.")
+            .flag("webrtc-ice-server");
+        // 10 s: a browser sends a STUN consent check every ~5 s (RFC 7675) and RTCP receiver
+        // reports about every second, so this is two missed consent checks.
+        webrtc_peer_timeout "webrtc_peer_timeout": i64 = Key::new(
+            Int("SECONDS", Valid::Range(2, 300)), Value("10"),
+            "A WebRTC session whose client sends nothing (no STUN, no RTCP) for this long ends.");
         tls_listen "tls_listen": String = Key::new(Str("ADDR:PORT"), Unset("no HTTPS"),
             "Address and port to serve HTTPS on, e.g. 0.0.0.0:443.");
         tls_cert "tls_cert": String = Key::new(Str("PATH"),

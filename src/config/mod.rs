@@ -55,6 +55,91 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The RTSP server, unless `rtsp_listen` is empty.
     pub rtsp: Option<RtspConfig>,
+    /// WebRTC (WHEP), unless `webrtc = "off"`.
+    pub webrtc: Option<WebRtcConfig>,
+}
+
+/// WebRTC: where its media socket is and what clients are told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebRtcConfig {
+    /// The UDP socket every session shares (and the ICE-TCP listener's port number).
+    pub udp: SocketAddr,
+    /// Set by the user (a failure to bind it is fatal), or the default (a failure costs
+    /// WebRTC only).
+    pub explicit: bool,
+    /// Whether UDP candidates are offered (`webrtc_udp`).
+    pub udp_candidates: bool,
+    /// A public address reaching this host through a port forward (`webrtc_public_ip`).
+    pub public_ip: Option<std::net::IpAddr>,
+    /// STUN/TURN servers clients are told about (`webrtc_ice_servers`).
+    pub ice_servers: Vec<IceServer>,
+    /// A session whose client sends nothing for this long ends (`webrtc_peer_timeout`).
+    pub peer_timeout: std::time::Duration,
+}
+
+/// The WebRTC port when `webrtc_udp_port` is not set.
+pub const DEFAULT_WEBRTC_PORT: u16 = 8555;
+
+/// One STUN or TURN server, as a browser's `RTCIceServer` wants it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IceServer {
+    /// `stun:host:port`, `turn:host:port?transport=udp`, … (credentials taken out).
+    pub urls: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+impl IceServer {
+    /// Reads `stun:HOST[:PORT]`, `stuns:…`, `turn:[USER:PASSWORD@]HOST[:PORT][?transport=…]`
+    /// or `turns:…`. The credentials (TURN only) are split off the URL, which RFC 7065
+    /// gives no place for them.
+    pub fn parse(text: &str) -> Result<IceServer, String> {
+        let (scheme, rest) = text.split_once(':').ok_or_else(|| {
+            format!("{text:?}: use stun:HOST:PORT or turn:USER:PASSWORD@HOST:PORT")
+        })?;
+        let scheme = scheme.to_ascii_lowercase();
+        if !matches!(scheme.as_str(), "stun" | "stuns" | "turn" | "turns") {
+            return Err(format!(
+                "{text:?}: the scheme must be stun, stuns, turn or turns"
+            ));
+        }
+        let (creds, host) = match rest.rsplit_once('@') {
+            Some((c, h)) => (Some(c), h),
+            None => (None, rest),
+        };
+        let host_part = host.split('?').next().unwrap_or("");
+        let ok_host = !host_part.is_empty()
+            && host_part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c));
+        if !ok_host || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("{text:?}: no usable host"));
+        }
+        let (username, credential) = match creds {
+            None => (None, None),
+            Some(_) if scheme.starts_with("stun") => {
+                return Err(format!("{text:?}: STUN servers take no credentials"))
+            }
+            Some(c) => match c.split_once(':') {
+                Some((u, p)) if !u.is_empty() && !p.is_empty() => {
+                    (Some(u.to_owned()), Some(p.to_owned()))
+                }
+                _ => return Err(format!("{text:?}: credentials are USER:PASSWORD@")),
+            },
+        };
+        if scheme.starts_with("turn") && username.is_none() {
+            return Err(format!(
+                "{text:?}: a TURN server needs credentials, turn:USER:PASSWORD@HOST:PORT"
+            ));
+        }
+        Ok(IceServer {
+            urls: format!("{scheme}:{host}"),
+            username,
+            credential,
+        })
+    }
 }
 
 /// Where the RTSP server listens.
@@ -440,6 +525,7 @@ impl ConfigLayer {
         };
         let tls = resolve_tls(&top)?;
         let rtsp = resolve_rtsp(&top, listen)?;
+        let webrtc = resolve_webrtc(&top, listen)?;
         let led = match pick!(top, led) {
             None => LedSpec::None,
             Some(t) => t
@@ -534,8 +620,72 @@ impl ConfigLayer {
             tls,
             state_dir,
             rtsp,
+            webrtc,
         })
     }
+}
+
+/// An `on|off` key.
+fn on_off(key: &Key, v: Option<Sourced<String>>) -> Result<bool, ConfigError> {
+    match v {
+        None => Ok(builtin::<String>(key) == "on"),
+        Some(v) => match v.value.as_str() {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            other => Err(invalid(
+                key.name,
+                v.origin,
+                format!("{other:?}: use on or off"),
+            )),
+        },
+    }
+}
+
+/// The WebRTC keys: off, or its socket and what clients are told.
+fn resolve_webrtc(
+    top: &Layers<ConfigLayer>,
+    listen: SocketAddr,
+) -> Result<Option<WebRtcConfig>, ConfigError> {
+    if !on_off(&key::webrtc, pick!(top, webrtc))? {
+        return Ok(None);
+    }
+    let port = pick!(top, webrtc_udp_port);
+    let explicit = port.is_some();
+    let port = match port {
+        Some(p) => int_or(&key::webrtc_udp_port, Some(p), 0)? as u16,
+        None if listen.port() == 0 => 0,
+        None => DEFAULT_WEBRTC_PORT,
+    };
+    let public_ip = match pick!(top, webrtc_public_ip) {
+        None => None,
+        Some(v) => Some(v.value.trim().parse().map_err(|_| {
+            invalid(
+                key::webrtc_public_ip.name,
+                v.origin.clone(),
+                format!("{:?} is not an IP address", v.value),
+            )
+        })?),
+    };
+    let mut ice_servers = Vec::new();
+    if let Some(list) = pick!(top, webrtc_ice_servers) {
+        for url in &list.value {
+            ice_servers.push(
+                IceServer::parse(url)
+                    .map_err(|e| invalid(key::webrtc_ice_servers.name, list.origin.clone(), e))?,
+            );
+        }
+    }
+    Ok(Some(WebRtcConfig {
+        udp: SocketAddr::new(listen.ip(), port),
+        explicit,
+        udp_candidates: on_off(&key::webrtc_udp, pick!(top, webrtc_udp))?,
+        public_ip,
+        ice_servers,
+        peer_timeout: std::time::Duration::from_secs(int(
+            &key::webrtc_peer_timeout,
+            pick!(top, webrtc_peer_timeout),
+        )? as u64),
+    }))
 }
 
 /// `rtsp_listen`: an address, empty for no RTSP, or by default [`DEFAULT_RTSP_PORT`] on
@@ -1093,6 +1243,59 @@ mod tests {
         assert!(m.contains("per stream"), "{m}");
         let m = e("[[stream]]\nname='a'\nsource='test'\ncontrols_api='off'");
         assert!(m.contains("per stream"), "{m}");
+    }
+
+    #[test]
+    fn webrtc_keys_resolve_and_errors_name_the_key() {
+        let c = Config::default();
+        let w = c.webrtc.unwrap();
+        assert_eq!(w.udp.to_string(), "0.0.0.0:8555");
+        assert!(!w.explicit && w.udp_candidates && w.public_ip.is_none());
+        assert_eq!(w.peer_timeout, std::time::Duration::from_secs(10));
+        let c = resolve_file(
+            "listen = '127.0.0.1:0'\nwebrtc_udp = 'off'\nwebrtc_public_ip = '203.0.113.7'\n\
+             webrtc_ice_servers = ['stun:s.example:3478', 'turn:u:p@t.example:3478?transport=udp']",
+            ConfigLayer::default(),
+        )
+        .unwrap();
+        let w = c.webrtc.unwrap();
+        assert_eq!(
+            w.udp.to_string(),
+            "127.0.0.1:0",
+            "ephemeral beside an ephemeral listen"
+        );
+        assert!(!w.udp_candidates);
+        assert_eq!(w.public_ip, Some("203.0.113.7".parse().unwrap()));
+        assert_eq!(w.ice_servers[1].urls, "turn:t.example:3478?transport=udp");
+        assert_eq!(w.ice_servers[1].username.as_deref(), Some("u"));
+        assert_eq!(w.ice_servers[1].credential.as_deref(), Some("p"));
+        let c = resolve_file("webrtc = 'off'", ConfigLayer::default()).unwrap();
+        assert!(c.webrtc.is_none());
+        let c = resolve_file("webrtc_udp_port = 9000", ConfigLayer::default()).unwrap();
+        assert!(c.webrtc.unwrap().explicit);
+        let e = |text: &str| {
+            resolve_file(text, ConfigLayer::default())
+                .unwrap_err()
+                .to_string()
+        };
+        for (text, key) in [
+            ("webrtc = 'maybe'", "`webrtc`"),
+            ("webrtc_udp_port = 70000", "`webrtc_udp_port`"),
+            ("webrtc_public_ip = 'example.net'", "`webrtc_public_ip`"),
+            ("webrtc_ice_servers = ['http://x']", "`webrtc_ice_servers`"),
+            (
+                "webrtc_ice_servers = ['turn:t.example:3478']",
+                "`webrtc_ice_servers`",
+            ),
+            (
+                "webrtc_ice_servers = ['stun:u:p@s.example']",
+                "`webrtc_ice_servers`",
+            ),
+            ("webrtc_peer_timeout = 1", "`webrtc_peer_timeout`"),
+        ] {
+            let m = e(text);
+            assert!(m.contains(key), "{text}: {m}");
+        }
     }
 
     #[test]

@@ -20,11 +20,13 @@ use axum::response::{IntoResponse, Response};
 pub use crate::access::CorsPolicy;
 
 /// Methods a cross-origin page may use.
-const ALLOW_METHODS: &str = "GET, POST, OPTIONS";
+/// (DELETE ends a WHEP session; PATCH is WHEP's, answered 405.)
+const ALLOW_METHODS: &str = "GET, POST, DELETE, PATCH, OPTIONS";
 /// Request headers a cross-origin page may send.
 const ALLOW_HEADERS: &str = "Authorization, Content-Type";
 /// Response headers a cross-origin page may read beyond the basic ones.
-const EXPOSE_HEADERS: &str = "X-Timestamp, Retry-After, WWW-Authenticate";
+/// (`Location` and `Link` carry a WHEP session's URL and its ICE servers.)
+const EXPOSE_HEADERS: &str = "X-Timestamp, Retry-After, WWW-Authenticate, Location, Link";
 /// How long a browser may cache a preflight answer, in seconds.
 const PREFLIGHT_MAX_AGE_S: &str = "600";
 

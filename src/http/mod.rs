@@ -1,6 +1,7 @@
 //! The HTTP server: accept loop, routing, and the error → status mapping.
 //!
-//! One file per output (`mjpeg`, `snapshot`, `ws`, `status`, `assets`, `controls`); `guard`
+//! One file per output (`mjpeg`, `snapshot`, `ws`, `status`, `assets`, `controls`, `whep`
+//! for WebRTC's signalling); `guard`
 //! (rate, CORS, authentication), `cors` and `limits` protect them all. Connections are served
 //! by hyper's HTTP/1 server with upgrades (for `/ws`), each in its own task tracked for
 //! graceful shutdown. Each request's client address ([`ClientAddr`]) is set here, once: the
@@ -19,6 +20,7 @@ pub mod limits;
 mod mjpeg;
 mod snapshot;
 mod status;
+mod whep;
 pub(crate) mod ws;
 
 use std::net::SocketAddr;
@@ -30,7 +32,7 @@ use axum::extract::{Extension, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -76,6 +78,8 @@ pub struct AppState {
     /// The RTSP server's port, for the stream's `rtsp://` URL in `/state` and `/streams`
     /// (None: RTSP is off).
     pub rtsp_port: Option<u16>,
+    /// The WebRTC server (None: WebRTC is off), for the WHEP routes.
+    pub webrtc: Option<Arc<crate::webrtc::WebRtc>>,
 }
 
 /// Every stream, in configuration order (the first is the default); for the handlers that
@@ -138,7 +142,7 @@ async fn no_such_stream(
 fn stream_routes(prefix: &str, state: AppState, all: Option<Streams>) -> Router {
     let at = |path: &str| format!("{prefix}{path}");
     let root_state = state.clone();
-    Router::new()
+    let routes = Router::new()
         // The page, or mjpg-streamer's `?action=stream` and `?action=snapshot`.
         .route(
             &at("/"),
@@ -160,8 +164,27 @@ fn stream_routes(prefix: &str, state: AppState, all: Option<Streams>) -> Router 
         .route(
             &at("/controls"),
             get(controls::get_controls).post(controls::set_controls),
-        )
-        .with_state(state)
+        );
+    let routes = if state.webrtc.is_some() {
+        routes
+            // WHEP: an SDP offer in, 201 with the answer and the session's URL.
+            .route(
+                &at("/whep"),
+                post(whep::post).options(whep::options_endpoint),
+            )
+            // The session: DELETE ends it.
+            .route(
+                &at("/whep/{id}"),
+                delete(whep::delete)
+                    .patch(whep::patch)
+                    .options(whep::options_session),
+            )
+            // One JSON offer, one JSON answer (OctoPrint's webrtc:// URLs).
+            .route(&at("/webrtc"), post(whep::json))
+    } else {
+        routes
+    };
+    routes.with_state(state)
 }
 
 #[derive(serde::Deserialize)]
@@ -240,6 +263,15 @@ pub enum HttpError {
     #[error("too many requests from this address; retry in {} s", retry_secs(*.0))]
     TooManyRequests(Duration),
 
+    #[error("no such WebRTC session (it ended, or the URL is wrong)")]
+    NoSuchSession,
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    Internal(String),
+
     #[error("no frame within {0:?}; the source may be down")]
     NoFrame(Duration),
     #[error("shutting down")]
@@ -249,7 +281,12 @@ pub enum HttpError {
 impl HttpError {
     fn status(&self) -> StatusCode {
         match self {
-            HttpError::NotFound | HttpError::NoSuchStream(_) => StatusCode::NOT_FOUND,
+            HttpError::NotFound | HttpError::NoSuchStream(_) | HttpError::NoSuchSession => {
+                StatusCode::NOT_FOUND
+            }
+            HttpError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            HttpError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            HttpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
             HttpError::Unauthorized => StatusCode::UNAUTHORIZED,
             HttpError::Slot(SlotError::PerClient(_))

@@ -94,6 +94,8 @@ pub struct Viewers {
     pub rtsp: usize,
     /// WebSocket clients that asked for H.264 (WebCodecs); not in `ws`.
     pub ws_h264: usize,
+    /// WebRTC sessions (from the WHEP answer to DELETE, silence or shutdown).
+    pub webrtc: usize,
     pub max: usize,
     pub refused: u64,
 }
@@ -197,6 +199,7 @@ impl Snapshot {
                 publish: hub.viewers(Output::Publish),
                 rtsp: hub.viewers(Output::Rtsp),
                 ws_h264: hub.viewers(Output::WebSocketH264),
+                webrtc: hub.viewers(Output::WebRtc),
                 max: info.max_viewers,
                 refused: s.viewers_refused.load(Ordering::Relaxed),
             },
@@ -349,6 +352,7 @@ impl Snapshot {
                     ("output=\"publish\"", s.viewers.publish as f64),
                     ("output=\"rtsp\"", s.viewers.rtsp as f64),
                     ("output=\"ws_h264\"", s.viewers.ws_h264 as f64),
+                    ("output=\"webrtc\"", s.viewers.webrtc as f64),
                 ]
             },
         );
@@ -551,6 +555,18 @@ struct StreamUrls {
     /// `rtsp://host:port/<name>` (H.264), absent when RTSP is off.
     #[serde(skip_serializing_if = "Option::is_none")]
     rtsp: Option<String>,
+    /// The WHEP endpoint (`POST` an SDP offer), absent when WebRTC is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    whep: Option<String>,
+}
+
+/// WebRTC in `/streams`: what a client passes to `RTCPeerConnection`.
+#[derive(Debug, Serialize)]
+struct WebRtcInfo {
+    /// `RTCIceServer` entries (`urls`, `username`, `credential`) of `webrtc_ice_servers`.
+    ice_servers: Vec<crate::config::IceServer>,
+    /// The UDP port of the media (ICE-TCP has the same number).
+    port: u16,
 }
 
 /// `/streams`: every stream, its source's state and its URLs, in configuration order.
@@ -579,6 +595,7 @@ pub async fn streams(State(streams): State<Streams>, headers: HeaderMap) -> Resp
                     ws: format!("{base}/ws"),
                     state: format!("{base}/state"),
                     rtsp: rtsp_url(&headers, s.rtsp_port, &info.name),
+                    whep: s.webrtc.as_ref().map(|_| format!("{base}/whep")),
                 },
                 h264: StreamH264 {
                     bitrate: info.h264_bitrate,
@@ -588,7 +605,11 @@ pub async fn streams(State(streams): State<Streams>, headers: HeaderMap) -> Resp
             }
         })
         .collect();
-    let mut resp = Json(serde_json::json!({ "streams": list })).into_response();
+    let webrtc = streams[0].webrtc.as_ref().map(|w| WebRtcInfo {
+        ice_servers: w.ice_servers().to_vec(),
+        port: w.port(),
+    });
+    let mut resp = Json(serde_json::json!({ "streams": list, "webrtc": webrtc })).into_response();
     resp.headers_mut().extend(no_cache_headers());
     resp
 }

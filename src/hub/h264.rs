@@ -258,6 +258,16 @@ impl H264Track {
         consumer
     }
 
+    /// Asks the encoder for a keyframe: a consumer's decoder lost its picture (a WebRTC
+    /// client's PLI or FIR after packet loss). The encoder serves it with its next frame,
+    /// at most one forced keyframe per 0.5 s however many ask; a passed-through stream
+    /// cannot make one, so nothing happens there until the camera's next keyframe.
+    pub fn request_keyframe(&self) {
+        if lock(&self.track.units).supply != H264Supply::Source {
+            self.tell(TrackNews::KeyframeWanted);
+        }
+    }
+
     /// Ends every consumer's [`H264Consumer::next`] (shutdown).
     pub fn close(&self) {
         self.track.closed.store(true, Ordering::Relaxed);

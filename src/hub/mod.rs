@@ -41,9 +41,11 @@ pub enum Output {
     /// `max_viewers`, but not a JPEG viewer, so with only these and RTSP watching no JPEG is
     /// encoded.
     WebSocketH264 = 5,
+    /// A WebRTC session (WHEP), counted like an RTSP session.
+    WebRtc = 6,
 }
 
-const OUTPUTS: usize = 6;
+const OUTPUTS: usize = 7;
 
 /// What a publisher is doing, for `/state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -461,6 +463,7 @@ impl Hub {
             + self.viewers(Output::WebSocket)
             + self.viewers(Output::Rtsp)
             + self.viewers(Output::WebSocketH264)
+            + self.viewers(Output::WebRtc)
     }
 
     /// Tells the listener, if any; called with the count's lock held.

@@ -23,4 +23,5 @@ mod snapshot;
 mod streams;
 mod tls;
 mod upstream_mjpeg;
+mod webrtc;
 mod ws;
