@@ -17,6 +17,34 @@
 
 import { VideoFramePump } from './video-frames.js';
 
+/** The RTP header extension that carries each picture's capture time (picamd sends it). */
+export const ABS_CAPTURE_TIME = 'http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time';
+
+/** NTP's epoch (1900) is this many ms before the Unix epoch. */
+const NTP_UNIX_OFFSET_MS = 2_208_988_800_000;
+
+/**
+ * A drawn picture's capture time, ms since the Unix epoch: the newest received packet's
+ * capture time (abs-capture-time, via getSynchronizationSources) moved back by the RTP time
+ * between that packet and the drawn picture (requestVideoFrameCallback's rtpTimestamp; 90 kHz,
+ * and picamd stamps RTP time from capture time, so the two are in step).
+ * @param {{captureTimestamp?: number, rtpTimestamp?: number}|undefined} ssrc a synchronization source
+ * @param {number|undefined} frameRtp the drawn picture's RTP timestamp
+ * @returns {number|null}
+ */
+export function captureTimeOf(ssrc, frameRtp) {
+  if (typeof ssrc?.captureTimestamp !== 'number' || ssrc.captureTimestamp <= 0) return null;
+  let ahead = 0;
+  if (typeof ssrc.rtpTimestamp === 'number' && typeof frameRtp === 'number') {
+    // RTP timestamps are 32-bit and wrap: take the difference modulo 2^32, signed.
+    ahead = (ssrc.rtpTimestamp - frameRtp) >>> 0;
+    if (ahead >= 2 ** 31) ahead -= 2 ** 32;
+    // More than 10 s apart: not the same stream's pictures; use the packet's time as is.
+    if (Math.abs(ahead) > 900_000) ahead = 0;
+  }
+  return ssrc.captureTimestamp - NTP_UNIX_OFFSET_MS - ahead / 90;
+}
+
 /** Statuses that mean "this server does not do WebRTC for this page, don't retry". */
 const UNSUPPORTED_STATUS = new Set([400, 404, 405, 406, 415, 422, 501]);
 
@@ -88,6 +116,8 @@ export class WebRtcSource {
     /** ICE servers picamd advertised in Link headers (for information; see docs/webrtc.md). */
     this.advertisedIceServers = [];
     this.pc = null;
+    /** @type {RTCRtpReceiver|null} */
+    this.receiver = null;
     this.video = null;
     this.pump = null;
     this.abort = new AbortController();
@@ -131,7 +161,19 @@ export class WebRtcSource {
   async #open() {
     const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: 'max-bundle' });
     this.pc = pc;
-    pc.addTransceiver('video', { direction: 'recvonly' });
+    const transceiver = pc.addTransceiver('video', { direction: 'recvonly' });
+    // Ask for abs-capture-time, which Chromium does not offer by default: it is how the page
+    // learns each picture's capture time (requestVideoFrameCallback gives no captureTime for
+    // WebRTC here). Browsers without the API just show no latency figure.
+    if (typeof transceiver.setHeaderExtensionsToNegotiate === 'function') {
+      try {
+        transceiver.setHeaderExtensionsToNegotiate(transceiver.getHeaderExtensionsToNegotiate()
+          .map((e) => (e.uri === ABS_CAPTURE_TIME ? { ...e, direction: 'sendrecv' } : e)));
+      } catch {
+        // An implementation that refuses the change: no latency figure.
+      }
+    }
+    this.receiver = transceiver.receiver;
     pc.ontrack = (e) => this.#attach(e.streams[0] ?? new MediaStream([e.track]));
     pc.onconnectionstatechange = () => {
       if (this.stopped || this.pc !== pc) return;
@@ -209,11 +251,15 @@ export class WebRtcSource {
       // Muted inline video may always autoplay; a refusal shows up as a stall.
     });
     this.pump = new VideoFramePump(el, (bitmap, info) => {
-      // captureTime is the sender's capture time mapped to this page's performance clock
-      // (from RTCP sender reports), so it needs no further clock correction.
-      const captureLocalMs = typeof info?.captureTime === 'number' && info.captureTime > 0
-        ? performance.timeOrigin + info.captureTime
-        : null;
+      // The capture time in picamd's clock (abs-capture-time), taken as this page's: exact on
+      // one machine, as good as the two clocks' agreement (NTP) between two. A browser that
+      // reports a captureTime of its own (mapped to this page's clock) is believed first.
+      let captureLocalMs = null;
+      if (typeof info?.captureTime === 'number' && info.captureTime > 0) {
+        captureLocalMs = performance.timeOrigin + info.captureTime;
+      } else {
+        captureLocalMs = captureTimeOf(this.receiver?.getSynchronizationSources?.()[0], info?.rtpTimestamp);
+      }
       this.onframe({
         bitmap,
         seq: ++this.seq,
@@ -257,6 +303,7 @@ export class WebRtcSource {
     }
     const pc = this.pc;
     this.pc = null;
+    this.receiver = null;
     pc?.close();
   }
 }

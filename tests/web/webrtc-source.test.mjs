@@ -3,7 +3,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { iceServersFromLinks, inboundVideoBytes } from '../../src/web/webrtc-source.js';
+import { captureTimeOf, iceServersFromLinks, inboundVideoBytes } from '../../src/web/webrtc-source.js';
 import { latencyOf } from '../../src/web/player.js';
 
 test('ICE servers from Link headers (RFC 9725 section 4.6)', () => {
@@ -38,4 +38,18 @@ test('latency from a page-clock capture time, or a server-clock one corrected by
   assert.equal(latencyOf({ captureUs: 2_000_000, captureLocalMs: null }, 1990, 20), 10);
   assert.equal(latencyOf({ captureUs: 2_000_000 }, 1990, null), null, 'no clock offset yet');
   assert.equal(latencyOf({ captureUs: null }, 1990, 5), null);
+});
+
+test('a drawn picture\'s capture time from abs-capture-time and the RTP timestamps', () => {
+  const ntp = (unixMs) => unixMs + 2_208_988_800_000;
+  assert.equal(captureTimeOf(undefined, 0), null);
+  assert.equal(captureTimeOf({ captureTimestamp: 0, rtpTimestamp: 5 }, 5), null);
+  // The newest packet is 3 frames (at 30 fps: 9000 ticks, 100 ms) ahead of the drawn picture.
+  assert.equal(captureTimeOf({ captureTimestamp: ntp(1_000_100), rtpTimestamp: 99_000 }, 90_000), 1_000_000);
+  // Across the 32-bit wrap.
+  assert.equal(captureTimeOf({ captureTimestamp: ntp(1_000_100), rtpTimestamp: 4_000 }, 2 ** 32 - 5_000), 1_000_000);
+  // Without the picture's RTP time, the packet's capture time.
+  assert.equal(captureTimeOf({ captureTimestamp: ntp(1_000_100), rtpTimestamp: 4_000 }, undefined), 1_000_100);
+  // Implausibly far apart: the packet's time as is.
+  assert.equal(captureTimeOf({ captureTimestamp: ntp(5000), rtpTimestamp: 2_000_000 }, 0), 5000);
 });
