@@ -86,11 +86,15 @@ function inbound(page) {
     let rtp = null;
     let codec = null;
     let pair = null;
+    let transport = null;
     const byId = new Map();
     stats.forEach((s) => byId.set(s.id, s));
     stats.forEach((s) => {
       if (s.type === 'inbound-rtp' && s.kind === 'video') rtp = s;
-      if (s.type === 'transport' && s.selectedCandidatePairId) pair = byId.get(s.selectedCandidatePairId);
+      if (s.type === 'transport' && s.selectedCandidatePairId) {
+        pair = byId.get(s.selectedCandidatePairId);
+        transport = s;
+      }
     });
     if (rtp?.codecId) codec = byId.get(rtp.codecId)?.mimeType;
     const local = pair && byId.get(pair.localCandidateId);
@@ -100,6 +104,7 @@ function inbound(page) {
       bytesReceived: rtp?.bytesReceived ?? 0,
       codec,
       protocol: local?.protocol ?? null,
+      dtls: transport && `${transport.tlsVersion} ${transport.dtlsCipher} ${transport.srtpCipher}`,
       state: window.__pc.connectionState,
       sync: sources[0] ?? null,
       frameMeta: window.__frameMeta ?? null,
@@ -140,6 +145,7 @@ test('Chromium receives and decodes H.264 over WHEP, and DELETE ends the session
     assert.match(location, /^\/whep\/[0-9a-f]{32}$/);
     const s = await expectDecoding(page, since);
     assert.equal(s.protocol, 'udp');
+    console.log(`DTLS (version, cipher, SRTP): ${s.dtls}`);
     // How a page gets capture time: abs-capture-time, negotiated above, puts the newest
     // picture's capture time (NTP milliseconds: since 1900) in the synchronization source.
     assert.equal(s.extError, null);
