@@ -71,6 +71,8 @@ test('WebRTC draws the test pattern with at least 4x fewer bytes than the JPEG W
       rtcRate = await bytesPerSecond(rtc.page, 5000);
       const s = await stats(rtc.page);
       assert.ok(s.kbps > 0, `the overlay shows a bit rate (${s.kbps} kbit/s)`);
+      // abs-capture-time: picamd's capture clock is this machine's, so the figure is real.
+      assert.ok(Number.isFinite(s.latencyMs) && s.latencyMs > 0 && s.latencyMs < 1000, `the overlay shows the latency (${s.latencyMs} ms)`);
       assert.equal(s.fallback, false);
       assert.deepEqual(rtc.errors, []);
     } finally {
