@@ -8,7 +8,7 @@
 // navigator.mediaDevices is simply missing, so the source reports a plain explanation as a
 // fatal error instead of failing silently.
 
-import { VideoFramePump } from './video-frames.js';
+import { hiddenVideo, removeVideo, VideoFramePump } from './video-frames.js';
 
 /** Shown when the page is not a secure context. */
 export const INSECURE_CAMERA_MESSAGE =
@@ -127,13 +127,7 @@ export class CameraSource {
       this.#teardown();
       this.#emit({ type: 'close', reason: 'the camera was disconnected' });
     });
-    const el = document.createElement('video');
-    el.className = 'pp-offscreen';
-    el.muted = true;
-    el.playsInline = true;
-    el.setAttribute('aria-hidden', 'true');
-    el.srcObject = stream;
-    (this.parent ?? document.body).appendChild(el);
+    const el = hiddenVideo(stream, this.parent);
     this.video = el;
     await el.play();
     if (this.stopped) return;
@@ -155,11 +149,7 @@ export class CameraSource {
     this.pump = null;
     const v = this.video;
     this.video = null;
-    if (v) {
-      v.pause();
-      v.srcObject = null;
-      v.remove();
-    }
+    if (v) removeVideo(v);
     const s = this.stream;
     this.stream = null;
     if (s) for (const t of s.getTracks()) t.stop();

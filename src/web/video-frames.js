@@ -15,6 +15,32 @@
  * @property {number|undefined} rtpTimestamp  (WebRTC)
  */
 
+/**
+ * A muted, inline, invisible `<video>` playing `stream`, appended to `parent`: muted inline
+ * video may autoplay everywhere, which is what lets WebRTC start without a click.
+ * @param {MediaStream} stream
+ * @param {HTMLElement|null} parent default document.body
+ * @returns {HTMLVideoElement}
+ */
+export function hiddenVideo(stream, parent) {
+  const el = document.createElement('video');
+  el.className = 'pp-offscreen';
+  el.muted = true;
+  el.playsInline = true;
+  el.autoplay = true;
+  el.setAttribute('aria-hidden', 'true');
+  el.srcObject = stream;
+  (parent ?? document.body).appendChild(el);
+  return el;
+}
+
+/** Stops a video made by hiddenVideo and takes it out of the page. */
+export function removeVideo(el) {
+  el.pause();
+  el.srcObject = null;
+  el.remove();
+}
+
 export class VideoFramePump {
   /**
    * @param {HTMLVideoElement} video playing

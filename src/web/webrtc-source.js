@@ -15,7 +15,7 @@
 //                                               -> {type:'close'}: back off, retry, and after
 //                                                  repeated failures step down a rung
 
-import { VideoFramePump } from './video-frames.js';
+import { hiddenVideo, removeVideo, VideoFramePump } from './video-frames.js';
 
 /** The RTP header extension that carries each picture's capture time (picamd sends it). */
 export const ABS_CAPTURE_TIME = 'http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time';
@@ -231,14 +231,7 @@ export class WebRtcSource {
 
   #attach(stream) {
     if (this.stopped || this.video) return;
-    const el = document.createElement('video');
-    el.className = 'pp-offscreen';
-    el.muted = true;
-    el.playsInline = true;
-    el.autoplay = true;
-    el.setAttribute('aria-hidden', 'true');
-    el.srcObject = stream;
-    (this.parent ?? document.body).appendChild(el);
+    const el = hiddenVideo(stream, this.parent);
     this.video = el;
     for (const track of stream.getVideoTracks()) {
       track.addEventListener('ended', () => {
@@ -296,11 +289,7 @@ export class WebRtcSource {
     this.pump = null;
     const v = this.video;
     this.video = null;
-    if (v) {
-      v.pause();
-      v.srcObject = null;
-      v.remove();
-    }
+    if (v) removeVideo(v);
     const pc = this.pc;
     this.pc = null;
     this.receiver = null;
