@@ -208,18 +208,7 @@ pub async fn json(
     };
     match (msg.kind.as_str(), msg.sdp) {
         ("offer", Some(sdp)) => match answer(&state, client, sdp.as_bytes()) {
-            Ok(a) => {
-                let ice: &[IceServer] = state.webrtc.as_ref().map_or(&[], |w| w.ice_servers());
-                let mut resp = Json(serde_json::json!({
-                    "type": "answer",
-                    "sdp": a.sdp,
-                    "id": a.id,
-                    "iceServers": ice,
-                }))
-                .into_response();
-                resp.headers_mut().extend(super::no_cache_headers());
-                resp
-            }
+            Ok(a) => session_description(&state, "answer", &a.sdp, &a.id),
             Err(e) => e.into_response_for(&path),
         },
         // Candidates trickled after the offer: not needed (see the module's notes).
@@ -232,18 +221,7 @@ pub async fn json(
                     .map_err(webrtc_error)
             });
             match offered {
-                Ok(o) => {
-                    let ice: &[IceServer] = state.webrtc.as_ref().map_or(&[], |w| w.ice_servers());
-                    let mut resp = Json(serde_json::json!({
-                        "type": "offer",
-                        "sdp": o.sdp,
-                        "id": o.id,
-                        "iceServers": ice,
-                    }))
-                    .into_response();
-                    resp.headers_mut().extend(super::no_cache_headers());
-                    resp
-                }
+                Ok(o) => session_description(&state, "offer", &o.sdp, &o.id),
                 Err(e) => e.into_response_for(&path),
             }
         }
@@ -263,6 +241,20 @@ pub async fn json(
         ))
         .into_response_for(&path),
     }
+}
+
+/// picamd's side of a JSON handshake: `{type, sdp, id, iceServers}`, never cached.
+fn session_description(state: &AppState, kind: &str, sdp: &str, id: &str) -> Response {
+    let ice: &[IceServer] = state.webrtc.as_ref().map_or(&[], |w| w.ice_servers());
+    let mut resp = Json(serde_json::json!({
+        "type": kind,
+        "sdp": sdp,
+        "id": id,
+        "iceServers": ice,
+    }))
+    .into_response();
+    resp.headers_mut().extend(super::no_cache_headers());
+    resp
 }
 
 #[cfg(test)]
