@@ -464,7 +464,8 @@ export class Player {
     const src = this.source;
     this.source = null;
     if (!src) return;
-    if (src.kind === 'ws') this.badFramesClosed += src.badFrames;
+    // Every WebSocket source (JPEG or WebCodecs) counts unreadable messages; others have none.
+    this.badFramesClosed += src.badFrames ?? 0;
     src.stop();
   }
 
@@ -610,7 +611,7 @@ export class Player {
     s.kbps = bps === null ? null : Math.round((bps * 8) / 100) / 10;
     s.clockOffsetMs = this.clock.offsetMs === null ? null : Math.round(this.clock.offsetMs * 10) / 10;
     s.rttMs = this.clock.rttMs === null ? null : Math.round(this.clock.rttMs * 10) / 10;
-    s.badFrames = this.badFramesClosed + (this.source?.kind === 'ws' ? this.source.badFrames : 0);
+    s.badFrames = this.badFramesClosed + (this.source?.badFrames ?? 0);
     s.rotation = this.renderer.rotation;
     s.mirror = this.renderer.mirror;
     s.cameraId = this.cameraId;
