@@ -54,8 +54,11 @@ pub type TrackListener = Box<dyn Fn(TrackNews) + Send + Sync>;
 pub enum TrackNews {
     /// The number of consumers changed.
     Consumers(usize),
-    /// A consumer is waiting for a keyframe.
-    KeyframeWanted,
+    /// A consumer is waiting for a keyframe at this unit index or later. The index lets the
+    /// encoder drop a request that a keyframe it was already making has served: a client
+    /// joining while the encoder makes another client's keyframe starts at that one, and a
+    /// second IDR 0.5 s later (5–10× a P-frame's bytes) would be waste.
+    KeyframeWanted(u64),
 }
 
 /// Counters of the H.264 encoder feeding the track, for `/state` and `/metrics`.
@@ -154,7 +157,9 @@ impl H264Track {
         self.track.listener.set(listener)
     }
 
-    fn tell(&self, news: TrackNews) {
+    /// Tells the listener (the pipeline's H.264 stage) `news`; the stage's tests use it to
+    /// send a request at a moment of their choosing.
+    pub(crate) fn tell(&self, news: TrackNews) {
         if let Some(l) = self.track.listener.get() {
             l(news);
         }
@@ -252,8 +257,8 @@ impl H264Track {
             published: self.track.published.subscribe(),
             _guard: guard,
         };
-        if let Position::KeyframeFrom(_) = start {
-            self.tell(TrackNews::KeyframeWanted);
+        if let Position::KeyframeFrom(from) = start {
+            self.tell(TrackNews::KeyframeWanted(from));
         }
         consumer
     }
@@ -263,9 +268,31 @@ impl H264Track {
     /// at most one forced keyframe per 0.5 s however many ask; a passed-through stream
     /// cannot make one, so nothing happens there until the camera's next keyframe.
     pub fn request_keyframe(&self) {
-        if lock(&self.track.units).supply != H264Supply::Source {
-            self.tell(TrackNews::KeyframeWanted);
+        let u = lock(&self.track.units);
+        if u.supply != H264Supply::Source {
+            let from = u.end();
+            drop(u);
+            self.tell(TrackNews::KeyframeWanted(from));
         }
+    }
+
+    /// Whether a keyframe at unit index `from` or later has been published (and is still
+    /// kept, or a newer one is): a keyframe request from `from` is served.
+    pub fn has_keyframe_from(&self, from: u64) -> bool {
+        lock(&self.track.units)
+            .newest_keyframe()
+            .is_some_and(|k| k >= from)
+    }
+
+    /// Whether unit `index` has been published.
+    #[cfg(test)]
+    pub(crate) fn has_unit(&self, index: u64) -> bool {
+        lock(&self.track.units).end() > index
+    }
+
+    /// The index the next published unit gets.
+    pub fn end(&self) -> u64 {
+        lock(&self.track.units).end()
     }
 
     /// Ends every consumer's [`H264Consumer::next`] (shutdown).
@@ -325,7 +352,7 @@ impl H264Consumer {
                 None => {
                     self.position = Position::KeyframeFrom(end);
                     drop(u);
-                    self.track.tell(TrackNews::KeyframeWanted);
+                    self.track.tell(TrackNews::KeyframeWanted(end));
                     return None;
                 }
             },
@@ -346,7 +373,7 @@ impl H264Consumer {
     pub fn restart(&mut self) {
         let end = lock(&self.track.track.units).end();
         self.position = Position::KeyframeFrom(end);
-        self.track.tell(TrackNews::KeyframeWanted);
+        self.track.tell(TrackNews::KeyframeWanted(end));
     }
 
     /// Units published but not yet taken by this consumer.
@@ -413,8 +440,9 @@ mod tests {
         let mut c = t.consume(None);
         assert_eq!(
             *heard.lock().unwrap(),
-            [TrackNews::Consumers(1), TrackNews::KeyframeWanted]
+            [TrackNews::Consumers(1), TrackNews::KeyframeWanted(2)]
         );
+        assert!(t.has_keyframe_from(0) && !t.has_keyframe_from(2));
         t.publish(unit(3, false, 10));
         assert_eq!(seqs(&mut c), [] as [u64; 0], "no replay of the old GOP");
         t.publish(unit(4, true, 10));
@@ -460,7 +488,10 @@ mod tests {
         }
         assert_eq!(slow.behind(), MAX_LAG_UNITS + 1);
         assert_eq!(slow.try_next().map(|u| u.seq), None);
-        assert_eq!(*heard.lock().unwrap(), [TrackNews::KeyframeWanted]);
+        assert_eq!(
+            *heard.lock().unwrap(),
+            [TrackNews::KeyframeWanted(6 + MAX_LAG_UNITS + 1)]
+        );
         t.publish(unit(100, true, 1));
         assert_eq!(seqs(&mut slow), [100]);
         assert_eq!(seqs(&mut fast).last(), Some(&100));
@@ -474,7 +505,7 @@ mod tests {
         let heard = news(&t);
         t.publish(unit(1, false, 10));
         c.restart();
-        assert_eq!(*heard.lock().unwrap(), [TrackNews::KeyframeWanted]);
+        assert_eq!(*heard.lock().unwrap(), [TrackNews::KeyframeWanted(2)]);
         t.publish(unit(2, false, 10));
         assert_eq!(seqs(&mut c), [] as [u64; 0], "P-frames it could not decode");
         t.publish(unit(3, true, 10));
@@ -510,7 +541,10 @@ mod tests {
         assert_eq!(c.try_next().map(|u| u.seq), None);
         t.publish(unit(9, true, 10));
         assert_eq!(c.try_next().map(|u| u.seq), Some(9));
-        assert!(heard.lock().unwrap().contains(&TrackNews::KeyframeWanted));
+        assert!(heard
+            .lock()
+            .unwrap()
+            .contains(&TrackNews::KeyframeWanted(5)));
     }
 
     #[test]
@@ -528,7 +562,11 @@ mod tests {
         assert_eq!(seqs(&mut c), (1..=100).collect::<Vec<_>>());
         let mut slow = t.consume(None);
         assert_eq!(slow.try_next().map(|u| u.seq), Some(1));
-        assert!(!heard.lock().unwrap().contains(&TrackNews::KeyframeWanted));
+        assert!(!heard
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| matches!(n, TrackNews::KeyframeWanted(_))));
         // A slow consumer goes on in its GOP, then jumps to the next keyframe.
         for s in 101..=200 {
             t.publish(unit(s, false, 1));

@@ -9,7 +9,8 @@
 //! someone consumes H.264.
 //!
 //! The track's keyframe requests (a consumer joined, or fell behind) reach the encoder with
-//! the next frame, which it turns into an IDR unless it forced one less than 0.5 s ago.
+//! the next frame, which it turns into an IDR unless it forced one less than 0.5 s ago, or a
+//! keyframe at or after the unit the request was made from has been published meanwhile.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
@@ -62,8 +63,15 @@ impl StageSettings {
 struct Slot {
     job: Option<Job>,
     consumers: usize,
-    keyframe_wanted: bool,
+    /// A keyframe is wanted at this unit index or later (the earliest asked for).
+    keyframe_from: Option<u64>,
     stop: bool,
+}
+
+impl Slot {
+    fn want_keyframe_from(&mut self, from: u64) {
+        self.keyframe_from = Some(self.keyframe_from.map_or(from, |f| f.min(from)));
+    }
 }
 
 struct Shared {
@@ -95,7 +103,7 @@ impl H264Stage {
             let mut slot = lock(&shared.slot);
             match news {
                 TrackNews::Consumers(n) => slot.consumers = n,
-                TrackNews::KeyframeWanted => slot.keyframe_wanted = true,
+                TrackNews::KeyframeWanted(from) => slot.want_keyframe_from(from),
             }
             drop(slot);
             shared.wake.notify_one();
@@ -108,7 +116,9 @@ impl H264Stage {
             // encoder) has consumers already, who wait for a keyframe.
             let mut slot = lock(&shared.slot);
             slot.consumers = track.consumers();
-            slot.keyframe_wanted = slot.consumers > 0;
+            if slot.consumers > 0 {
+                slot.want_keyframe_from(track.end());
+            }
         }
         let thread = {
             let shared = shared.clone();
@@ -129,7 +139,8 @@ impl H264Stage {
 
     /// Makes the next frame a keyframe (the units before it were not this encoder's).
     pub fn request_keyframe(&self) {
-        lock(&self.shared.slot).keyframe_wanted = true;
+        let from = self.shared.track.end();
+        lock(&self.shared.slot).want_keyframe_from(from);
     }
 
     /// Offers a frame; a frame still waiting is replaced (it was never started).
@@ -193,7 +204,7 @@ fn run(shared: &Shared, track: &H264Track, settings: StageSettings) {
                     idle_since = None;
                 }
                 if let Some(job) = slot.job.take() {
-                    break (job, std::mem::take(&mut slot.keyframe_wanted));
+                    break (job, slot.keyframe_from.take());
                 }
                 slot = shared
                     .wake
@@ -202,6 +213,9 @@ fn run(shared: &Shared, track: &H264Track, settings: StageSettings) {
                     .0;
             }
         };
+        // Served already: the keyframe this encoder was making when the request came (the
+        // request was made before that keyframe was published, so it asked from its index).
+        let keyframe = keyframe.is_some_and(|from| !track.has_keyframe_from(from));
         let start = Instant::now();
         match encode(&mut encoder, &mut decoder, job, keyframe, settings) {
             Ok(Some(unit)) => {
@@ -312,4 +326,71 @@ impl Yuv420Buffer for DecodedPlanes {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A flat grey 64×64 picture.
+    struct Grey;
+
+    impl Yuv420Buffer for Grey {
+        fn planes(&self) -> [&[u8]; 3] {
+            static Y: [u8; 64 * 64] = [128; 64 * 64];
+            static C: [u8; 32 * 32] = [128; 32 * 32];
+            [&Y, &C, &C]
+        }
+        fn strides(&self) -> [usize; 3] {
+            [64, 32, 32]
+        }
+    }
+
+    fn job(seq: u64) -> Job {
+        Job {
+            seq,
+            captured: CaptureTime::now(),
+            width: 64,
+            height: 64,
+            picture: Picture::Planes(Arc::new(Grey)),
+        }
+    }
+
+    /// Offers frame `seq` and waits until it is published; whether it is a keyframe.
+    fn encode(stage: &H264Stage, track: &H264Track, seq: u64) -> bool {
+        let end = track.end();
+        stage.offer(job(seq));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !track.has_unit(end) {
+            assert!(Instant::now() < deadline, "frame {seq} not encoded");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        track.has_keyframe_from(end)
+    }
+
+    #[test]
+    fn a_request_served_by_the_keyframe_being_made_makes_no_second_one() {
+        let settings = StageSettings {
+            gop_seconds: 600.0,
+            ..StageSettings::for_tests()
+        };
+        let track = H264Track::new();
+        let stage = H264Stage::start(track.clone(), settings).unwrap();
+        let _consumer = track.consume(None);
+        assert!(encode(&stage, &track, 0));
+        // A request from unit 0 that reached the stage only after unit 0 (an IDR) was
+        // published: a client that joined while the encoder made that IDR starts at it.
+        track.tell(TrackNews::KeyframeWanted(0));
+        // Frames over 0.6 s, past the 0.5 s between forced IDRs: all P-frames.
+        let mut flags = Vec::new();
+        for seq in 1..13 {
+            flags.push(encode(&stage, &track, seq));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(flags.iter().all(|k| !k), "{flags:?}");
+        // A request for a unit not yet made is served (the 0.5 s gap has passed).
+        track.tell(TrackNews::KeyframeWanted(track.end()));
+        assert!(encode(&stage, &track, 13));
+        stage.stop();
+    }
 }
