@@ -69,12 +69,10 @@ pub fn make_source(config: &StreamConfig) -> Result<Box<dyn Source>, SourceError
         SourceSpec::Libcamera { .. } => Err(SourceError::Unavailable(
             "this build has no libcamera support".into(),
         )),
-        SourceSpec::V4l2 { device } => Ok(Box::new(source::v4l2::V4l2Source::new(
-            device.clone(),
-            w,
-            h,
-            fps,
-        ))),
+        SourceSpec::V4l2 { device } => Ok(Box::new(
+            source::v4l2::V4l2Source::new(device.clone(), w, h, fps)
+                .with_pixel_format(config.pixel_format),
+        )),
         SourceSpec::MjpegHttp { url } => Ok(Box::new(
             source::mjpeg_http::MjpegHttpSource::new(
                 url,

@@ -25,7 +25,7 @@ use v4l::Fraction;
 
 use super::controls::{open_device, set_control, write_device, DeviceControls, V4l2Controls};
 use super::convert::convert;
-use super::negotiate::{enumerate_formats, format_fps, fourcc_str, negotiate};
+use super::negotiate::{enumerate_formats, format_fps, fourcc_str, negotiate_format};
 use super::{describe_io, lock, panic_message, Interval, PixelFormat, V4l2Source};
 use crate::frame::{CaptureTime, Frame, Payload};
 use crate::source::i420::BufferPool;
@@ -79,15 +79,28 @@ impl V4l2Source {
             )));
         }
         let offers = enumerate_formats(&dev, Some((self.width, self.height, self.fps)));
-        let choice = negotiate(&offers, self.width, self.height, self.fps).ok_or_else(|| {
-            let offered: Vec<String> = offers.iter().map(|o| fourcc_str(o.fourcc)).collect();
-            SourceError::Failed(format!(
-                "{}: {} offers no format picamd can use (offered: {}; usable: MJPG, YUYV, NV12, YU12)",
-                path.display(),
-                caps.card,
-                if offered.is_empty() { "none".to_string() } else { offered.join(", ") }
-            ))
-        })?;
+        let choice = negotiate_format(&offers, self.format, self.width, self.height, self.fps)
+            .ok_or_else(|| {
+                let offered: Vec<String> = offers.iter().map(|o| fourcc_str(o.fourcc)).collect();
+                let offered = if offered.is_empty() {
+                    "none".to_string()
+                } else {
+                    offered.join(", ")
+                };
+                SourceError::Failed(match self.format {
+                    Some(f) => format!(
+                        "{}: {} does not offer {} (pixel_format; offered: {offered})",
+                        path.display(),
+                        caps.card,
+                        f.name()
+                    ),
+                    None => format!(
+                        "{}: {} offers no format picamd can use (offered: {offered}; usable: MJPG, YUYV, NV12, YU12)",
+                        path.display(),
+                        caps.card
+                    ),
+                })
+            })?;
         let got = dev
             .set_format(&Format::new(
                 choice.width,
