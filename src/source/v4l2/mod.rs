@@ -39,8 +39,8 @@ pub use self::controls::{control_writes, CtrlRange, DeviceControls, ExposureMode
 pub use self::convert::{nv12_to_i420, yu12_to_i420, yuyv_to_i420, ConvertError};
 pub use self::list::{describe_devices, list_devices, DeviceListing, FormatListing, SizeListing};
 pub use self::negotiate::{
-    negotiate, negotiate_format, stepwise_intervals, stepwise_sizes, Choice, FormatOffer, Interval, PixelFormat,
-    SizeOffer,
+    negotiate, negotiate_format, stepwise_intervals, stepwise_sizes, Choice, FormatOffer, Interval,
+    PixelFormat, SizeOffer,
 };
 
 use self::capture::{close_session, IdleWatch, Session, StopOnDrop};

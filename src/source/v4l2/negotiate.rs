@@ -259,12 +259,29 @@ pub fn stepwise_intervals(min: Interval, max: Interval, fps: Option<u32>) -> Vec
     out
 }
 
-/// A fourcc as text, `?` for bytes that are not printable.
+/// A fourcc as text as `v4l2-ctl` writes it: trailing spaces dropped (`Y10 ` is `Y10`), the
+/// big-endian flag (bit 31) as `-BE` (`Y16 -BE` is `Y16-BE`), `?` for other bytes that are
+/// not printable.
 pub(super) fn fourcc_str(fourcc: [u8; 4]) -> String {
-    fourcc
+    let big_endian = fourcc[3] & 0x80 != 0;
+    let mut bytes = fourcc;
+    bytes[3] &= 0x7f;
+    let text = bytes
         .iter()
-        .map(|&b| if b.is_ascii_graphic() { b as char } else { '?' })
-        .collect::<String>()
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '?'
+            }
+        })
+        .collect::<String>();
+    let text = text.trim_end();
+    if big_endian {
+        format!("{text}-BE")
+    } else {
+        text.to_string()
+    }
 }
 
 /// What a device offers: every capture format with its sizes (stepwise ranges sampled, see
@@ -424,6 +441,16 @@ mod tests {
     }
 
     #[test]
+    fn fourccs_read_as_v4l2_ctl_writes_them() {
+        assert_eq!(fourcc_str(*b"YUYV"), "YUYV");
+        // vivid offers these: padded with spaces, and with the big-endian flag.
+        assert_eq!(fourcc_str(*b"Y10 "), "Y10");
+        assert_eq!(fourcc_str([b'Y', b'1', b'6', b' ' | 0x80]), "Y16-BE");
+        assert_eq!(fourcc_str([b'X', b'R', b'1', b'5' | 0x80]), "XR15-BE");
+        assert_eq!(fourcc_str([b'A', 0, b'B', b'C']), "A?BC");
+    }
+
+    #[test]
     fn a_named_format_is_taken_even_when_a_better_one_is_offered() {
         let c = negotiate_format(&webcam(), Some(PixelFormat::Yuyv), 1280, 720, 30).unwrap();
         assert_eq!(c.format, PixelFormat::Yuyv);
@@ -438,7 +465,12 @@ mod tests {
         assert_eq!(PixelFormat::from_name("YU12"), Some(PixelFormat::I420));
         assert_eq!(PixelFormat::from_name("H264"), None);
         assert_eq!(PixelFormat::from_name("auto"), None);
-        for f in [PixelFormat::Mjpeg, PixelFormat::Yuyv, PixelFormat::Nv12, PixelFormat::I420] {
+        for f in [
+            PixelFormat::Mjpeg,
+            PixelFormat::Yuyv,
+            PixelFormat::Nv12,
+            PixelFormat::I420,
+        ] {
             assert_eq!(PixelFormat::from_name(f.name()), Some(f));
         }
     }
