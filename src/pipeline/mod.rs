@@ -324,6 +324,10 @@ impl FrameSink for Life {
         self.apply(match news {
             SourceNews::Starting => Event::Starting { new_run: false },
             SourceNews::Down(why) => Event::Down(why),
+            SourceNews::Described(what) => {
+                self.hub.set_source_name(what);
+                return;
+            }
         });
     }
 

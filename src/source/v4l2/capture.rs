@@ -245,7 +245,11 @@ impl V4l2Source {
                     }
                     guard.insert(s)
                 }
-                None => guard.insert(self.open_guarded()?),
+                None => {
+                    let session = guard.insert(self.open_guarded()?);
+                    ctx.describe(lock(&self.name).clone());
+                    session
+                }
             };
             write_device(&self.controls, |id, v| set_control(&session.dev, id, v));
             session.capture(ctx, &self.device)?;
