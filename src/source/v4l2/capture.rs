@@ -25,6 +25,7 @@ use v4l::Fraction;
 
 use super::controls::{open_device, set_control, write_device, DeviceControls, V4l2Controls};
 use super::convert::convert;
+use super::list::c_string;
 use super::negotiate::{enumerate_formats, format_fps, fourcc_str, negotiate_format};
 use super::{describe_io, lock, panic_message, Interval, PixelFormat, V4l2Source};
 use crate::frame::{CaptureTime, Frame, Payload};
@@ -56,9 +57,11 @@ impl V4l2Source {
             SourceError::Failed(format!("{}: {what}: {}", path.display(), describe_io(e)))
         };
         let dev = Device::with_path(path).map_err(|e| fail("cannot open", &e))?;
-        let caps = dev
+        let mut caps = dev
             .query_caps()
             .map_err(|e| fail("not a V4L2 device", &e))?;
+        caps.card = c_string(&caps.card);
+        caps.driver = c_string(&caps.driver);
         if !caps.capabilities.contains(CapFlags::VIDEO_CAPTURE) {
             return Err(SourceError::Failed(format!(
                 "{}: {} is not a video capture node{}",
@@ -66,6 +69,11 @@ impl V4l2Source {
                 caps.card,
                 if caps.capabilities.contains(CapFlags::META_CAPTURE) {
                     " (it is a metadata node; the camera's video node is usually the one numbered just before it)"
+                } else if caps
+                    .capabilities
+                    .intersects(CapFlags::VIDEO_M2M | CapFlags::VIDEO_M2M_MPLANE)
+                {
+                    " (it is a memory-to-memory codec or converter, not a camera)"
                 } else {
                     ""
                 }
