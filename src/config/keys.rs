@@ -206,6 +206,9 @@ config_keys! {
             "Frame size in pixels, WIDTHxHEIGHT, each even and 16..=7680.");
         fps "fps": i64 = Key::new(Int("N", Valid::Range(1, 120)), Value("30"),
             "Frames per second asked of the source.");
+        pixel_format "pixel_format": String = Key::new(Str("FOURCC"), Value("\"auto\""),
+            "V4L2 cameras: the pixel format to ask for: `auto` (MJPG if offered, else YUYV, \
+             NV12, YU12), or only one of `MJPG`, `YUYV`, `NV12`, `YU12`.");
         quality "quality": i64 = Key::new(Int("Q", Valid::Range(1, 100)), Value("80"),
             "JPEG quality.");
         workers "workers": i64 = Key::new(Int("N", Valid::Range(1, 16)),

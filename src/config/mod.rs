@@ -23,11 +23,14 @@ use crate::access::{CorsPolicy, TrustedProxies};
 use crate::auth::{AuthSpec, DigestHa1, PasswordHashString, TokenHash, User};
 use crate::led::LedSpec;
 use crate::source::controls::Controls;
+use crate::source::v4l2::PixelFormat;
 
 pub use keys::{key, ConfigLayer, StreamLayer, KEYS};
 use keys::{Key, Kind, Scope, Valid};
 use values::check_account_name;
-pub use values::{check_publish_url, check_stream_name, LogLevel, Size, SourceSpec};
+pub use values::{
+    check_publish_url, check_stream_name, LogLevel, PixelFormatPref, Size, SourceSpec,
+};
 
 /// A validated, complete configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -221,6 +224,8 @@ pub struct StreamConfig {
     pub size: Size,
     /// Frames per second the source is asked for.
     pub fps: u32,
+    /// V4L2 cameras: the one pixel format to ask for, or `None` for the best offered.
+    pub pixel_format: Option<PixelFormat>,
     /// JPEG quality, 1..=100.
     pub quality: u8,
     /// Number of JPEG encoder threads.
@@ -880,6 +885,7 @@ fn resolve_stream(layers: &Layers<StreamLayer>) -> Result<StreamConfig, ConfigEr
         source: parsed(&key::source, pick!(layers, source))?,
         size: parsed(&key::size, pick!(layers, size))?,
         fps: int(&key::fps, pick!(layers, fps))? as u32,
+        pixel_format: parsed::<PixelFormatPref>(&key::pixel_format, pick!(layers, pixel_format))?.0,
         quality: int(&key::quality, pick!(layers, quality))? as u8,
         workers: int_or(&key::workers, pick!(layers, workers), default_workers())? as usize,
         max_viewers: int(&key::max_viewers, pick!(layers, max_viewers))? as usize,

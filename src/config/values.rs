@@ -9,6 +9,7 @@ use std::str::FromStr;
 use crate::ffmpeg_child::redact_url;
 use crate::source::faults::FaultSchedule;
 use crate::source::screen::ScreenTarget;
+use crate::source::v4l2::PixelFormat;
 
 /// How much picamd logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -178,6 +179,23 @@ impl FromStr for SourceSpec {
                  or screen[:fb[:/dev/fbN]|:x11[:DISPLAY]]"
             )),
         }
+    }
+}
+
+/// The `pixel_format` key: what a V4L2 camera is asked for. `auto` (`None`) takes the best
+/// format it offers; a fourcc (`MJPG`, `YUYV`, `NV12`, `YU12`) only that one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PixelFormatPref(pub Option<PixelFormat>);
+
+impl FromStr for PixelFormatPref {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(PixelFormatPref(None));
+        }
+        PixelFormat::from_name(s)
+            .map(|f| PixelFormatPref(Some(f)))
+            .ok_or_else(|| "use auto, MJPG, YUYV, NV12 or YU12".to_string())
     }
 }
 

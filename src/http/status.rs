@@ -167,7 +167,7 @@ impl Snapshot {
             stream: info.name.clone(),
             source: SourceState {
                 kind: info.source.kind,
-                name: info.source.name.clone(),
+                name: hub.source_name(),
                 state: state.as_str(),
                 error: match state {
                     crate::hub::SourceState::Error(e) | crate::hub::SourceState::Stalled(e) => {

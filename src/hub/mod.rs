@@ -252,6 +252,9 @@ struct Shared {
     stats: Stats,
     publish_times: Mutex<VecDeque<Instant>>,
     source_state: Mutex<SourceState>,
+    /// What the source said it delivers ([`Hub::set_source_name`]); `None`: the configured
+    /// name in `info`.
+    source_name: Mutex<Option<String>>,
     /// When the source last produced a frame.
     last_captured: Mutex<Option<Instant>>,
     /// Sequence numbers for every frame, real or "no signal", so they interleave in order.
@@ -307,6 +310,7 @@ impl Hub {
                 stats: Stats::default(),
                 publish_times: Mutex::new(VecDeque::with_capacity(FPS_WINDOW_FRAMES)),
                 source_state: Mutex::new(SourceState::Starting),
+                source_name: Mutex::new(None),
                 last_captured: Mutex::new(None),
                 next_seq: AtomicU64::new(1),
                 info,
@@ -474,6 +478,18 @@ impl Hub {
     }
 
     /// Posts the stream's state (the pipeline's state machine is its only writer).
+    /// What the source delivers now, in place of its configured name (`/state`).
+    pub fn set_source_name(&self, name: String) {
+        *lock(&self.shared.source_name) = Some(name);
+    }
+
+    /// The source's name as it last described itself, else the configured one.
+    pub fn source_name(&self) -> String {
+        lock(&self.shared.source_name)
+            .clone()
+            .unwrap_or_else(|| self.shared.info.source.name.clone())
+    }
+
     pub fn set_source_state(&self, state: SourceState) {
         *lock(&self.shared.source_state) = state;
     }
@@ -622,6 +638,18 @@ mod tests {
             h.latest().unwrap().jpeg(),
             bytes::Bytes::from_static(&[0xFF, 0xD8, 0xFF, 0xD9])
         );
+    }
+
+    #[test]
+    fn the_source_name_is_the_configured_one_until_the_source_describes_itself() {
+        let h = hub(1);
+        assert_eq!(h.source_name(), "unit");
+        h.set_source_name("vivid (/dev/video0): NV12 640x480 @ 30 fps".into());
+        assert_eq!(
+            h.source_name(),
+            "vivid (/dev/video0): NV12 640x480 @ 30 fps"
+        );
+        assert_eq!(h.info().source.name, "unit");
     }
 
     #[test]

@@ -69,12 +69,10 @@ pub fn make_source(config: &StreamConfig) -> Result<Box<dyn Source>, SourceError
         SourceSpec::Libcamera { .. } => Err(SourceError::Unavailable(
             "this build has no libcamera support".into(),
         )),
-        SourceSpec::V4l2 { device } => Ok(Box::new(source::v4l2::V4l2Source::new(
-            device.clone(),
-            w,
-            h,
-            fps,
-        ))),
+        SourceSpec::V4l2 { device } => Ok(Box::new(
+            source::v4l2::V4l2Source::new(device.clone(), w, h, fps)
+                .with_pixel_format(config.pixel_format),
+        )),
         SourceSpec::MjpegHttp { url } => Ok(Box::new(
             source::mjpeg_http::MjpegHttpSource::new(
                 url,
@@ -326,6 +324,10 @@ impl FrameSink for Life {
         self.apply(match news {
             SourceNews::Starting => Event::Starting { new_run: false },
             SourceNews::Down(why) => Event::Down(why),
+            SourceNews::Described(what) => {
+                self.hub.set_source_name(what);
+                return;
+            }
         });
     }
 

@@ -75,6 +75,9 @@ pub enum SourceNews {
     /// It runs but has nothing to show, for this reason (a file that ended): viewers see
     /// "no signal" with it until the next frame.
     Down(String),
+    /// What it delivers now that the device is open (`/state`'s source name), e.g.
+    /// "vivid (/dev/video0): NV12 640x480 @ 30 fps" instead of the configured path.
+    Described(String),
 }
 
 /// Where a running source's frames and news go. The pipeline implements it; tests use
@@ -191,6 +194,12 @@ impl SourceContext {
     /// Reports that the source runs but has nothing to show, and why.
     pub fn mark_down(&self, why: String) {
         self.sink.news(SourceNews::Down(why));
+    }
+
+    /// Reports what the source delivers now (after opening its device): `/state` shows it
+    /// as the source's name.
+    pub fn describe(&self, what: String) {
+        self.sink.news(SourceNews::Described(what));
     }
 }
 

@@ -25,7 +25,8 @@ use v4l::Fraction;
 
 use super::controls::{open_device, set_control, write_device, DeviceControls, V4l2Controls};
 use super::convert::convert;
-use super::negotiate::{enumerate_formats, format_fps, fourcc_str, negotiate};
+use super::list::c_string;
+use super::negotiate::{enumerate_formats, format_fps, fourcc_str, negotiate_format};
 use super::{describe_io, lock, panic_message, Interval, PixelFormat, V4l2Source};
 use crate::frame::{CaptureTime, Frame, Payload};
 use crate::source::i420::BufferPool;
@@ -56,9 +57,11 @@ impl V4l2Source {
             SourceError::Failed(format!("{}: {what}: {}", path.display(), describe_io(e)))
         };
         let dev = Device::with_path(path).map_err(|e| fail("cannot open", &e))?;
-        let caps = dev
+        let mut caps = dev
             .query_caps()
             .map_err(|e| fail("not a V4L2 device", &e))?;
+        caps.card = c_string(&caps.card);
+        caps.driver = c_string(&caps.driver);
         if !caps.capabilities.contains(CapFlags::VIDEO_CAPTURE) {
             return Err(SourceError::Failed(format!(
                 "{}: {} is not a video capture node{}",
@@ -66,6 +69,11 @@ impl V4l2Source {
                 caps.card,
                 if caps.capabilities.contains(CapFlags::META_CAPTURE) {
                     " (it is a metadata node; the camera's video node is usually the one numbered just before it)"
+                } else if caps
+                    .capabilities
+                    .intersects(CapFlags::VIDEO_M2M | CapFlags::VIDEO_M2M_MPLANE)
+                {
+                    " (it is a memory-to-memory codec or converter, not a camera)"
                 } else {
                     ""
                 }
@@ -79,15 +87,28 @@ impl V4l2Source {
             )));
         }
         let offers = enumerate_formats(&dev, Some((self.width, self.height, self.fps)));
-        let choice = negotiate(&offers, self.width, self.height, self.fps).ok_or_else(|| {
-            let offered: Vec<String> = offers.iter().map(|o| fourcc_str(o.fourcc)).collect();
-            SourceError::Failed(format!(
-                "{}: {} offers no format picamd can use (offered: {}; usable: MJPG, YUYV, NV12, YU12)",
-                path.display(),
-                caps.card,
-                if offered.is_empty() { "none".to_string() } else { offered.join(", ") }
-            ))
-        })?;
+        let choice = negotiate_format(&offers, self.format, self.width, self.height, self.fps)
+            .ok_or_else(|| {
+                let offered: Vec<String> = offers.iter().map(|o| fourcc_str(o.fourcc)).collect();
+                let offered = if offered.is_empty() {
+                    "none".to_string()
+                } else {
+                    offered.join(", ")
+                };
+                SourceError::Failed(match self.format {
+                    Some(f) => format!(
+                        "{}: {} does not offer {} (pixel_format; offered: {offered})",
+                        path.display(),
+                        caps.card,
+                        f.name()
+                    ),
+                    None => format!(
+                        "{}: {} offers no format picamd can use (offered: {offered}; usable: MJPG, YUYV, NV12, YU12)",
+                        path.display(),
+                        caps.card
+                    ),
+                })
+            })?;
         let got = dev
             .set_format(&Format::new(
                 choice.width,
@@ -232,7 +253,11 @@ impl V4l2Source {
                     }
                     guard.insert(s)
                 }
-                None => guard.insert(self.open_guarded()?),
+                None => {
+                    let session = guard.insert(self.open_guarded()?);
+                    ctx.describe(lock(&self.name).clone());
+                    session
+                }
             };
             write_device(&self.controls, |id, v| set_control(&session.dev, id, v));
             session.capture(ctx, &self.device)?;

@@ -22,6 +22,9 @@ pub struct DeviceListing {
     pub bus: String,
     /// A video capture node (not a metadata or output node).
     pub capture: bool,
+    /// A memory-to-memory device (a hardware codec or converter such as the Pi's
+    /// `bcm2835-codec` or the kernel's `vicodec`): not a camera.
+    pub m2m: bool,
     pub formats: Vec<FormatListing>,
     /// Why the node could not be opened or queried.
     pub error: Option<String>,
@@ -99,6 +102,7 @@ fn probe(path: PathBuf, by_id: Vec<PathBuf>) -> DeviceListing {
         card: String::new(),
         bus: String::new(),
         capture: false,
+        m2m: false,
         formats: Vec::new(),
         error: None,
     };
@@ -109,10 +113,15 @@ fn probe(path: PathBuf, by_id: Vec<PathBuf>) -> DeviceListing {
         let caps = dev
             .query_caps()
             .map_err(|e| format!("not a V4L2 device: {}", describe_io(&e)))?;
-        listing.driver = caps.driver;
-        listing.card = caps.card;
-        listing.bus = caps.bus;
-        listing.capture = caps.capabilities.contains(CapFlags::VIDEO_CAPTURE);
+        listing.driver = c_string(&caps.driver);
+        listing.card = c_string(&caps.card);
+        listing.bus = c_string(&caps.bus);
+        // V4L2 reports a device's capabilities and, with DEVICE_CAPS, this node's; the v4l
+        // crate's `capabilities` is the node's where the driver gives them (all do now).
+        listing.m2m = caps
+            .capabilities
+            .intersects(CapFlags::VIDEO_M2M | CapFlags::VIDEO_M2M_MPLANE);
+        listing.capture = caps.capabilities.contains(CapFlags::VIDEO_CAPTURE) && !listing.m2m;
         if listing.capture {
             listing.formats = enumerate_formats(&dev, None)
                 .into_iter()
@@ -165,6 +174,9 @@ impl fmt::Display for DeviceListing {
             write!(f, ", {}", self.bus)?;
         }
         write!(f, ")")?;
+        if self.m2m {
+            return writeln!(f, " — a memory-to-memory codec or converter, not a camera");
+        }
         if !self.capture {
             return writeln!(
                 f,
@@ -209,6 +221,14 @@ impl fmt::Display for DeviceListing {
     }
 }
 
+/// A `VIDIOC_QUERYCAP` string as C reads it: up to the first NUL. The v4l crate keeps all of
+/// the field but its trailing NULs, so what a driver left behind survives: vicodec writes
+/// "platform:vicodec" over the core's "platform:vicodec.0", and the field then holds
+/// "platform:vicodec\00" (seen as a line break in `--list-cameras` in the VM).
+pub(super) fn c_string(field: &str) -> String {
+    field.split('\0').next().unwrap_or_default().to_string()
+}
+
 /// The text of `--list-cameras`: every listing, or a line saying there is none.
 pub fn describe_devices(list: &[DeviceListing]) -> String {
     if list.is_empty() {
@@ -220,6 +240,13 @@ pub fn describe_devices(list: &[DeviceListing]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn querycap_strings_end_at_the_first_nul() {
+        assert_eq!(c_string("platform:vicodec\u{0}0"), "platform:vicodec");
+        assert_eq!(c_string("vivid"), "vivid");
+        assert_eq!(c_string(""), "");
+    }
 
     #[test]
     fn listing_without_devices_is_empty_and_does_not_panic() {
@@ -267,6 +294,7 @@ mod tests {
             card: "HD Webcam".into(),
             bus: "usb-0000:00:14.0-1".into(),
             capture: true,
+            m2m: false,
             formats: vec![
                 FormatListing {
                     fourcc: "MJPG".into(),
@@ -300,11 +328,20 @@ mod tests {
         assert!(text.contains("H264 (H.264) — not usable by picamd"));
         let meta = DeviceListing {
             capture: false,
+            m2m: false,
             formats: vec![],
             by_id: vec![],
             path: PathBuf::from("/dev/video1"),
             ..d
         };
         assert!(meta.to_string().contains("not a video capture node"));
+        let codec = DeviceListing {
+            m2m: true,
+            card: "vicodec".into(),
+            ..meta
+        };
+        assert!(codec
+            .to_string()
+            .contains("vicodec (uvcvideo, usb-0000:00:14.0-1) — a memory-to-memory codec"));
     }
 }

@@ -39,8 +39,8 @@ pub use self::controls::{control_writes, CtrlRange, DeviceControls, ExposureMode
 pub use self::convert::{nv12_to_i420, yu12_to_i420, yuyv_to_i420, ConvertError};
 pub use self::list::{describe_devices, list_devices, DeviceListing, FormatListing, SizeListing};
 pub use self::negotiate::{
-    negotiate, stepwise_intervals, stepwise_sizes, Choice, FormatOffer, Interval, PixelFormat,
-    SizeOffer,
+    negotiate, negotiate_format, stepwise_intervals, stepwise_sizes, Choice, FormatOffer, Interval,
+    PixelFormat, SizeOffer,
 };
 
 use self::capture::{close_session, IdleWatch, Session, StopOnDrop};
@@ -54,6 +54,8 @@ pub struct V4l2Source {
     width: u32,
     height: u32,
     fps: u32,
+    /// The `pixel_format` key: one format only, or `None` for the best offered.
+    format: Option<PixelFormat>,
     controls: Arc<V4l2Controls>,
     /// For [`SourceInfo::name`]: the path until the device was opened, then what it delivers.
     name: Arc<Mutex<String>>,
@@ -68,6 +70,7 @@ impl V4l2Source {
             width,
             height,
             fps: fps.max(1),
+            format: None,
             controls: Arc::new(controls::new_controls()),
             name: Arc::new(Mutex::new(name)),
         }
@@ -79,6 +82,13 @@ impl V4l2Source {
     pub fn with_controls(self, controls: Controls) -> Result<Self, InvalidControl> {
         self.controls.preset(&controls)?;
         Ok(self)
+    }
+
+    /// Asks the device for this pixel format only (the `pixel_format` key); `None`, the
+    /// default, takes the best it offers (MJPEG, else YUYV, NV12, YU12).
+    pub fn with_pixel_format(mut self, format: Option<PixelFormat>) -> Self {
+        self.format = format;
+        self
     }
 
     pub fn device(&self) -> &Path {

@@ -26,6 +26,28 @@ pub enum PixelFormat {
 }
 
 impl PixelFormat {
+    /// The format a `pixel_format` setting names: its fourcc (`MJPG`, `YUYV`, `NV12`,
+    /// `YU12`; also `JPEG` and `I420`), any case.
+    pub fn from_name(name: &str) -> Option<Self> {
+        let upper = name.to_ascii_uppercase();
+        match upper.as_str() {
+            "I420" => Some(PixelFormat::I420),
+            _ => <[u8; 4]>::try_from(upper.as_bytes())
+                .ok()
+                .and_then(Self::from_fourcc),
+        }
+    }
+
+    /// The fourcc picamd names the format by.
+    pub fn name(self) -> &'static str {
+        match self {
+            PixelFormat::Mjpeg => "MJPG",
+            PixelFormat::Yuyv => "YUYV",
+            PixelFormat::Nv12 => "NV12",
+            PixelFormat::I420 => "YU12",
+        }
+    }
+
     pub fn from_fourcc(fourcc: [u8; 4]) -> Option<Self> {
         match &fourcc {
             b"MJPG" | b"JPEG" => Some(PixelFormat::Mjpeg),
@@ -114,9 +136,22 @@ pub struct Choice {
 /// dimensions, else the largest; raw formats only consider even sizes. Interval: the one
 /// whose rate is closest to `fps`, the faster one on a tie. `None` if nothing is usable.
 pub fn negotiate(offers: &[FormatOffer], width: u32, height: u32, fps: u32) -> Option<Choice> {
+    negotiate_format(offers, None, width, height, fps)
+}
+
+/// [`negotiate`] among the offers of one format only (`only`), or of every usable format
+/// (`None`, the `auto` of the `pixel_format` key).
+pub fn negotiate_format(
+    offers: &[FormatOffer],
+    only: Option<PixelFormat>,
+    width: u32,
+    height: u32,
+    fps: u32,
+) -> Option<Choice> {
     let (format, offer) = offers
         .iter()
         .filter_map(|o| PixelFormat::from_fourcc(o.fourcc).map(|f| (f, o)))
+        .filter(|(f, _)| only.is_none_or(|o| o == *f))
         .filter(|(f, o)| o.sizes.is_empty() || o.sizes.iter().any(|s| size_usable(*f, s)))
         .min_by_key(|(f, _)| *f)?;
     if offer.sizes.is_empty() {
@@ -224,12 +259,29 @@ pub fn stepwise_intervals(min: Interval, max: Interval, fps: Option<u32>) -> Vec
     out
 }
 
-/// A fourcc as text, `?` for bytes that are not printable.
+/// A fourcc as text as `v4l2-ctl` writes it: trailing spaces dropped (`Y10 ` is `Y10`), the
+/// big-endian flag (bit 31) as `-BE` (`Y16 -BE` is `Y16-BE`), `?` for other bytes that are
+/// not printable.
 pub(super) fn fourcc_str(fourcc: [u8; 4]) -> String {
-    fourcc
+    let big_endian = fourcc[3] & 0x80 != 0;
+    let mut bytes = fourcc;
+    bytes[3] &= 0x7f;
+    let text = bytes
         .iter()
-        .map(|&b| if b.is_ascii_graphic() { b as char } else { '?' })
-        .collect::<String>()
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '?'
+            }
+        })
+        .collect::<String>();
+    let text = text.trim_end();
+    if big_endian {
+        format!("{text}-BE")
+    } else {
+        text.to_string()
+    }
 }
 
 /// What a device offers: every capture format with its sizes (stepwise ranges sampled, see
@@ -386,6 +438,41 @@ mod tests {
         // Smaller than anything: the smallest covering it.
         let c = negotiate(&webcam(), 320, 240, 30).unwrap();
         assert_eq!((c.width, c.height), (640, 480));
+    }
+
+    #[test]
+    fn fourccs_read_as_v4l2_ctl_writes_them() {
+        assert_eq!(fourcc_str(*b"YUYV"), "YUYV");
+        // vivid offers these: padded with spaces, and with the big-endian flag.
+        assert_eq!(fourcc_str(*b"Y10 "), "Y10");
+        assert_eq!(fourcc_str([b'Y', b'1', b'6', b' ' | 0x80]), "Y16-BE");
+        assert_eq!(fourcc_str([b'X', b'R', b'1', b'5' | 0x80]), "XR15-BE");
+        assert_eq!(fourcc_str([b'A', 0, b'B', b'C']), "A?BC");
+    }
+
+    #[test]
+    fn a_named_format_is_taken_even_when_a_better_one_is_offered() {
+        let c = negotiate_format(&webcam(), Some(PixelFormat::Yuyv), 1280, 720, 30).unwrap();
+        assert_eq!(c.format, PixelFormat::Yuyv);
+        assert_eq!((c.width, c.height), (1280, 720));
+        assert_eq!(c.interval, Some(Interval::from_fps(10)));
+        assert_eq!(
+            negotiate_format(&webcam(), Some(PixelFormat::Nv12), 1280, 720, 30),
+            None
+        );
+        assert_eq!(PixelFormat::from_name("nv12"), Some(PixelFormat::Nv12));
+        assert_eq!(PixelFormat::from_name("I420"), Some(PixelFormat::I420));
+        assert_eq!(PixelFormat::from_name("YU12"), Some(PixelFormat::I420));
+        assert_eq!(PixelFormat::from_name("H264"), None);
+        assert_eq!(PixelFormat::from_name("auto"), None);
+        for f in [
+            PixelFormat::Mjpeg,
+            PixelFormat::Yuyv,
+            PixelFormat::Nv12,
+            PixelFormat::I420,
+        ] {
+            assert_eq!(PixelFormat::from_name(f.name()), Some(f));
+        }
     }
 
     #[test]
