@@ -14,6 +14,7 @@
 //! sink (the hub keeps only the newest). Already-encoded JPEG frames bypass the workers.
 
 pub mod h264;
+pub mod m2m;
 
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
