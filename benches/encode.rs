@@ -664,7 +664,8 @@ fn bench_pool(
         dropped_busy: AtomicU64::new(0),
         encode_us_total: AtomicU64::new(0),
     });
-    let (pool, threads) = EncoderPool::start(workers, QUALITY, stats.clone()).expect("start pool");
+    let (pool, threads) =
+        EncoderPool::start(workers, QUALITY, stats.clone(), None).expect("start pool");
     let mut seq = 0u64;
     let mut submit_until = |deadline: Instant| {
         while Instant::now() < deadline {

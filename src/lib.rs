@@ -23,6 +23,7 @@ pub mod access;
 pub mod auth;
 pub mod config;
 pub mod encode;
+pub mod encoder_check;
 pub mod ffmpeg_child;
 pub mod frame;
 #[cfg(fuzzing)]

@@ -43,6 +43,26 @@ struct Cli {
     /// non-zero when there is no camera.
     #[arg(long)]
     list_cameras: bool,
+    /// List the V4L2 memory-to-memory encoders this machine has (a Pi 0-4's H.264 and JPEG
+    /// encoders) and what each stream's `jpeg_encoder` / `h264_encoder` would use, then exit.
+    #[arg(long)]
+    list_encoders: bool,
+    /// Encode frames of the test pattern (at `--size` and `--fps`) with the M2M encoder at
+    /// DEVICE, check every coded frame, print the times, then exit: 0 when it works.
+    #[arg(long, value_name = "DEVICE")]
+    encoder_check: Option<PathBuf>,
+    /// With `--encoder-check`: how many frames.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 60,
+        requires = "encoder_check"
+    )]
+    encoder_check_frames: u32,
+    /// With `--encoder-check`: write the coded stream to PREFIX.coded and the raw I420 frames
+    /// fed in to PREFIX.yuv.
+    #[arg(long, value_name = "PREFIX", requires = "encoder_check")]
+    encoder_check_out: Option<PathBuf>,
     /// Check the configuration (file and flags) and the account to run as, print what it
     /// resolves to, then exit: 0 when it is valid, 2 with the offending key when not. The
     /// SD image checks a `picamd.toml` from the boot partition this way before using it.
@@ -77,11 +97,39 @@ fn main() -> ExitCode {
         picamd::logging::init(level.unwrap_or_default());
         return list_cameras();
     }
+    let (list_encoders, encoder_check) = (cli.list_encoders, cli.encoder_check.clone());
+    let (check_frames, check_out) = (cli.encoder_check_frames, cli.encoder_check_out.clone());
     let config = match cli.config() {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
     picamd::logging::init(config.log_level);
+    if list_encoders {
+        return print_encoders(&config);
+    }
+    if let Some(device) = encoder_check {
+        let s = &config.streams[0];
+        return match picamd::encoder_check::check(
+            &device,
+            s.size.width,
+            s.size.height,
+            s.fps,
+            check_frames,
+            check_out.as_deref(),
+        ) {
+            Ok(report) => {
+                for line in report.lines {
+                    println!("encoder-check: {line}");
+                }
+                println!("encoder-check: PASS");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("picamd: encoder check: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let plan = match picamd::privileges::plan(&config) {
         Ok(p) => p,
         Err(e) => return config_error(&e),
@@ -578,6 +626,33 @@ fn run(
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// `--list-encoders`: the M2M encoders, and each stream's choice.
+fn print_encoders(config: &Config) -> ExitCode {
+    println!("V4L2 memory-to-memory encoders:");
+    for line in picamd::encoder_check::list_encoders() {
+        println!("{line}");
+    }
+    for s in &config.streams {
+        let plan = picamd::pipeline::EncoderPlan::for_config(s);
+        for (codec, p) in [("JPEG", &plan.jpeg), ("H.264", &plan.h264)] {
+            let state = p.initial_state();
+            println!(
+                "stream {}: {codec}: {} ({} = {}): {}",
+                s.name,
+                state.using,
+                if codec == "JPEG" {
+                    "jpeg_encoder"
+                } else {
+                    "h264_encoder"
+                },
+                state.configured,
+                p.why
+            );
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// `--list-cameras`: what each camera stack sees. Exit status 1 when no camera was found.

@@ -243,6 +243,16 @@ config_keys! {
         h264_gop "h264_gop": i64 = Key::new(Int("SECONDS", Valid::Range(1, 60)), Value("2"),
             "Seconds from one H.264 keyframe to the next (a new viewer gets a keyframe at once \
              anyway).");
+        jpeg_encoder "jpeg_encoder": String = Key::new(Str("ENCODER"), Value("\"auto\""),
+            "What encodes the stream's JPEGs: `auto` (a V4L2 memory-to-memory JPEG encoder if \
+             there is one, as on a Pi 0-4, else software), `software` (TurboJPEG), or \
+             `v4l2:/dev/videoN`. A device that fails hands over to software and is retried \
+             (docs/encoders.md).");
+        h264_encoder "h264_encoder": String = Key::new(Str("ENCODER"), Value("\"auto\""),
+            "What encodes the stream's H.264: `auto` (a V4L2 memory-to-memory H.264 encoder if \
+             there is one, as on a Pi 0-4, else software), `software` (OpenH264), or \
+             `v4l2:/dev/videoN`. A device that fails hands over to software and is retried \
+             (docs/encoders.md).");
         publish "publish": Vec<String> = Key::new(List("URL"), Unset("none"),
             "Servers to push the stream's H.264 to: rtmp://, rtmps://, rtsp:// or rtsps:// \
              URLs (nginx-rtmp, MediaMTX, a streaming platform); each reconnects by itself.");

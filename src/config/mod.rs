@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use crate::access::{CorsPolicy, TrustedProxies};
 use crate::auth::{AuthSpec, DigestHa1, PasswordHashString, TokenHash, User};
+pub use crate::encode::m2m::EncoderPref;
 use crate::led::LedSpec;
 use crate::source::controls::Controls;
 use crate::source::v4l2::PixelFormat;
@@ -228,6 +229,8 @@ pub struct StreamConfig {
     pub pixel_format: Option<PixelFormat>,
     /// JPEG quality, 1..=100.
     pub quality: u8,
+    /// What encodes the JPEGs.
+    pub jpeg_encoder: EncoderPref,
     /// Number of JPEG encoder threads.
     pub workers: usize,
     /// Most concurrent stream viewers (MJPEG + WebSocket) before new ones get 503.
@@ -248,12 +251,14 @@ pub struct StreamConfig {
 }
 
 /// The stream's H.264 settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct H264Options {
     /// Target bits per second; `None`: scaled to the frame size and rate.
     pub bitrate: Option<u32>,
     /// Seconds from one keyframe to the next.
     pub gop_seconds: u32,
+    /// What encodes it.
+    pub encoder: EncoderPref,
 }
 
 /// Most streams one instance runs; each costs threads and, while watched, CPU.
@@ -887,6 +892,7 @@ fn resolve_stream(layers: &Layers<StreamLayer>) -> Result<StreamConfig, ConfigEr
         fps: int(&key::fps, pick!(layers, fps))? as u32,
         pixel_format: parsed::<PixelFormatPref>(&key::pixel_format, pick!(layers, pixel_format))?.0,
         quality: int(&key::quality, pick!(layers, quality))? as u8,
+        jpeg_encoder: parsed(&key::jpeg_encoder, pick!(layers, jpeg_encoder))?,
         workers: int_or(&key::workers, pick!(layers, workers), default_workers())? as usize,
         max_viewers: int(&key::max_viewers, pick!(layers, max_viewers))? as usize,
         controls,
@@ -904,6 +910,7 @@ fn resolve_stream(layers: &Layers<StreamLayer>) -> Result<StreamConfig, ConfigEr
                 v => Some(int_or(&key::h264_bitrate, v, 0)? as u32),
             },
             gop_seconds: int(&key::h264_gop, pick!(layers, h264_gop))? as u32,
+            encoder: parsed(&key::h264_encoder, pick!(layers, h264_encoder))?,
         },
         publish: match pick!(layers, publish) {
             None => Vec::new(),

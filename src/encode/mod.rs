@@ -12,7 +12,14 @@
 //! worker is idle, otherwise the frame is dropped at once, so the source never waits and no
 //! queue of stale frames can build up. Frames that finish out of order are dropped by the
 //! sink (the hub keeps only the newest). Already-encoded JPEG frames bypass the workers.
+//!
+//! With a hardware JPEG encoder (`jpeg_encoder`, [`fallback::JpegBackend`]) the pool has one
+//! worker, which feeds the device: the device encodes one frame at a time however many
+//! threads feed it, and more workers would only encode the frames it is busy for in
+//! software, burning the CPU the device is there to spare. TurboJPEG stays that worker's
+//! fallback when the device fails.
 
+pub mod fallback;
 pub mod h264;
 pub mod m2m;
 
@@ -24,6 +31,7 @@ use std::time::{Duration, Instant};
 use turbojpeg::{Compressor, Subsamp, YuvPlanesImage};
 
 use crate::frame::{planes_hold, EncodedFrame, Frame, Payload, Yuv420Buffer};
+use fallback::{EncoderNews, JpegBackend};
 
 /// Where encoded frames go, and what the pool tells about its work.
 pub trait EncodeSink: Send + Sync + 'static {
@@ -31,6 +39,8 @@ pub trait EncodeSink: Send + Sync + 'static {
     fn publish(&self, frame: EncodedFrame);
     /// What happened to one frame, for the counters.
     fn count(&self, event: EncodeEvent);
+    /// The encoder changed (a hardware one opened, or failed and software took over).
+    fn encoder_news(&self, _news: EncoderNews) {}
 }
 
 /// Counted outcomes of the pool's work.
@@ -74,21 +84,24 @@ impl EncoderThreads {
 }
 
 impl EncoderPool {
-    /// Starts `workers` threads that encode at `quality` into `sink`.
+    /// Starts `workers` threads that encode at `quality` into `sink`; with `hardware` (an
+    /// M2M JPEG encoder node and the stream's frame rate), one thread that uses it.
     pub fn start(
         workers: usize,
         quality: u8,
         sink: Arc<dyn EncodeSink>,
+        hardware: Option<(std::path::PathBuf, u32)>,
     ) -> std::io::Result<(EncoderPool, EncoderThreads)> {
+        let workers = if hardware.is_some() { 1 } else { workers };
         let (tx, rx) = mpsc::sync_channel::<Frame>(0);
         let rx = Arc::new(Mutex::new(rx));
         let mut handles = Vec::with_capacity(workers);
         for i in 0..workers {
-            let (rx, sink) = (rx.clone(), sink.clone());
+            let (rx, sink, hardware) = (rx.clone(), sink.clone(), hardware.clone());
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("enc-{i}"))
-                    .spawn(move || worker(rx, sink, quality))?,
+                    .spawn(move || worker(rx, sink, quality, hardware))?,
             );
         }
         Ok((EncoderPool { tx, sink }, EncoderThreads { handles }))
@@ -115,8 +128,17 @@ impl EncoderPool {
     }
 }
 
-fn worker(rx: Arc<Mutex<Receiver<Frame>>>, sink: Arc<dyn EncodeSink>, quality: u8) {
-    let mut encoder = match JpegEncoder::new(quality) {
+fn worker(
+    rx: Arc<Mutex<Receiver<Frame>>>,
+    sink: Arc<dyn EncodeSink>,
+    quality: u8,
+    hardware: Option<(std::path::PathBuf, u32)>,
+) {
+    let report = {
+        let sink = sink.clone();
+        Arc::new(move |news| sink.encoder_news(news))
+    };
+    let mut encoder = match JpegBackend::new(quality, hardware, report) {
         Ok(e) => e,
         Err(e) => {
             tracing::error!(error = %e, "cannot create a JPEG compressor; worker exits");

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::{no_cache_headers, AppState, Streams};
 use crate::frame::H264Supply;
-use crate::hub::{Hub, Output};
+use crate::hub::{EncoderState, Hub, Output};
 
 /// The body of `/state`.
 #[derive(Debug, Serialize)]
@@ -102,6 +102,10 @@ pub struct Viewers {
 
 #[derive(Debug, Serialize)]
 pub struct Encoder {
+    /// What encodes the JPEGs (`jpeg_encoder`): as configured, what runs, why, and how
+    /// often a hardware encoder failed over to software.
+    #[serde(flatten)]
+    pub state: EncoderState,
     pub workers: usize,
     pub quality: u8,
     /// Mean encode time per frame since start, in milliseconds.
@@ -137,6 +141,8 @@ pub struct H264 {
     pub errors: u64,
     /// Frames not encoded because the encoder was still busy.
     pub skipped_busy: u64,
+    /// What encodes it (`h264_encoder`), as for JPEG under `encoder`.
+    pub encoder: EncoderState,
 }
 
 #[derive(Debug, Serialize)]
@@ -204,6 +210,7 @@ impl Snapshot {
                 refused: s.viewers_refused.load(Ordering::Relaxed),
             },
             encoder: Encoder {
+                state: hub.jpeg_encoder(),
                 workers: info.workers,
                 quality: info.quality,
                 mean_ms: mean_ms(s.encode_us_total.load(Ordering::Relaxed), encoded),
@@ -246,6 +253,7 @@ impl Snapshot {
                     mean_ms: mean_ms(t.encode_us_total.load(Ordering::Relaxed), encoded),
                     errors: t.errors.load(Ordering::Relaxed),
                     skipped_busy: t.skipped_busy.load(Ordering::Relaxed),
+                    encoder: track.encoder(),
                 }
             },
             publish: hub

@@ -114,6 +114,8 @@ pub(super) struct Track {
     bytes_total: AtomicU64,
     stats: H264Stats,
     closed: AtomicBool,
+    /// The encoder in use, for `/state`.
+    encoder: Mutex<super::EncoderState>,
 }
 
 /// Handle to a stream's H.264 track; cheap to clone.
@@ -148,6 +150,7 @@ impl H264Track {
                 bytes_total: Default::default(),
                 stats: H264Stats::default(),
                 closed: AtomicBool::new(false),
+                encoder: Mutex::new(super::EncoderState::default()),
             }),
         }
     }
@@ -163,6 +166,15 @@ impl H264Track {
         if let Some(l) = self.track.listener.get() {
             l(news);
         }
+    }
+
+    /// Changes what `/state` says of the H.264 encoder.
+    pub fn set_encoder(&self, change: impl FnOnce(&mut super::EncoderState)) {
+        change(&mut lock(&self.track.encoder));
+    }
+
+    pub fn encoder(&self) -> super::EncoderState {
+        lock(&self.track.encoder).clone()
     }
 
     /// Consumers right now.

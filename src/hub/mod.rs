@@ -260,7 +260,21 @@ struct Shared {
     /// Sequence numbers for every frame, real or "no signal", so they interleave in order.
     next_seq: AtomicU64,
     info: PipelineInfo,
+    /// The JPEG encoder in use ([`Hub::set_jpeg_encoder`]).
+    jpeg_encoder: Mutex<EncoderState>,
     started: Instant,
+}
+
+/// Which encoder makes one of the stream's codecs, for `/state`: the configured choice
+/// (`auto`, `software`, `v4l2:/dev/videoN`), what runs, and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EncoderState {
+    pub configured: String,
+    /// `software (TurboJPEG)`, `software (OpenH264)` or `v4l2:/dev/videoN (card)`.
+    pub using: String,
+    pub why: String,
+    /// Times a hardware encoder failed and software took over.
+    pub fallbacks: u64,
 }
 
 /// Cheap-to-clone handle to the shared hub.
@@ -314,6 +328,7 @@ impl Hub {
                 last_captured: Mutex::new(None),
                 next_seq: AtomicU64::new(1),
                 info,
+                jpeg_encoder: Mutex::new(EncoderState::default()),
                 started: Instant::now(),
             }),
         }
@@ -327,6 +342,15 @@ impl Hub {
 
     pub fn info(&self) -> &PipelineInfo {
         &self.shared.info
+    }
+
+    /// Changes what `/state` says of the JPEG encoder.
+    pub fn set_jpeg_encoder(&self, change: impl FnOnce(&mut EncoderState)) {
+        change(&mut lock(&self.shared.jpeg_encoder));
+    }
+
+    pub fn jpeg_encoder(&self) -> EncoderState {
+        lock(&self.shared.jpeg_encoder).clone()
     }
 
     pub fn stats(&self) -> &Stats {

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::encode::h264::{H264Encoder, H264Settings};
+use crate::encode::fallback::H264Backend;
+use crate::encode::h264::H264Settings;
 use crate::frame::{CaptureTime, SharedPlanes, Yuv420Buffer};
 use crate::hub::h264::{H264Track, TrackNews};
 
@@ -88,8 +89,13 @@ pub struct H264Stage {
 }
 
 impl H264Stage {
-    /// Starts the stage's thread and registers it as `track`'s listener.
-    pub fn start(track: H264Track, settings: StageSettings) -> std::io::Result<H264Stage> {
+    /// Starts the stage's thread and registers it as `track`'s listener; with `hardware`, an
+    /// M2M H.264 encoder node it uses (OpenH264 when it fails).
+    pub fn start(
+        track: H264Track,
+        settings: StageSettings,
+        hardware: Option<std::path::PathBuf>,
+    ) -> std::io::Result<H264Stage> {
         let shared = Arc::new(Shared {
             slot: Mutex::new(Slot::default()),
             wake: Condvar::new(),
@@ -124,7 +130,7 @@ impl H264Stage {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("h264-enc".into())
-                .spawn(move || run(&shared, &track, settings))?
+                .spawn(move || run(&shared, &track, settings, hardware))?
         };
         Ok(H264Stage {
             shared,
@@ -181,8 +187,17 @@ impl Drop for H264Stage {
 /// (a player reloading) keeps it, an unwatched stream gives its memory back.
 const IDLE_ENCODER: Duration = Duration::from_secs(5);
 
-fn run(shared: &Shared, track: &H264Track, settings: StageSettings) {
-    let mut encoder: Option<H264Encoder> = None;
+fn run(
+    shared: &Shared,
+    track: &H264Track,
+    settings: StageSettings,
+    hardware: Option<std::path::PathBuf>,
+) {
+    let report = {
+        let track = track.clone();
+        Arc::new(move |news| track.set_encoder(|s| crate::pipeline::encoders::apply(s, news)))
+    };
+    let mut encoder = H264Backend::new(hardware, report);
     let mut idle_since: Option<Instant> = None;
     let mut decoder: Option<turbojpeg::Decompressor> = None;
     loop {
@@ -195,8 +210,8 @@ fn run(shared: &Shared, track: &H264Track, settings: StageSettings) {
                 }
                 if slot.consumers == 0 {
                     let since = *idle_since.get_or_insert_with(Instant::now);
-                    if encoder.is_some() && since.elapsed() >= IDLE_ENCODER {
-                        encoder = None;
+                    if encoder.holds_encoder() && since.elapsed() >= IDLE_ENCODER {
+                        encoder.release();
                         decoder = None;
                         tracing::debug!("no H.264 consumers; encoder released");
                     }
@@ -235,9 +250,9 @@ fn run(shared: &Shared, track: &H264Track, settings: StageSettings) {
     }
 }
 
-/// Encodes one job, making (or remaking, when the frame size changed) the encoder first.
+/// Encodes one job (the backend makes, or remakes when the frame size changed, its encoder).
 fn encode(
-    encoder: &mut Option<H264Encoder>,
+    encoder: &mut H264Backend,
     decoder: &mut Option<turbojpeg::Decompressor>,
     job: Job,
     keyframe: bool,
@@ -253,13 +268,6 @@ fn encode(
             .unwrap_or_else(|| crate::encode::h264::default_bitrate(width, height, settings.fps)),
         gop: ((settings.gop_seconds * settings.fps as f64).round() as u32).max(1),
     };
-    if encoder.as_ref().map(|e| e.settings()) != Some(wanted) {
-        *encoder = Some(H264Encoder::new(wanted).map_err(|e| e.to_string())?);
-    }
-    let enc = encoder.as_mut().expect("made above");
-    if keyframe {
-        enc.request_keyframe();
-    }
     let decoded;
     let planes: &dyn Yuv420Buffer = match &job.picture {
         Picture::Planes(p) => p.as_ref(),
@@ -277,7 +285,8 @@ fn encode(
             &decoded
         }
     };
-    enc.encode(planes, job.seq, job.captured, Instant::now())
+    encoder
+        .encode(wanted, keyframe, planes, job.seq, job.captured)
         .map_err(|e| e.to_string())
 }
 
@@ -375,7 +384,7 @@ mod tests {
             ..StageSettings::for_tests()
         };
         let track = H264Track::new();
-        let stage = H264Stage::start(track.clone(), settings).unwrap();
+        let stage = H264Stage::start(track.clone(), settings, None).unwrap();
         let _consumer = track.consume(None);
         assert!(encode(&stage, &track, 0));
         // A request from unit 0 that reached the stage only after unit 0 (an IDR) was

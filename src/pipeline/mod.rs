@@ -13,6 +13,7 @@
 //! Time comes from one [`Clock`], so the timings are testable without sleeping.
 
 pub mod clock;
+pub mod encoders;
 pub mod h264_stage;
 pub mod no_signal;
 pub mod state;
@@ -22,6 +23,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use crate::config::{SourceSpec, StreamConfig};
+use crate::encode::fallback::EncoderNews;
 use crate::encode::{EncodeEvent, EncodeSink, EncoderPool, EncoderThreads};
 use crate::frame::{AccessUnit, CaptureTime, EncodedFrame, Frame, H264Supply, Payload};
 use crate::hub::{Hub, Output, PipelineInfo};
@@ -31,6 +33,7 @@ use crate::source::screen::Screen;
 use crate::source::test_pattern::TestPattern;
 use crate::source::{self, Demand, FrameSink, Source, SourceContext, SourceError, SourceNews};
 use clock::{Clock, SystemClock};
+pub use encoders::EncoderPlan;
 use h264_stage::{H264Stage, Job, Picture, StageSettings};
 use no_signal::NoSignal;
 use state::{Action, Event, Machine, Timing};
@@ -126,13 +129,19 @@ impl Pipeline {
     pub fn start(config: &StreamConfig, shutdown: &Shutdown) -> std::io::Result<Pipeline> {
         let source = make_source(config)
             .map_err(|e| std::io::Error::other(format!("stream {:?}: {e}", config.name)))?;
+        let encoders = EncoderPlan::for_config(config);
         let info = PipelineInfo {
             name: config.name.clone(),
             source: source.info(),
             width: config.size.width,
             height: config.size.height,
             fps: config.fps,
-            workers: config.workers,
+            // One worker feeds a hardware JPEG encoder (see crate::encode).
+            workers: if encoders.jpeg.device.is_some() {
+                1
+            } else {
+                config.workers
+            },
             quality: config.quality,
             max_viewers: config.max_viewers,
             h264_bitrate: config.h264.bitrate.unwrap_or_else(|| {
@@ -157,7 +166,14 @@ impl Pipeline {
             bitrate: config.h264.bitrate,
             gop_seconds: config.h264.gop_seconds as f64,
         };
-        Pipeline::start_with(source, info, h264, Arc::new(SystemClock), shutdown)
+        Pipeline::start_with(
+            source,
+            info,
+            h264,
+            encoders,
+            Arc::new(SystemClock),
+            shutdown,
+        )
     }
 
     /// Starts `source` with a hub described by `info`, on `clock`.
@@ -165,19 +181,32 @@ impl Pipeline {
         source: Box<dyn Source>,
         info: PipelineInfo,
         h264: StageSettings,
+        plan: EncoderPlan,
         clock: Arc<dyn Clock>,
         shutdown: &Shutdown,
     ) -> std::io::Result<Pipeline> {
         let timing = Timing::for_fps(info.fps);
-        let (workers, quality) = (info.workers, info.quality);
+        let (workers, quality, fps) = (info.workers, info.quality, info.fps);
         let hub = Hub::new(info);
-        let (encoders, encoder_threads) =
-            EncoderPool::start(workers, quality, Arc::new(HubSink(hub.clone())))?;
+        hub.set_jpeg_encoder(|s| *s = plan.jpeg.initial_state());
+        hub.h264().set_encoder(|s| *s = plan.h264.initial_state());
+        let jpeg_hardware = plan.jpeg.device.clone().map(|p| (p, fps));
+        let (encoders, encoder_threads) = EncoderPool::start(
+            workers,
+            quality,
+            Arc::new(HubSink(hub.clone())),
+            jpeg_hardware,
+        )?;
+        let h264_hardware = plan.h264.device.clone();
         let stage = OnceLock::new();
         if !source.may_supply_h264() {
             // A source that may pass its own H.264 through gets an encoder only when a run
             // says it needs one (`FrameSink::supply_h264`).
-            let _ = stage.set(H264Stage::start(hub.h264().clone(), h264)?);
+            let _ = stage.set(H264Stage::start(
+                hub.h264().clone(),
+                h264,
+                h264_hardware.clone(),
+            )?);
         }
         let life = Arc::new(Life {
             machine: Mutex::new(Machine::new(timing)),
@@ -186,6 +215,7 @@ impl Pipeline {
             encoders,
             h264: stage,
             h264_settings: h264,
+            h264_hardware,
             passthrough: AtomicBool::new(false),
             clock,
         });
@@ -241,6 +271,8 @@ struct Life {
     /// passes its own H.264 through (until a run of it needs the encoder after all).
     h264: OnceLock<H264Stage>,
     h264_settings: StageSettings,
+    /// The hardware H.264 encoder planned, for a stage started late.
+    h264_hardware: Option<std::path::PathBuf>,
     /// The source's own access units feed the H.264 track this run; frames do not.
     passthrough: AtomicBool,
     clock: Arc<dyn Clock>,
@@ -337,7 +369,11 @@ impl FrameSink for Life {
             // Only the source thread calls this, so the stage is started once. A stage
             // started late asks for a keyframe itself.
             None if !passthrough => {
-                match H264Stage::start(self.hub.h264().clone(), self.h264_settings) {
+                match H264Stage::start(
+                    self.hub.h264().clone(),
+                    self.h264_settings,
+                    self.h264_hardware.clone(),
+                ) {
                     Ok(stage) => {
                         let _ = self.h264.set(stage);
                     }
@@ -438,6 +474,10 @@ impl EncodeSink for HubSink {
                 stats.dropped_busy.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    fn encoder_news(&self, news: EncoderNews) {
+        self.0.set_jpeg_encoder(|s| encoders::apply(s, news));
     }
 }
 
@@ -594,6 +634,7 @@ mod tests {
             Box::new(source),
             PipelineInfo::for_tests(10),
             StageSettings::for_tests(),
+            EncoderPlan::software(),
             clock.clone(),
             &shutdown,
         )
@@ -637,6 +678,7 @@ mod tests {
             Box::new(source),
             info,
             StageSettings::for_tests(),
+            EncoderPlan::software(),
             Arc::new(SystemClock),
             &shutdown,
         )

@@ -149,6 +149,11 @@ impl<D: M2mDevice> M2mH264<D> {
         &self.encoder
     }
 
+    /// Ends the session ([`M2mEncoder::drain`]).
+    pub fn drain(&mut self) -> Result<Vec<super::Coded>, M2mError> {
+        self.encoder.drain()
+    }
+
     /// Makes the next frame an IDR, or the first one after [`MIN_FORCED_IDR_GAP`] has passed
     /// since the last forced IDR.
     pub fn request_keyframe(&mut self) {

@@ -66,6 +66,11 @@ impl<D: M2mDevice> M2mJpeg<D> {
         &self.encoder
     }
 
+    /// Ends the session ([`M2mEncoder::drain`]).
+    pub fn drain(&mut self) -> Result<Vec<super::Coded>, M2mError> {
+        self.encoder.drain()
+    }
+
     /// The picture size this session encodes.
     pub fn size(&self) -> (u32, u32) {
         (self.encoder.spec().width, self.encoder.spec().height)

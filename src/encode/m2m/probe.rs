@@ -38,9 +38,7 @@ impl FromStr for EncoderPref {
                 Some(p) if p.starts_with("/dev/") && p.len() > 5 => {
                     Ok(EncoderPref::Device(PathBuf::from(p)))
                 }
-                _ => Err(format!(
-                    "`{s}`: expected auto, software or v4l2:/dev/videoN"
-                )),
+                _ => Err("expected auto, software or v4l2:/dev/videoN".to_owned()),
             },
         }
     }
@@ -153,37 +151,26 @@ pub struct EncoderChoice {
     pub why: String,
 }
 
-/// The encoder for `codec` under `pref`, given the nodes found.
+/// The encoder for `codec` under `pref`, given the nodes found. `why` is the reason alone;
+/// what runs is said by `device`.
 pub fn choose(pref: &EncoderPref, codec: Codec, nodes: &[EncoderNode]) -> EncoderChoice {
-    let software = match codec {
-        Codec::H264 => "OpenH264",
-        _ => "TurboJPEG",
-    };
+    let software = |why: String| EncoderChoice { device: None, why };
     match pref {
-        EncoderPref::Software => EncoderChoice {
-            device: None,
-            why: format!("software ({software}): as configured"),
-        },
+        EncoderPref::Software => software("as configured".into()),
         EncoderPref::Device(p) => match nodes.iter().find(|n| &n.path == p) {
             Some(n) if n.codecs.contains(&codec) => EncoderChoice {
                 device: Some(p.clone()),
-                why: format!("{} ({}): as configured", p.display(), n.card),
+                why: format!("as configured ({})", n.card),
             },
-            Some(n) => EncoderChoice {
-                device: None,
-                why: format!(
-                    "software ({software}): {} ({}) does not encode {codec}",
-                    p.display(),
-                    n.card
-                ),
-            },
-            None => EncoderChoice {
-                device: None,
-                why: format!(
-                    "software ({software}): {} is not a memory-to-memory encoder here",
-                    p.display()
-                ),
-            },
+            Some(n) => software(format!(
+                "{} ({}) does not encode {codec}",
+                p.display(),
+                n.card
+            )),
+            None => software(format!(
+                "{} is not a memory-to-memory encoder here",
+                p.display()
+            )),
         },
         EncoderPref::Auto => match nodes
             .iter()
@@ -191,12 +178,9 @@ pub fn choose(pref: &EncoderPref, codec: Codec, nodes: &[EncoderNode]) -> Encode
         {
             Some(n) => EncoderChoice {
                 device: Some(n.path.clone()),
-                why: format!("{} ({}): found by auto", n.path.display(), n.card),
+                why: format!("found by auto ({})", n.card),
             },
-            None => EncoderChoice {
-                device: None,
-                why: format!("software ({software}): auto found no {codec} encoder"),
-            },
+            None => software(format!("auto found no {codec} encoder")),
         },
     }
 }
@@ -236,13 +220,13 @@ mod tests {
         ];
         let c = choose(&EncoderPref::Auto, Codec::Jpeg, &pi);
         assert_eq!(c.device.as_deref(), Some(Path::new("/dev/video31")));
-        assert_eq!(c.why, "/dev/video31 (bcm2835-codec-encode): found by auto");
+        assert_eq!(c.why, "found by auto (bcm2835-codec-encode)");
         let c = choose(&EncoderPref::Auto, Codec::H264, &pi);
         assert_eq!(c.device.as_deref(), Some(Path::new("/dev/video11")));
         let c = choose(&EncoderPref::Auto, Codec::H264, &[]);
         assert_eq!(
             (c.device, c.why.as_str()),
-            (None, "software (OpenH264): auto found no H.264 encoder")
+            (None, "auto found no H.264 encoder")
         );
         // vicodec's FWHT is never a stream's codec.
         let vicodec = [node("/dev/video1", &[Codec::Fwht])];
@@ -267,6 +251,6 @@ mod tests {
             c.why
         );
         let c = choose(&EncoderPref::Software, Codec::H264, &pi);
-        assert_eq!(c.why, "software (OpenH264): as configured");
+        assert_eq!((c.device, c.why.as_str()), (None, "as configured"));
     }
 }
