@@ -59,7 +59,7 @@ impl EncoderPlan {
                 EncoderPref::Software => &[][..],
                 _ => nodes(),
             };
-            let c = choose(pref, codec, found);
+            let c = choose(pref, codec, (config.size.width, config.size.height), found);
             Planned {
                 configured: pref.clone(),
                 device: c.device,

@@ -62,6 +62,19 @@ pub struct Dequeued {
     pub timestamp_us: u64,
 }
 
+/// The picture sizes a driver takes: `min` to `max`, width and height each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeRange {
+    pub min: (u32, u32),
+    pub max: (u32, u32),
+}
+
+impl SizeRange {
+    pub fn holds(&self, width: u32, height: u32) -> bool {
+        (self.min.0..=self.max.0).contains(&width) && (self.min.1..=self.max.1).contains(&height)
+    }
+}
+
 /// What the node is, from `VIDIOC_QUERYCAP`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceInfo {
@@ -78,6 +91,11 @@ pub trait M2mDevice: Send {
     fn info(&self) -> &DeviceInfo;
     /// The formats a queue offers (`VIDIOC_ENUM_FMT`).
     fn formats(&mut self, queue: Queue) -> io::Result<Vec<FourCc>>;
+    /// The smallest and largest picture the driver takes for a coded format
+    /// (`VIDIOC_ENUM_FRAMESIZES`, stepwise or continuous); `None` when it does not say.
+    fn size_range(&mut self, _fourcc: FourCc) -> Option<SizeRange> {
+        None
+    }
     /// Sets a queue's format (`VIDIOC_S_FMT`); what the driver made of it.
     fn set_format(&mut self, queue: Queue, want: &Format) -> io::Result<Format>;
     /// Frames per second on the raw queue (`VIDIOC_S_PARM`), which rate control works from.
@@ -266,6 +284,26 @@ impl M2mDevice for V4l2Device {
             }
         }
         Ok(out)
+    }
+
+    fn size_range(&mut self, fourcc: FourCc) -> Option<SizeRange> {
+        let mut e: v4l_sys::v4l2_frmsizeenum = zeroed();
+        e.pixel_format = fourcc.0;
+        ioctl(&self.file, vidioc::VIDIOC_ENUM_FRAMESIZES, &mut e).ok()?;
+        let stepwise = [
+            v4l_sys::v4l2_frmsizetypes_V4L2_FRMSIZE_TYPE_STEPWISE,
+            v4l_sys::v4l2_frmsizetypes_V4L2_FRMSIZE_TYPE_CONTINUOUS,
+        ];
+        if !stepwise.contains(&e.type_) {
+            // Discrete sizes from an encoder: not seen; say nothing rather than guess.
+            return None;
+        }
+        // SAFETY: the stepwise member is the one these types select.
+        let s = unsafe { e.__bindgen_anon_1.stepwise };
+        Some(SizeRange {
+            min: (s.min_width, s.min_height),
+            max: (s.max_width, s.max_height),
+        })
     }
 
     fn set_format(&mut self, queue: Queue, want: &Format) -> io::Result<Format> {

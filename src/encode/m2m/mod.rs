@@ -32,7 +32,7 @@ pub(crate) mod fake;
 use std::fmt;
 use std::time::Duration;
 
-pub use device::{Dequeued, Format, M2mDevice, PlaneFormat, Queue, V4l2Device};
+pub use device::{Dequeued, Format, M2mDevice, PlaneFormat, Queue, SizeRange, V4l2Device};
 pub use encoder::{Coded, M2mEncoder};
 pub use probe::{choose, probe_encoders, EncoderChoice, EncoderNode, EncoderPref};
 

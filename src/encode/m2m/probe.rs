@@ -12,7 +12,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use super::device::{M2mDevice, Queue, V4l2Device};
+use super::device::{M2mDevice, Queue, SizeRange, V4l2Device};
 use super::{Codec, FourCc};
 
 /// A stream's choice of encoder for one codec.
@@ -66,6 +66,8 @@ pub struct EncoderNode {
     /// Its coded and raw formats, as listed.
     pub coded: Vec<FourCc>,
     pub raw: Vec<FourCc>,
+    /// The sizes it encodes (of its first coded format), when the driver says.
+    pub sizes: Option<SizeRange>,
 }
 
 impl EncoderNode {
@@ -88,6 +90,10 @@ impl EncoderNode {
         if codecs.is_empty() {
             return None;
         }
+        let sizes = coded
+            .iter()
+            .find(|f| codecs.iter().any(|c| c.fourccs().contains(f)))
+            .and_then(|f| dev.size_range(*f));
         let info = dev.info();
         Some(EncoderNode {
             path: path.to_path_buf(),
@@ -97,6 +103,7 @@ impl EncoderNode {
             codecs,
             coded,
             raw,
+            sizes,
         })
     }
 }
@@ -112,13 +119,17 @@ impl fmt::Display for EncoderNode {
         let codecs: Vec<&str> = self.codecs.iter().map(|c| c.name()).collect();
         write!(
             f,
-            "{}: {} ({}) encodes {}; coded {}; raw {}{}",
+            "{}: {} ({}) encodes {}; coded {}; raw {}{}{}",
             self.path.display(),
             self.card,
             self.driver,
             codecs.join(", "),
             list(&self.coded),
             list(&self.raw),
+            match self.sizes {
+                Some(r) => format!("; {}x{} to {}x{}", r.min.0, r.min.1, r.max.0, r.max.1),
+                None => String::new(),
+            },
             if self.mplane { "; multi-planar" } else { "" }
         )
     }
@@ -153,11 +164,33 @@ pub struct EncoderChoice {
 
 /// The encoder for `codec` under `pref`, given the nodes found. `why` is the reason alone;
 /// what runs is said by `device`.
-pub fn choose(pref: &EncoderPref, codec: Codec, nodes: &[EncoderNode]) -> EncoderChoice {
+pub fn choose(
+    pref: &EncoderPref,
+    codec: Codec,
+    size: (u32, u32),
+    nodes: &[EncoderNode],
+) -> EncoderChoice {
     let software = |why: String| EncoderChoice { device: None, why };
+    let too_big = |n: &EncoderNode| match n.sizes {
+        Some(r) if !r.holds(size.0, size.1) => Some(format!(
+            "{} ({}) takes {}x{} to {}x{}, not {}x{}",
+            n.path.display(),
+            n.card,
+            r.min.0,
+            r.min.1,
+            r.max.0,
+            r.max.1,
+            size.0,
+            size.1
+        )),
+        _ => None,
+    };
     match pref {
         EncoderPref::Software => software("as configured".into()),
         EncoderPref::Device(p) => match nodes.iter().find(|n| &n.path == p) {
+            Some(n) if n.codecs.contains(&codec) && too_big(n).is_some() => {
+                software(too_big(n).expect("checked"))
+            }
             Some(n) if n.codecs.contains(&codec) => EncoderChoice {
                 device: Some(p.clone()),
                 why: format!("as configured ({})", n.card),
@@ -172,16 +205,22 @@ pub fn choose(pref: &EncoderPref, codec: Codec, nodes: &[EncoderNode]) -> Encode
                 p.display()
             )),
         },
-        EncoderPref::Auto => match nodes
-            .iter()
-            .find(|n| n.codecs.contains(&codec) && codec != Codec::Fwht)
-        {
-            Some(n) => EncoderChoice {
-                device: Some(n.path.clone()),
-                why: format!("found by auto ({})", n.card),
-            },
-            None => software(format!("auto found no {codec} encoder")),
-        },
+        EncoderPref::Auto => {
+            let of_codec: Vec<&EncoderNode> = nodes
+                .iter()
+                .filter(|n| n.codecs.contains(&codec) && codec != Codec::Fwht)
+                .collect();
+            match of_codec.iter().find(|n| too_big(n).is_none()) {
+                Some(n) => EncoderChoice {
+                    device: Some(n.path.clone()),
+                    why: format!("found by auto ({})", n.card),
+                },
+                None => match of_codec.first() {
+                    Some(n) => software(too_big(n).expect("none fits")),
+                    None => software(format!("auto found no {codec} encoder")),
+                },
+            }
+        }
     }
 }
 
@@ -198,8 +237,15 @@ mod tests {
             codecs: codecs.to_vec(),
             coded: vec![],
             raw: vec![FourCc::YUV420],
+            // bcm2835-codec's limits.
+            sizes: Some(SizeRange {
+                min: (32, 32),
+                max: (1920, 1920),
+            }),
         }
     }
+
+    const HD: (u32, u32) = (1280, 720);
 
     #[test]
     fn preferences_parse_and_print() {
@@ -218,20 +264,27 @@ mod tests {
             node("/dev/video11", &[Codec::H264]),
             node("/dev/video31", &[Codec::Jpeg]),
         ];
-        let c = choose(&EncoderPref::Auto, Codec::Jpeg, &pi);
+        let c = choose(&EncoderPref::Auto, Codec::Jpeg, HD, &pi);
         assert_eq!(c.device.as_deref(), Some(Path::new("/dev/video31")));
         assert_eq!(c.why, "found by auto (bcm2835-codec-encode)");
-        let c = choose(&EncoderPref::Auto, Codec::H264, &pi);
+        let c = choose(&EncoderPref::Auto, Codec::H264, HD, &pi);
         assert_eq!(c.device.as_deref(), Some(Path::new("/dev/video11")));
-        let c = choose(&EncoderPref::Auto, Codec::H264, &[]);
+        let c = choose(&EncoderPref::Auto, Codec::H264, HD, &[]);
         assert_eq!(
             (c.device, c.why.as_str()),
             (None, "auto found no H.264 encoder")
         );
+        // 4K is beyond bcm2835-codec's 1920x1920: software, saying so.
+        let c = choose(&EncoderPref::Auto, Codec::H264, (3840, 2160), &pi);
+        assert_eq!(c.device, None);
+        assert_eq!(
+            c.why,
+            "/dev/video11 (bcm2835-codec-encode) takes 32x32 to 1920x1920, not 3840x2160"
+        );
         // vicodec's FWHT is never a stream's codec.
         let vicodec = [node("/dev/video1", &[Codec::Fwht])];
         assert_eq!(
-            choose(&EncoderPref::Auto, Codec::Jpeg, &vicodec).device,
+            choose(&EncoderPref::Auto, Codec::Jpeg, HD, &vicodec).device,
             None
         );
     }
@@ -240,17 +293,22 @@ mod tests {
     fn a_named_node_is_used_only_if_it_encodes_the_codec() {
         let pi = [node("/dev/video11", &[Codec::H264])];
         let named = EncoderPref::Device("/dev/video11".into());
-        assert!(choose(&named, Codec::H264, &pi).device.is_some());
-        let c = choose(&named, Codec::Jpeg, &pi);
+        assert!(choose(&named, Codec::H264, HD, &pi).device.is_some());
+        let c = choose(&named, Codec::Jpeg, HD, &pi);
         assert_eq!(c.device, None);
         assert!(c.why.ends_with("does not encode JPEG"), "{}", c.why);
-        let c = choose(&EncoderPref::Device("/dev/video9".into()), Codec::Jpeg, &pi);
+        let c = choose(
+            &EncoderPref::Device("/dev/video9".into()),
+            Codec::Jpeg,
+            HD,
+            &pi,
+        );
         assert!(
             c.why.contains("not a memory-to-memory encoder"),
             "{}",
             c.why
         );
-        let c = choose(&EncoderPref::Software, Codec::H264, &pi);
+        let c = choose(&EncoderPref::Software, Codec::H264, HD, &pi);
         assert_eq!((c.device, c.why.as_str()), (None, "as configured"));
     }
 }
