@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::h264::{H264Encoder, H264Error, H264Settings};
+use super::m2m::device::open_boxed;
 use super::m2m::h264::M2mH264;
 use super::m2m::jpeg::M2mJpeg;
 use super::m2m::{M2mDevice, M2mError};
@@ -73,9 +74,13 @@ impl Backoff {
     }
 }
 
+/// Opens the device (a real node, or the tests' fake).
+pub type Opener = Box<dyn FnMut() -> std::io::Result<Box<dyn M2mDevice>> + Send>;
+
 /// The hardware side of a backend: the device, its session and its retry schedule.
 struct Hardware<S> {
     path: PathBuf,
+    open: Opener,
     session: Option<S>,
     backoff: Backoff,
     frames: u64,
@@ -83,12 +88,27 @@ struct Hardware<S> {
 
 impl<S> Hardware<S> {
     fn new(path: PathBuf) -> Self {
+        let node = path.clone();
+        Hardware::with_opener(path, Box::new(move || open_boxed(&node)))
+    }
+
+    fn with_opener(path: PathBuf, open: Opener) -> Self {
         Hardware {
             path,
+            open,
             session: None,
             backoff: Backoff::new(),
             frames: 0,
         }
+    }
+
+    /// Opens the device; an error says which.
+    fn device(&mut self) -> Result<Box<dyn M2mDevice>, M2mError> {
+        (self.open)().map_err(|source| M2mError::Io {
+            path: self.path.display().to_string(),
+            what: "opening",
+            source,
+        })
     }
 
     /// The session failed to open or to encode: software until the next try.
@@ -129,7 +149,7 @@ fn card<D: M2mDevice>(dev: &D) -> String {
 /// the fallback.
 pub struct JpegBackend {
     software: JpegEncoder,
-    hardware: Option<(Hardware<M2mJpeg>, u32)>,
+    hardware: Option<(Hardware<M2mJpeg<Box<dyn M2mDevice>>>, u32)>,
     /// The newest hardware JPEG, which [`Self::encode`] lends out like TurboJPEG's buffer.
     coded: Bytes,
     report: Report,
@@ -146,6 +166,23 @@ impl JpegBackend {
         Ok(JpegBackend {
             software: JpegEncoder::new(quality)?,
             hardware: hardware.map(|(path, fps)| (Hardware::new(path), fps)),
+            coded: Bytes::new(),
+            report,
+        })
+    }
+
+    /// As [`Self::new`] with a device from `open` (the tests' fake) named `path`.
+    #[cfg(test)]
+    pub(crate) fn with_opener(
+        quality: u8,
+        path: PathBuf,
+        fps: u32,
+        open: Opener,
+        report: Report,
+    ) -> Result<JpegBackend, EncodeError> {
+        Ok(JpegBackend {
+            software: JpegEncoder::new(quality)?,
+            hardware: Some((Hardware::with_opener(path, open), fps)),
             coded: Bytes::new(),
             report,
         })
@@ -169,7 +206,10 @@ impl JpegBackend {
                 hw.session = None;
             }
             if hw.session.is_none() && hw.backoff.ready(now) {
-                match M2mJpeg::open(&hw.path, width, height, *fps, quality) {
+                let opened = hw
+                    .device()
+                    .and_then(|d| M2mJpeg::with_device(d, width, height, *fps, quality));
+                match opened {
                     Ok(s) => {
                         let what = format!("JPEG at {width}x{height}");
                         hw.opened(&card(s.encoder().device()), what, &self.report);
@@ -201,7 +241,7 @@ impl JpegBackend {
 /// fallback. Holds no encoder until the first frame, and none after [`Self::release`].
 pub struct H264Backend {
     software: Option<H264Encoder>,
-    hardware: Option<Hardware<M2mH264>>,
+    hardware: Option<Hardware<M2mH264<Box<dyn M2mDevice>>>>,
     report: Report,
 }
 
@@ -210,6 +250,16 @@ impl H264Backend {
         H264Backend {
             software: None,
             hardware: hardware.map(Hardware::new),
+            report,
+        }
+    }
+
+    /// As [`Self::new`] with a device from `open` (the tests' fake) named `path`.
+    #[cfg(test)]
+    pub(crate) fn with_opener(path: PathBuf, open: Opener, report: Report) -> H264Backend {
+        H264Backend {
+            software: None,
+            hardware: Some(Hardware::with_opener(path, open)),
             report,
         }
     }
@@ -247,7 +297,8 @@ impl H264Backend {
                 hw.session = None;
             }
             if hw.session.is_none() && hw.backoff.ready(now) {
-                match M2mH264::open(&hw.path, settings) {
+                let opened = hw.device().and_then(|d| M2mH264::with_device(d, settings));
+                match opened {
                     Ok(s) => {
                         let what = format!(
                             "H.264 at {}x{}, {} bit/s, IDR every {} frames{}",
@@ -364,5 +415,112 @@ mod tests {
         h264.release();
         assert!(!h264.holds_encoder());
         assert_eq!(heard.lock().unwrap()[1].using, "software (OpenH264)");
+    }
+
+    /// A fake device that fails frames `failing` on its first opening, then works.
+    fn flaky(
+        coded: super::super::m2m::FourCc,
+        script: fn(u64) -> Vec<Vec<u8>>,
+        failing: std::ops::Range<u64>,
+    ) -> (Opener, Arc<std::sync::atomic::AtomicU32>) {
+        use super::super::m2m::fake::FakeDevice;
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let opens = Arc::new(AtomicU32::new(0));
+        let counter = opens.clone();
+        let open: Opener = Box::new(move || {
+            let mut dev = FakeDevice::encoder(coded, script);
+            if counter.fetch_add(1, Ordering::Relaxed) == 0 {
+                dev.failing = failing.clone();
+            }
+            Ok(Box::new(dev) as Box<dyn M2mDevice>)
+        });
+        (open, opens)
+    }
+
+    #[test]
+    fn a_jpeg_device_failing_mid_stream_hands_over_to_turbojpeg_and_comes_back() {
+        use super::super::m2m::FourCc;
+        use std::sync::atomic::Ordering;
+        const HW_JPEG: &[u8] = &[0xFF, 0xD8, 0xFF, 0xD9];
+        let planes = super::super::m2m::fake::Planes::grey(64, 48);
+        let (report, heard) = recorder();
+        let (open, opens) = flaky(FourCc::JPEG, |_| vec![HW_JPEG.to_vec()], 2..3);
+        let mut jpeg = JpegBackend::with_opener(80, "/dev/fake".into(), 30, open, report).unwrap();
+        let mut hardware = Vec::new();
+        for _ in 0..4 {
+            hardware.push(jpeg.encode(&planes, 64, 48, 80).unwrap() == HW_JPEG);
+        }
+        // Frames 0 and 1 on the device; frame 2 failed there and was made by TurboJPEG
+        // (no gap), as is frame 3 while the device waits for its retry.
+        assert_eq!(hardware, [true, true, false, false]);
+        let news = heard.lock().unwrap().clone();
+        assert_eq!(news.len(), 2, "{news:?}");
+        assert_eq!(news[0].using, "v4l2:/dev/fake (fake encoder)");
+        assert!(!news[0].fell_back);
+        assert_eq!(news[1].using, "software (TurboJPEG)");
+        assert!(news[1].fell_back);
+        assert!(
+            news[1].why.contains("flagged the coded buffer as an error")
+                && news[1].why.ends_with("tried again in 1s"),
+            "{}",
+            news[1].why
+        );
+        // After the wait the device is opened again, and works.
+        std::thread::sleep(FIRST_RETRY);
+        assert_eq!(jpeg.encode(&planes, 64, 48, 80).unwrap(), HW_JPEG);
+        assert_eq!(opens.load(Ordering::Relaxed), 2);
+        assert_eq!(heard.lock().unwrap().len(), 3);
+        // A new size is a new session, not a failure.
+        assert_eq!(
+            jpeg.encode(&super::super::m2m::fake::Planes::grey(32, 32), 32, 32, 80)
+                .unwrap(),
+            HW_JPEG
+        );
+        assert_eq!(opens.load(Ordering::Relaxed), 3);
+        assert!(heard.lock().unwrap().iter().filter(|n| n.fell_back).count() == 1);
+    }
+
+    #[test]
+    fn an_h264_device_failing_mid_gop_hands_over_to_openh264_with_an_idr() {
+        use super::super::m2m::FourCc;
+        fn script(n: u64) -> Vec<Vec<u8>> {
+            let nal: &[u8] = if n == 0 {
+                &[0x67, 0x42, 0, 0, 0, 1, 0x68, 0xCE, 0, 0, 0, 1, 0x65, 0x88]
+            } else {
+                &[0x41, 0x9A]
+            };
+            vec![[&[0, 0, 0, 1][..], nal].concat()]
+        }
+        let planes = super::super::m2m::fake::Planes::grey(64, 48);
+        let (report, heard) = recorder();
+        let (open, _) = flaky(FourCc::H264, script, 2..3);
+        let mut h264 = H264Backend::with_opener("/dev/fake".into(), open, report);
+        let settings = H264Settings {
+            width: 64,
+            height: 48,
+            fps: 30,
+            bitrate: 200_000,
+            gop: 300,
+        };
+        let mut units = Vec::new();
+        for seq in 0..4 {
+            let u = h264
+                .encode(settings, false, &planes, seq, CaptureTime::now())
+                .unwrap()
+                .expect("a unit a frame");
+            units.push((u.keyframe, u.data.len() > 8));
+        }
+        // 0: the device's IDR, 1: its P-frame; 2: the device failed, OpenH264's first unit
+        // is an IDR with SPS/PPS, so consumers in the middle of the device's GOP go on.
+        assert_eq!(units[0].0, true);
+        assert_eq!(units[1].0, false);
+        assert_eq!(units[2], (true, true));
+        assert_eq!(units[3].0, false);
+        let news = heard.lock().unwrap().clone();
+        assert_eq!(
+            news.iter().map(|n| n.fell_back).collect::<Vec<_>>(),
+            [false, true]
+        );
+        assert_eq!(news[1].using, "software (OpenH264)");
     }
 }

@@ -127,6 +127,63 @@ pub trait M2mDevice: Send {
     fn stop(&mut self) -> io::Result<()>;
 }
 
+/// A boxed device is a device (the fallback's openers hand out real or fake ones).
+impl M2mDevice for Box<dyn M2mDevice> {
+    fn info(&self) -> &DeviceInfo {
+        (**self).info()
+    }
+    fn formats(&mut self, queue: Queue) -> io::Result<Vec<FourCc>> {
+        (**self).formats(queue)
+    }
+    fn size_range(&mut self, fourcc: FourCc) -> Option<SizeRange> {
+        (**self).size_range(fourcc)
+    }
+    fn set_format(&mut self, queue: Queue, want: &Format) -> io::Result<Format> {
+        (**self).set_format(queue, want)
+    }
+    fn set_frame_rate(&mut self, fps: u32) -> io::Result<()> {
+        (**self).set_frame_rate(fps)
+    }
+    fn set_control(&mut self, id: u32, value: i32) -> io::Result<()> {
+        (**self).set_control(id, value)
+    }
+    fn allocate(&mut self, queue: Queue, count: u32) -> io::Result<u32> {
+        (**self).allocate(queue, count)
+    }
+    fn buffer(&self, queue: Queue, index: u32) -> &[u8] {
+        (**self).buffer(queue, index)
+    }
+    fn buffer_mut(&mut self, queue: Queue, index: u32) -> &mut [u8] {
+        (**self).buffer_mut(queue, index)
+    }
+    fn queue(
+        &mut self,
+        queue: Queue,
+        index: u32,
+        bytesused: u32,
+        timestamp_us: u64,
+    ) -> io::Result<()> {
+        (**self).queue(queue, index, bytesused, timestamp_us)
+    }
+    fn dequeue(&mut self, queue: Queue) -> io::Result<Option<Dequeued>> {
+        (**self).dequeue(queue)
+    }
+    fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
+        (**self).wait(timeout)
+    }
+    fn stream(&mut self, queue: Queue, on: bool) -> io::Result<()> {
+        (**self).stream(queue, on)
+    }
+    fn stop(&mut self) -> io::Result<()> {
+        (**self).stop()
+    }
+}
+
+/// Opens a node as a boxed device.
+pub fn open_boxed(path: &Path) -> io::Result<Box<dyn M2mDevice>> {
+    Ok(Box::new(V4l2Device::open(path)?))
+}
+
 /// A memory mapping of one buffer, unmapped on drop.
 struct Mapping {
     ptr: NonNull<std::ffi::c_void>,

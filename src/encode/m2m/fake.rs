@@ -38,6 +38,9 @@ pub struct FakeDevice {
     pub stride_align: u32,
     pub height_align: u32,
     script: Script,
+    /// Frames whose coded buffer the fake flags `V4L2_BUF_FLAG_ERROR`, as a driver does when
+    /// the hardware failed on them.
+    pub failing: std::ops::Range<u64>,
     log: Arc<Mutex<Log>>,
     refused: Vec<u32>,
     raw: Vec<Vec<u8>>,
@@ -69,6 +72,7 @@ impl FakeDevice {
             stride_align: 1,
             height_align: 1,
             script: Box::new(script),
+            failing: 0..0,
             log: Arc::new(Mutex::new(Log::default())),
             refused: Vec::new(),
             raw: Vec::new(),
@@ -219,9 +223,14 @@ impl M2mDevice for FakeDevice {
                 let frame = self.raw[index as usize][..bytesused as usize].to_vec();
                 self.log.lock().unwrap().raw_frames.push(frame);
                 let out = (self.script)(self.frames);
+                let flags = if self.failing.contains(&self.frames) {
+                    v4l_sys::V4L2_BUF_FLAG_ERROR
+                } else {
+                    0
+                };
                 self.frames += 1;
                 for data in out {
-                    self.pending.push_back((data, timestamp_us, 0));
+                    self.pending.push_back((data, timestamp_us, flags));
                 }
                 self.raw_done.push_back(index);
             }
