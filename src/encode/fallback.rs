@@ -74,6 +74,9 @@ impl Backoff {
     }
 }
 
+type HwJpeg = M2mJpeg<Box<dyn M2mDevice>>;
+type HwH264 = M2mH264<Box<dyn M2mDevice>>;
+
 /// Opens the device (a real node, or the tests' fake).
 pub type Opener = Box<dyn FnMut() -> std::io::Result<Box<dyn M2mDevice>> + Send>;
 
@@ -149,7 +152,8 @@ fn card<D: M2mDevice>(dev: &D) -> String {
 /// the fallback.
 pub struct JpegBackend {
     software: JpegEncoder,
-    hardware: Option<(Hardware<M2mJpeg<Box<dyn M2mDevice>>>, u32)>,
+    /// The device's session, and the stream's frame rate to open it with.
+    hardware: Option<(Hardware<HwJpeg>, u32)>,
     /// The newest hardware JPEG, which [`Self::encode`] lends out like TurboJPEG's buffer.
     coded: Bytes,
     report: Report,
@@ -241,7 +245,7 @@ impl JpegBackend {
 /// fallback. Holds no encoder until the first frame, and none after [`Self::release`].
 pub struct H264Backend {
     software: Option<H264Encoder>,
-    hardware: Option<Hardware<M2mH264<Box<dyn M2mDevice>>>>,
+    hardware: Option<Hardware<HwH264>>,
     report: Report,
 }
 
@@ -512,10 +516,9 @@ mod tests {
         }
         // 0: the device's IDR, 1: its P-frame; 2: the device failed, OpenH264's first unit
         // is an IDR with SPS/PPS, so consumers in the middle of the device's GOP go on.
-        assert_eq!(units[0].0, true);
-        assert_eq!(units[1].0, false);
+        assert!(units[0].0 && !units[1].0);
         assert_eq!(units[2], (true, true));
-        assert_eq!(units[3].0, false);
+        assert!(!units[3].0);
         let news = heard.lock().unwrap().clone();
         assert_eq!(
             news.iter().map(|n| n.fell_back).collect::<Vec<_>>(),
