@@ -59,6 +59,10 @@ struct Cli {
         requires = "encoder_check"
     )]
     encoder_check_frames: u32,
+    /// With `--encoder-check`: take the frames from this V4L2 camera (YU12 at `--size`),
+    /// exported as dmabufs and imported by the encoder without a copy.
+    #[arg(long, value_name = "DEVICE", requires = "encoder_check")]
+    encoder_check_from: Option<PathBuf>,
     /// With `--encoder-check`: write the coded stream to PREFIX.coded and the raw I420 frames
     /// fed in to PREFIX.yuv.
     #[arg(long, value_name = "PREFIX", requires = "encoder_check")]
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
     }
     let (list_encoders, encoder_check) = (cli.list_encoders, cli.encoder_check.clone());
     let (check_frames, check_out) = (cli.encoder_check_frames, cli.encoder_check_out.clone());
+    let check_from = cli.encoder_check_from.clone();
     let config = match cli.config() {
         Ok(c) => c,
         Err(e) => return config_error(&e),
@@ -115,6 +120,10 @@ fn main() -> ExitCode {
             s.size.height,
             s.fps,
             check_frames,
+            match &check_from {
+                Some(device) => picamd::encoder_check::Frames::Imported(device),
+                None => picamd::encoder_check::Frames::Pattern,
+            },
             check_out.as_deref(),
         ) {
             Ok(report) => {

@@ -104,6 +104,23 @@ pub trait M2mDevice: Send {
     fn set_control(&mut self, id: u32, value: i32) -> io::Result<()>;
     /// `VIDIOC_REQBUFS` with MMAP, then maps each buffer; how many the driver gave (0 frees).
     fn allocate(&mut self, queue: Queue, count: u32) -> io::Result<u32>;
+    /// `VIDIOC_REQBUFS` with DMABUF on the raw queue: buffers that import the caller's
+    /// dmabufs instead of being mapped (zero-copy from a source that exports its buffers).
+    fn allocate_imported(&mut self, _count: u32) -> io::Result<u32> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+    /// `VIDIOC_QBUF` of an imported raw buffer: the dmabuf `fd`, `length` bytes, of which
+    /// `bytesused` are the frame.
+    fn queue_imported(
+        &mut self,
+        _index: u32,
+        _fd: std::os::fd::RawFd,
+        _length: u32,
+        _bytesused: u32,
+        _timestamp_us: u64,
+    ) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
     /// A mapped buffer.
     fn buffer(&self, queue: Queue, index: u32) -> &[u8];
     fn buffer_mut(&mut self, queue: Queue, index: u32) -> &mut [u8];
@@ -149,6 +166,19 @@ impl M2mDevice for Box<dyn M2mDevice> {
     }
     fn allocate(&mut self, queue: Queue, count: u32) -> io::Result<u32> {
         (**self).allocate(queue, count)
+    }
+    fn allocate_imported(&mut self, count: u32) -> io::Result<u32> {
+        (**self).allocate_imported(count)
+    }
+    fn queue_imported(
+        &mut self,
+        index: u32,
+        fd: std::os::fd::RawFd,
+        length: u32,
+        bytesused: u32,
+        timestamp_us: u64,
+    ) -> io::Result<()> {
+        (**self).queue_imported(index, fd, length, bytesused, timestamp_us)
     }
     fn buffer(&self, queue: Queue, index: u32) -> &[u8] {
         (**self).buffer(queue, index)
@@ -218,6 +248,8 @@ pub struct V4l2Device {
     info: DeviceInfo,
     raw: Vec<Mapping>,
     coded: Vec<Mapping>,
+    /// The raw queue imports dmabufs ([`M2mDevice::allocate_imported`]).
+    raw_imported: bool,
 }
 
 /// Plain-data V4L2 structs, zeroed.
@@ -266,6 +298,7 @@ impl V4l2Device {
             },
             raw: Vec::new(),
             coded: Vec::new(),
+            raw_imported: false,
         })
     }
 
@@ -299,7 +332,11 @@ impl V4l2Device {
     ) -> v4l_sys::v4l2_buffer {
         let mut b: v4l_sys::v4l2_buffer = zeroed();
         b.type_ = self.buf_type(queue);
-        b.memory = v4l_sys::v4l2_memory_V4L2_MEMORY_MMAP;
+        b.memory = if queue == Queue::Raw && self.raw_imported {
+            v4l_sys::v4l2_memory_V4L2_MEMORY_DMABUF
+        } else {
+            v4l_sys::v4l2_memory_V4L2_MEMORY_MMAP
+        };
         b.index = index;
         if self.info.mplane {
             b.m.planes = plane;
@@ -481,6 +518,42 @@ impl M2mDevice for V4l2Device {
             });
         }
         Ok(r.count)
+    }
+
+    fn allocate_imported(&mut self, count: u32) -> io::Result<u32> {
+        self.raw.clear();
+        let mut r: v4l_sys::v4l2_requestbuffers = zeroed();
+        r.count = count;
+        r.type_ = self.buf_type(Queue::Raw);
+        r.memory = v4l_sys::v4l2_memory_V4L2_MEMORY_DMABUF;
+        ioctl(&self.file, vidioc::VIDIOC_REQBUFS, &mut r)?;
+        self.raw_imported = true;
+        Ok(r.count)
+    }
+
+    fn queue_imported(
+        &mut self,
+        index: u32,
+        fd: std::os::fd::RawFd,
+        length: u32,
+        bytesused: u32,
+        timestamp_us: u64,
+    ) -> io::Result<()> {
+        // As in `queue`: the plane is complete before the buffer points at it.
+        let mut plane: v4l_sys::v4l2_plane = zeroed();
+        plane.bytesused = bytesused;
+        plane.length = length;
+        plane.m.fd = fd;
+        let mut b = self.v4l2_buffer(Queue::Raw, index, &mut plane);
+        if !self.info.mplane {
+            b.m.fd = fd;
+            b.length = length;
+            b.bytesused = bytesused;
+        }
+        b.field = v4l_sys::v4l2_field_V4L2_FIELD_NONE;
+        b.timestamp.tv_sec = (timestamp_us / 1_000_000) as _;
+        b.timestamp.tv_usec = (timestamp_us % 1_000_000) as _;
+        ioctl(&self.file, vidioc::VIDIOC_QBUF, &mut b)
     }
 
     fn buffer(&self, queue: Queue, index: u32) -> &[u8] {

@@ -49,6 +49,9 @@ pub struct Spec {
     pub height: u32,
     pub fps: u32,
     pub controls: Vec<Control>,
+    /// Raw frames come as dmabufs with rows this many bytes apart (imported, not copied:
+    /// [`M2mEncoder::encode_imported`]); `None`: copied into mapped buffers.
+    pub import_stride: Option<u32>,
 }
 
 /// One coded frame.
@@ -230,7 +233,10 @@ impl<D: M2mDevice> M2mEncoder<D> {
                     fourcc: raw,
                     width: w,
                     height: h,
-                    plane: PlaneFormat::default(),
+                    plane: PlaneFormat {
+                        bytesperline: spec.import_stride.unwrap_or(0),
+                        sizeimage: 0,
+                    },
                 },
             )
             .map_err(io("setting the raw format"))?;
@@ -239,6 +245,14 @@ impl<D: M2mDevice> M2mEncoder<D> {
                 "asked for {raw} {w}x{h} raw frames, the driver set {} {}x{}",
                 raw_format.fourcc, raw_format.width, raw_format.height
             )));
+        }
+        if let Some(stride) = spec.import_stride {
+            if raw_format.plane.bytesperline != stride {
+                return Err(unsupported(format!(
+                    "imported frames have {stride} bytes a row; the driver wants {}",
+                    raw_format.plane.bytesperline
+                )));
+            }
         }
         let layout = RawLayout::of(&raw_format, h).ok_or_else(|| {
             unsupported(format!(
@@ -266,10 +280,17 @@ impl<D: M2mDevice> M2mEncoder<D> {
         }
 
         // 4. Buffers and streaming.
-        let raw_count = dev
-            .allocate(Queue::Raw, RAW_BUFFERS)
-            .map_err(io("allocating raw buffers"))?;
-        if raw_count == 0 || dev.buffer(Queue::Raw, 0).len() < layout.bytes {
+        let raw_count = match spec.import_stride {
+            Some(_) => dev
+                .allocate_imported(RAW_BUFFERS)
+                .map_err(io("setting up dmabuf import on the raw queue"))?,
+            None => dev
+                .allocate(Queue::Raw, RAW_BUFFERS)
+                .map_err(io("allocating raw buffers"))?,
+        };
+        if raw_count == 0
+            || (spec.import_stride.is_none() && dev.buffer(Queue::Raw, 0).len() < layout.bytes)
+        {
             return Err(unsupported(format!(
                 "raw buffers too small: {} buffers for {} bytes a frame",
                 raw_count, layout.bytes
@@ -412,6 +433,68 @@ impl<D: M2mDevice> M2mEncoder<D> {
         }
     }
 
+    /// Encodes one frame that is in a dmabuf (`fd`, `length` bytes, laid out as
+    /// [`Self::raw_layout`] says: the session was opened with `import_stride`), without
+    /// copying it. Returns once the driver has given the buffer back as well as the coded
+    /// frame, so the caller may reuse the dmabuf (a capture buffer goes back to its camera).
+    pub fn encode_imported(
+        &mut self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        length: u32,
+        complete: impl Fn(&[u8]) -> bool,
+    ) -> Result<Coded, M2mError> {
+        use std::os::fd::AsRawFd;
+        if self.drained || self.spec.import_stride.is_none() {
+            return Err(M2mError::Unsupported(
+                "this session does not import dmabufs".into(),
+                self.path(),
+            ));
+        }
+        if (length as usize) < self.layout.bytes {
+            return Err(M2mError::BadPlanes {
+                width: self.spec.width,
+                height: self.spec.height,
+            });
+        }
+        let deadline = Instant::now() + FRAME_TIMEOUT;
+        self.reclaim_raw()?;
+        let index = loop {
+            if let Some(i) = self.free_raw.pop() {
+                break i;
+            }
+            self.wait_until(deadline)?;
+            self.reclaim_raw()?;
+        };
+        let stamp = self.next_stamp;
+        self.next_stamp += 1;
+        self.dev
+            .queue_imported(
+                index,
+                fd.as_raw_fd(),
+                length,
+                self.layout.bytes as u32,
+                stamp,
+            )
+            .map_err(self.io("queueing an imported frame"))?;
+        let mut joined = BytesMut::new();
+        let coded = loop {
+            if let Some((data, flags)) = self.next_coded(deadline)? {
+                joined.extend_from_slice(&data);
+                if complete(&joined) {
+                    break Coded {
+                        data: joined.freeze(),
+                        flags,
+                    };
+                }
+            }
+        };
+        while !self.free_raw.contains(&index) {
+            self.wait_until(deadline)?;
+            self.reclaim_raw()?;
+        }
+        Ok(coded)
+    }
+
     /// The next coded buffer's bytes and flags, its buffer queued again; `None` for an empty
     /// buffer. Fails past `deadline`.
     fn next_coded(&mut self, deadline: Instant) -> Result<Option<(Bytes, u32)>, M2mError> {
@@ -526,6 +609,7 @@ mod tests {
             height,
             fps: 30,
             controls: Vec::new(),
+            import_stride: None,
         }
     }
 

@@ -130,6 +130,7 @@ impl<D: M2mDevice> M2mH264<D> {
             height: settings.height,
             fps: settings.fps,
             controls: controls(&settings),
+            import_stride: None,
         };
         Ok(M2mH264 {
             encoder: M2mEncoder::open(dev, spec)?,

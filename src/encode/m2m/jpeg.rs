@@ -55,6 +55,7 @@ impl<D: M2mDevice> M2mJpeg<D> {
                 name: "JPEG quality",
                 required: false,
             }],
+            import_stride: None,
         };
         Ok(M2mJpeg {
             encoder: M2mEncoder::open(dev, spec)?,

@@ -7,7 +7,11 @@
 //! IDR that carries SPS/PPS; JPEG: its header's size; FWHT: vicodec's frame header, magic and
 //! size), drains the encoder, and prints per-frame times. `--encoder-check-out PREFIX`
 //! writes the coded stream to `PREFIX.coded` and the raw I420 frames fed in to `PREFIX.yuv`,
-//! so the stream can be decoded by another tool and compared.
+//! so the stream can be decoded by another tool and compared. `--encoder-check-from
+//! /dev/videoN` takes the frames from a V4L2 camera instead, exported as dmabufs
+//! (`VIDIOC_EXPBUF`) and imported by the encoder (DMABUF memory): the zero-copy path.
+
+mod capture;
 
 use std::io::Write as _;
 use std::path::Path;
@@ -15,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use crate::encode::h264::H264Settings;
 use crate::encode::m2m::device::{M2mDevice, V4l2Device};
-use crate::encode::m2m::encoder::{M2mEncoder, Spec};
+use crate::encode::m2m::encoder::{M2mEncoder, RawLayout, Spec};
+use crate::encode::m2m::h264::has_picture;
 use crate::encode::m2m::h264::M2mH264;
 use crate::encode::m2m::jpeg::M2mJpeg;
 use crate::encode::m2m::{probe_encoders, Codec, EncoderNode};
@@ -65,13 +70,23 @@ fn raw_bytes(p: &dyn Yuv420Buffer, width: usize, height: usize) -> Vec<u8> {
     out
 }
 
+/// Where the check's frames come from.
+pub enum Frames<'a> {
+    /// The test pattern, copied into the encoder's buffers.
+    Pattern,
+    /// A V4L2 capture device's YU12 frames, handed to the encoder as dmabufs.
+    Imported(&'a Path),
+}
+
 /// Runs the check on `path`.
+#[allow(clippy::too_many_arguments)]
 pub fn check(
     path: &Path,
     width: u32,
     height: u32,
     fps: u32,
     frames: u32,
+    from: Frames<'_>,
     out: Option<&Path>,
 ) -> Result<CheckReport, String> {
     let node = EncoderNode::read(path).ok_or_else(|| {
@@ -96,8 +111,34 @@ pub fn check(
         }
         None => None,
     };
-    let mut encoder = Encoder::open(path, codec, width, height, fps)?;
+    let mut capture = match from {
+        Frames::Pattern => None,
+        Frames::Imported(device) => Some(capture::ExportingCapture::open(device, width, height)?),
+    };
+    let mut encoder = match &capture {
+        None => Encoder::open(path, codec, width, height, fps)?,
+        Some(c) => {
+            let dev = V4l2Device::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let spec = Spec {
+                codec,
+                width,
+                height,
+                fps,
+                controls: Vec::new(),
+                import_stride: Some(c.format.plane.bytesperline),
+            };
+            let e = M2mEncoder::open(dev, spec).map_err(|e| e.to_string())?;
+            Encoder::Imported(e)
+        }
+    };
     lines.push(encoder.describe());
+    if let (Some(c), Frames::Imported(device)) = (&capture, &from) {
+        lines.push(format!(
+            "frames from {} (YU12, {} bytes a line), exported with VIDIOC_EXPBUF and queued to the encoder as dmabufs: not copied",
+            device.display(),
+            c.format.plane.bytesperline
+        ));
+    }
     let mut times = Vec::new();
     let mut bytes = 0usize;
     let mut h264_decoder = match codec {
@@ -107,47 +148,37 @@ pub fn check(
         _ => None,
     };
     for seq in 0..frames as u64 {
-        let picture = pattern.render(seq, CaptureTime::now());
-        let started = Instant::now();
-        let coded = encoder.encode(&picture, seq)?;
-        times.push(started.elapsed());
+        let (coded, raw) = match &mut capture {
+            None => {
+                let picture = pattern.render(seq, CaptureTime::now());
+                let started = Instant::now();
+                let coded = encoder.encode(&picture, seq)?;
+                times.push(started.elapsed());
+                (coded, raw_bytes(&picture, width as usize, height as usize))
+            }
+            Some(c) => {
+                let index = c.next(Duration::from_secs(2))?;
+                let (fd, len) = c.dmabuf(index);
+                let started = Instant::now();
+                let Encoder::Imported(e) = &mut encoder else {
+                    unreachable!("an importing session for captured frames")
+                };
+                let coded = e
+                    .encode_imported(fd, len, |d| codec != Codec::H264 || has_picture(d))
+                    .map_err(|e| e.to_string())?;
+                times.push(started.elapsed());
+                let layout = RawLayout::of(&c.format, height)
+                    .ok_or("the capture's YU12 layout cannot hold the picture")?;
+                let raw = tight_i420(c.data(index), &layout, width as usize, height as usize);
+                c.requeue(index)?;
+                (coded.data, raw)
+            }
+        };
         bytes += coded.len();
-        let what = format!("frame {seq}");
-        match codec {
-            Codec::Fwht => match fwht_size(&coded) {
-                Some(size) if size == (width, height) => {}
-                other => {
-                    return Err(format!(
-                        "{what}: not an FWHT frame of {width}x{height}: {other:?}"
-                    ))
-                }
-            },
-            Codec::Jpeg => {
-                let h = turbojpeg::read_header(&coded).map_err(|e| format!("{what}: {e}"))?;
-                if (h.width, h.height) != (width as usize, height as usize) {
-                    return Err(format!("{what}: a JPEG of {}x{}", h.width, h.height));
-                }
-            }
-            Codec::H264 => {
-                use openh264::formats::YUVSource;
-                let d = h264_decoder.as_mut().expect("made for H.264");
-                let picture = d.decode(&coded).map_err(|e| format!("{what}: {e}"))?;
-                if seq == 0 && picture.is_none() {
-                    return Err(format!(
-                        "{what}: the first unit does not decode to a picture"
-                    ));
-                }
-                if let Some(p) = picture {
-                    if p.dimensions() != (width as usize, height as usize) {
-                        return Err(format!("{what}: decodes to {:?}", p.dimensions()));
-                    }
-                }
-            }
-        }
+        check_coded(codec, &coded, width, height, seq, h264_decoder.as_mut())?;
         if let Some((c, y)) = &mut files {
             c.write_all(&coded).map_err(|e| e.to_string())?;
-            y.write_all(&raw_bytes(&picture, width as usize, height as usize))
-                .map_err(|e| e.to_string())?;
+            y.write_all(&raw).map_err(|e| e.to_string())?;
         }
     }
     let drained = encoder.drain()?;
@@ -168,11 +199,73 @@ pub fn check(
     Ok(CheckReport { lines })
 }
 
+/// Checks one coded frame: its header's size (JPEG, FWHT), or that it decodes to a picture
+/// of the right size (H.264; the first unit must).
+fn check_coded(
+    codec: Codec,
+    coded: &[u8],
+    width: u32,
+    height: u32,
+    seq: u64,
+    h264: Option<&mut openh264::decoder::Decoder>,
+) -> Result<(), String> {
+    let what = format!("frame {seq}");
+    match codec {
+        Codec::Fwht => match fwht_size(coded) {
+            Some(size) if size == (width, height) => Ok(()),
+            other => Err(format!(
+                "{what}: not an FWHT frame of {width}x{height}: {other:?}"
+            )),
+        },
+        Codec::Jpeg => {
+            let h = turbojpeg::read_header(coded).map_err(|e| format!("{what}: {e}"))?;
+            if (h.width, h.height) != (width as usize, height as usize) {
+                return Err(format!("{what}: a JPEG of {}x{}", h.width, h.height));
+            }
+            Ok(())
+        }
+        Codec::H264 => {
+            use openh264::formats::YUVSource;
+            let d = h264.expect("a decoder for H.264");
+            let picture = d.decode(coded).map_err(|e| format!("{what}: {e}"))?;
+            if seq == 0 && picture.is_none() {
+                return Err(format!(
+                    "{what}: the first unit does not decode to a picture"
+                ));
+            }
+            match picture {
+                Some(p) if p.dimensions() != (width as usize, height as usize) => {
+                    Err(format!("{what}: decodes to {:?}", p.dimensions()))
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+/// A YU12 buffer at the driver's layout as tightly packed I420.
+fn tight_i420(buf: &[u8], layout: &RawLayout, width: usize, height: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(width * height * 3 / 2);
+    for r in 0..height {
+        let at = r * layout.y_stride;
+        out.extend_from_slice(&buf[at..at + width]);
+    }
+    for offset in [layout.u_offset, layout.v_offset] {
+        for r in 0..height.div_ceil(2) {
+            let at = offset + r * layout.c_stride;
+            out.extend_from_slice(&buf[at..at + width.div_ceil(2)]);
+        }
+    }
+    out
+}
+
 /// The codec-specific session the check drives.
 enum Encoder {
     H264(M2mH264),
     Jpeg(M2mJpeg),
     Plain(M2mEncoder<V4l2Device>, u32, u32),
+    /// A session importing dmabufs (`--encoder-check-from`).
+    Imported(M2mEncoder<V4l2Device>),
 }
 
 impl Encoder {
@@ -201,6 +294,7 @@ impl Encoder {
                     height,
                     fps,
                     controls: Vec::new(),
+                    import_stride: None,
                 };
                 Encoder::Plain(M2mEncoder::open(dev, spec).map_err(err)?, width, height)
             }
@@ -211,7 +305,7 @@ impl Encoder {
         let (enc_info, raw, coded, refused) = match self {
             Encoder::H264(e) => info(e.encoder()),
             Encoder::Jpeg(e) => info(e.encoder()),
-            Encoder::Plain(e, ..) => info(e),
+            Encoder::Plain(e, ..) | Encoder::Imported(e) => info(e),
         };
         format!(
             "{enc_info}: raw {} at {} bytes a line, {} rows, {} bytes a frame; coded {} in buffers of {} bytes{}",
@@ -244,6 +338,7 @@ impl Encoder {
                 .encode(picture, *w, *h, |_| true)
                 .map(|c| c.data)
                 .map_err(|e| e.to_string()),
+            Encoder::Imported(_) => Err("an importing session takes dmabufs".into()),
         }
     }
 
@@ -251,7 +346,7 @@ impl Encoder {
         let r = match self {
             Encoder::H264(e) => e.drain(),
             Encoder::Jpeg(e) => e.drain(),
-            Encoder::Plain(e, ..) => e.drain(),
+            Encoder::Plain(e, ..) | Encoder::Imported(e) => e.drain(),
         };
         r.map(|v| v.len()).map_err(|e| e.to_string())
     }
