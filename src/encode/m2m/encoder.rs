@@ -768,4 +768,69 @@ mod tests {
         let dev = FakeDevice::encoder(FourCc::FWHT, |_| Vec::new());
         assert!(M2mEncoder::open(dev, spec(Codec::Fwht, 63, 48)).is_err());
     }
+
+    #[test]
+    fn imported_frames_are_read_from_the_dmabuf_at_the_callers_stride() {
+        use std::io::Write as _;
+        use std::os::fd::AsFd;
+        // 64x48 I420 at a 96-byte stride, as a camera's buffer would hold it.
+        let (w, h, stride) = (64usize, 48usize, 96usize);
+        let mut frame = vec![0u8; stride * h * 3 / 2];
+        for r in 0..h {
+            for c in 0..w {
+                frame[r * stride + c] = (c + r) as u8;
+            }
+        }
+        let path = std::env::temp_dir().join(format!("picamd-dmabuf-{}", std::process::id()));
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(&frame)
+            .unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+
+        let dev = FakeDevice::encoder(FourCc::FWHT, |_| vec![vec![7; 5]]);
+        let log = dev.log();
+        let mut s = spec(Codec::Fwht, 64, 48);
+        s.import_stride = Some(stride as u32);
+        let mut enc = M2mEncoder::open(dev, s).unwrap();
+        assert_eq!(enc.raw_layout().y_stride, stride);
+        for _ in 0..3 {
+            let coded = enc
+                .encode_imported(file.as_fd(), frame.len() as u32, |_| true)
+                .unwrap();
+            assert_eq!(coded.data[..], [7; 5]);
+        }
+        let log = log.lock().unwrap();
+        assert!(log.events.contains(&"import raw".to_string()));
+        assert_eq!(log.raw_frames.len(), 3);
+        assert_eq!(
+            log.raw_frames[0], frame,
+            "the driver read the caller's bytes"
+        );
+        // A mapped session refuses dmabufs, and a dmabuf too small for the layout is an error.
+        let dev = FakeDevice::encoder(FourCc::FWHT, |_| vec![vec![7; 5]]);
+        let mut mapped = M2mEncoder::open(dev, spec(Codec::Fwht, 64, 48)).unwrap();
+        assert!(mapped
+            .encode_imported(file.as_fd(), frame.len() as u32, |_| true)
+            .is_err());
+        assert!(matches!(
+            enc.encode_imported(file.as_fd(), 100, |_| true),
+            Err(M2mError::BadPlanes { .. })
+        ));
+    }
+
+    #[test]
+    fn a_driver_wanting_another_stride_than_the_imported_frames_is_refused() {
+        let mut dev = FakeDevice::encoder(FourCc::FWHT, |_| Vec::new());
+        dev.stride_align = 128;
+        let mut s = spec(Codec::Fwht, 64, 48);
+        s.import_stride = Some(64);
+        let e = M2mEncoder::open(dev, s).err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("imported frames have 64 bytes a row; the driver wants 128"),
+            "{e}"
+        );
+    }
 }

@@ -157,7 +157,9 @@ impl M2mDevice for FakeDevice {
                 } else {
                     self.raw_formats[0]
                 };
-                let stride = want.width.div_ceil(self.stride_align) * self.stride_align;
+                // A stride asked for is kept if the alignment allows it, as drivers do.
+                let stride = want.plane.bytesperline.max(want.width);
+                let stride = stride.div_ceil(self.stride_align) * self.stride_align;
                 let rows = want.height.div_ceil(self.height_align) * self.height_align;
                 self.raw_size = (stride * rows + stride * rows.div_ceil(2)) as usize;
                 Ok(Format {
@@ -194,6 +196,30 @@ impl M2mDevice for FakeDevice {
         };
         *bufs = (0..count).map(|_| vec![0; size]).collect();
         Ok(count)
+    }
+
+    fn allocate_imported(&mut self, count: u32) -> io::Result<u32> {
+        self.event("import raw".into());
+        self.raw = (0..count).map(|_| Vec::new()).collect();
+        Ok(count)
+    }
+
+    /// Reads the frame from the file behind `fd` (the tests pass a file, standing in for a
+    /// dmabuf), then goes on as [`Self::queue`].
+    fn queue_imported(
+        &mut self,
+        index: u32,
+        fd: std::os::fd::RawFd,
+        _length: u32,
+        bytesused: u32,
+        timestamp_us: u64,
+    ) -> io::Result<()> {
+        // SAFETY: the caller's descriptor stays open for this call; borrowed, not owned.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let mut frame = vec![0; bytesused as usize];
+        nix::sys::uio::pread(fd, &mut frame, 0)?;
+        self.raw[index as usize] = frame;
+        self.queue(Queue::Raw, index, bytesused, timestamp_us)
     }
 
     fn buffer(&self, queue: Queue, index: u32) -> &[u8] {
