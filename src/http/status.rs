@@ -413,6 +413,29 @@ impl Snapshot {
             },
         );
         metric(
+            "encoder_hardware",
+            "gauge",
+            "1 while a hardware (V4L2 M2M) encoder makes the codec, 0 while software does.",
+            &|s| {
+                let hw = |e: &EncoderState| f64::from(u8::from(e.using.starts_with("v4l2:")));
+                vec![
+                    ("codec=\"jpeg\"", hw(&s.encoder.state)),
+                    ("codec=\"h264\"", hw(&s.h264.encoder)),
+                ]
+            },
+        );
+        metric(
+            "encoder_fallbacks_total",
+            "counter",
+            "Times a hardware encoder failed and software took over.",
+            &|s| {
+                vec![
+                    ("codec=\"jpeg\"", s.encoder.state.fallbacks as f64),
+                    ("codec=\"h264\"", s.h264.encoder.fallbacks as f64),
+                ]
+            },
+        );
+        metric(
             "h264_consumers",
             "gauge",
             "Clients and publishers taking the H.264 track.",

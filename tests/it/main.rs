@@ -9,6 +9,7 @@ mod article_urls;
 mod cli;
 mod controls;
 mod demand;
+mod encoders;
 mod ffmpeg_sources;
 mod mjpeg;
 mod passthrough;
