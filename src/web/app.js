@@ -15,6 +15,7 @@ import {
   pageAddress, parseStreamList, resolveStream, streamFromLocation, streamUrls, wantsGrid,
 } from './streams.js';
 import { createUi } from './ui.js';
+import { rememberIceServers } from './webrtc-source.js';
 
 /**
  * Defines the `<picam-player>` element (once). It builds its UI inside itself (no shadow DOM,
@@ -124,6 +125,8 @@ export function definePlayerElement(name = 'picam-player') {
         .catch(() => null)
         .then((json) => {
           if (!this.player) return;
+          // STUN/TURN for WebRTC connections made from now on (a LAN needs none).
+          rememberIceServers(json?.webrtc?.ice_servers);
           const list = parseStreamList(json);
           this.streams = list;
           const requested = this.player.stream;

@@ -48,6 +48,36 @@ export function captureTimeOf(ssrc, frameRtp) {
 /** Statuses that mean "this server does not do WebRTC for this page, don't retry". */
 const UNSUPPORTED_STATUS = new Set([400, 404, 405, 406, 415, 422, 501]);
 
+/** ICE servers picamd told this page (`/streams`' `webrtc.ice_servers`, or the Link headers of
+ * a WHEP answer): connections made after pass them to RTCPeerConnection. A LAN needs none; a
+ * viewer reaching the Pi through NAT needs the STUN/TURN servers `webrtc_ice_servers` names.
+ * @type {RTCIceServer[]} */
+let knownIceServers = [];
+
+/**
+ * Remembers the ICE servers picamd advertises, for the connections made after. Entries
+ * without a stun:/turn: URL are dropped.
+ * @param {unknown} list `RTCIceServer`-shaped objects ({urls, username?, credential?})
+ */
+export function rememberIceServers(list) {
+  if (!Array.isArray(list)) return;
+  const ok = (u) => typeof u === 'string' && /^(stun|stuns|turn|turns):/i.test(u);
+  knownIceServers = list.flatMap((s) => {
+    if (!s || typeof s !== 'object') return [];
+    const urls = Array.isArray(s.urls) ? s.urls.filter(ok) : ok(s.urls) ? [s.urls] : [];
+    if (!urls.length) return [];
+    const out = { urls: urls.length === 1 ? urls[0] : urls };
+    if (typeof s.username === 'string') out.username = s.username;
+    if (typeof s.credential === 'string') out.credential = s.credential;
+    return [out];
+  });
+}
+
+/** The ICE servers a connection uses: those it was given, else the ones picamd advertised. */
+export function iceServersFor(explicit) {
+  return explicit ?? knownIceServers;
+}
+
 /**
  * ICE servers from RFC 9725 `Link` headers: `<stun:host:3478>; rel="ice-server"`, with
  * `username` and `credential` parameters for TURN.
@@ -96,7 +126,8 @@ export class WebRtcSource {
    * @param {object} opts
    * @param {string} opts.url the WHEP endpoint (`/whep`, `/cam/<name>/whep`)
    * @param {HTMLElement} [opts.parent] where the hidden <video> lives; default document.body
-   * @param {RTCIceServer[]} [opts.iceServers] STUN/TURN for a Pi behind NAT; none on a LAN
+   * @param {RTCIceServer[]} [opts.iceServers] STUN/TURN for a Pi behind NAT; default: what
+   *   picamd advertised (rememberIceServers), none on a LAN
    * @param {number} [opts.gatherTimeoutMs=2000]
    * @param {number} [opts.statsIntervalMs=1000] how often `bytes` is read from getStats
    */
@@ -104,7 +135,7 @@ export class WebRtcSource {
     this.kind = 'webrtc';
     this.url = opts.url;
     this.parent = opts.parent ?? null;
-    this.iceServers = opts.iceServers ?? [];
+    this.iceServers = opts.iceServers ?? null;
     this.gatherTimeoutMs = opts.gatherTimeoutMs ?? 2000;
     this.statsIntervalMs = opts.statsIntervalMs ?? 1000;
     this.onframe = () => {};
@@ -113,7 +144,7 @@ export class WebRtcSource {
     this.bytes = null;
     /** The session's URL (the POST's Location), to DELETE on stop. */
     this.session = null;
-    /** ICE servers picamd advertised in Link headers (for information; see docs/webrtc.md). */
+    /** ICE servers picamd advertised in this session's Link headers (remembered for the next). */
     this.advertisedIceServers = [];
     this.pc = null;
     /** @type {RTCRtpReceiver|null} */
@@ -159,7 +190,7 @@ export class WebRtcSource {
   }
 
   async #open() {
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: 'max-bundle' });
+    const pc = new RTCPeerConnection({ iceServers: iceServersFor(this.iceServers), bundlePolicy: 'max-bundle' });
     this.pc = pc;
     const transceiver = pc.addTransceiver('video', { direction: 'recvonly' });
     // Ask for abs-capture-time, which Chromium does not offer by default: it is how the page
@@ -206,6 +237,7 @@ export class WebRtcSource {
     const location = resp.headers.get('Location');
     if (location) this.session = new URL(location, new URL(this.url, globalThis.location?.href)).href;
     this.advertisedIceServers = iceServersFromLinks(resp.headers.get('Link'));
+    if (this.advertisedIceServers.length) rememberIceServers(this.advertisedIceServers);
     await pc.setRemoteDescription({ type: 'answer', sdp: body });
     if (this.stopped) return;
     this.#emit({ type: 'open' });

@@ -53,3 +53,24 @@ test('a drawn picture\'s capture time from abs-capture-time and the RTP timestam
   // Implausibly far apart: the packet's time as is.
   assert.equal(captureTimeOf({ captureTimestamp: ntp(5000), rtpTimestamp: 2_000_000 }, 0), 5000);
 });
+
+test('ICE servers picamd advertises are used by the connections made after, invalid ones dropped', async () => {
+  const { rememberIceServers, iceServersFor } = await import('../../src/web/webrtc-source.js');
+  assert.deepEqual(iceServersFor(undefined), [], 'none on a LAN');
+  rememberIceServers([
+    { urls: 'stun:stun.example.net:3478' },
+    { urls: ['turn:turn.example.net?transport=udp', 'http://not-ice'], username: 'u', credential: 'p' },
+    { urls: 'https://nope' },
+    null,
+    'stun:bare-string',
+  ]);
+  assert.deepEqual(iceServersFor(undefined), [
+    { urls: 'stun:stun.example.net:3478' },
+    { urls: 'turn:turn.example.net?transport=udp', username: 'u', credential: 'p' },
+  ]);
+  assert.deepEqual(iceServersFor([{ urls: 'stun:given' }]), [{ urls: 'stun:given' }], 'given ones win');
+  rememberIceServers('garbage');
+  assert.equal(iceServersFor(undefined).length, 2, 'a malformed list changes nothing');
+  rememberIceServers([]);
+  assert.deepEqual(iceServersFor(undefined), []);
+});
