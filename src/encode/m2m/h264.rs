@@ -108,6 +108,8 @@ pub struct M2mH264<D: M2mDevice = V4l2Device> {
     last_forced: Option<Instant>,
     sps: Option<Bytes>,
     pps: Option<Bytes>,
+    /// The driver refused FORCE_KEY_FRAME once (said in the log once).
+    cannot_force: bool,
 }
 
 impl M2mH264<V4l2Device> {
@@ -139,6 +141,7 @@ impl<D: M2mDevice> M2mH264<D> {
             last_forced: None,
             sps: None,
             pps: None,
+            cannot_force: false,
         })
     }
 
@@ -176,11 +179,18 @@ impl<D: M2mDevice> M2mH264<D> {
                 .is_none_or(|t| now.duration_since(t) >= MIN_FORCED_IDR_GAP)
         {
             // Applies to the next frame queued (V4L2's FORCE_KEY_FRAME is a button control).
-            self.encoder.set_control(
+            // A driver without it is not broken: the GOP's own IDRs still come, so a joining
+            // client waits up to a GOP (said once in the log), and the device stays in use.
+            if let Err(e) = self.encoder.set_control(
                 v4l_sys::V4L2_CID_MPEG_VIDEO_FORCE_KEY_FRAME,
                 1,
                 "forcing a keyframe",
-            )?;
+            ) {
+                if !self.cannot_force {
+                    tracing::warn!(error = %e, "the H.264 encoder cannot force keyframes; new viewers wait for the next IDR");
+                    self.cannot_force = true;
+                }
+            }
             self.keyframe_wanted = false;
             self.last_forced = Some(now);
         }
@@ -400,5 +410,24 @@ mod tests {
             .encode(&planes, 1, CaptureTime::now(), Instant::now())
             .unwrap_err();
         assert!(matches!(e, M2mError::Timeout(..)), "{e}");
+    }
+
+    #[test]
+    fn a_driver_without_forced_keyframes_keeps_encoding() {
+        let mut dev = FakeDevice::encoder(FourCc::H264, |n| match n {
+            0 => vec![annexb(&[SPS, PPS, IDR])],
+            _ => vec![annexb(&[P])],
+        });
+        dev.refuse_control(v4l_sys::V4L2_CID_MPEG_VIDEO_FORCE_KEY_FRAME);
+        let mut enc = M2mH264::with_device(dev, settings()).unwrap();
+        let planes = Planes::grey(1280, 720);
+        for seq in 0..3 {
+            enc.request_keyframe();
+            let t = Instant::now() + MIN_FORCED_IDR_GAP * seq as u32;
+            assert!(enc
+                .encode(&planes, seq, CaptureTime::now(), t)
+                .unwrap()
+                .is_some());
+        }
     }
 }

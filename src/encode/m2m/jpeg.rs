@@ -86,11 +86,14 @@ impl<D: M2mDevice> M2mJpeg<D> {
         quality: u8,
     ) -> Result<Bytes, M2mError> {
         if quality != self.quality {
-            self.encoder.set_control(
+            // A driver that takes no quality keeps its own: not a reason to leave the device.
+            if let Err(e) = self.encoder.set_control(
                 v4l_sys::V4L2_CID_JPEG_COMPRESSION_QUALITY,
                 quality as i32,
                 "setting the JPEG quality",
-            )?;
+            ) {
+                tracing::warn!(error = %e, "the JPEG encoder kept its quality");
+            }
             self.quality = quality;
         }
         let coded = self.encoder.encode(planes, width, height, |_| true)?;
