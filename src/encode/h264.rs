@@ -110,14 +110,45 @@ impl YUVSource for BorrowedPlanes<'_> {
     }
 }
 
+/// Keyframe requests, served with the next frame but at most one forced IDR per
+/// [`MIN_FORCED_IDR_GAP`]; the software and the hardware H.264 encoders both keep one.
+#[derive(Debug, Default)]
+pub struct KeyframeGate {
+    /// A consumer asked for a keyframe that has not been made yet.
+    wanted: bool,
+    /// When the last IDR was forced by a request.
+    last_forced: Option<Instant>,
+}
+
+impl KeyframeGate {
+    pub fn request(&mut self) {
+        self.wanted = true;
+    }
+
+    /// Whether the frame encoded at `now` is to be forced to an IDR (then counted as forced).
+    pub fn force_now(&mut self, now: Instant) -> bool {
+        let due = self.wanted
+            && self
+                .last_forced
+                .is_none_or(|t| now.duration_since(t) >= MIN_FORCED_IDR_GAP);
+        if due {
+            self.wanted = false;
+            self.last_forced = Some(now);
+        }
+        due
+    }
+
+    /// An IDR came anyway (the GOP's own): it serves a pending request as well.
+    pub fn served(&mut self) {
+        self.wanted = false;
+    }
+}
+
 /// One OpenH264 encoder and its keyframe bookkeeping.
 pub struct H264Encoder {
     encoder: Encoder,
     settings: H264Settings,
-    /// A consumer asked for a keyframe that has not been made yet.
-    keyframe_wanted: bool,
-    /// When the last IDR was forced by a request.
-    last_forced: Option<Instant>,
+    keyframes: KeyframeGate,
     out: Vec<u8>,
 }
 
@@ -149,8 +180,7 @@ impl H264Encoder {
         Ok(H264Encoder {
             encoder,
             settings,
-            keyframe_wanted: false,
-            last_forced: None,
+            keyframes: KeyframeGate::default(),
             out: Vec::new(),
         })
     }
@@ -162,7 +192,7 @@ impl H264Encoder {
     /// Makes the next frame an IDR, or the first one after [`MIN_FORCED_IDR_GAP`] has passed
     /// since the last forced IDR.
     pub fn request_keyframe(&mut self) {
-        self.keyframe_wanted = true;
+        self.keyframes.request();
     }
 
     /// Encodes one frame. `Ok(None)` when the rate control skipped it (nothing to send).
@@ -175,14 +205,8 @@ impl H264Encoder {
     ) -> Result<Option<AccessUnit>, H264Error> {
         let (width, height) = (self.settings.width, self.settings.height);
         let source = BorrowedPlanes::new(planes, width, height)?;
-        if self.keyframe_wanted
-            && self
-                .last_forced
-                .is_none_or(|t| now.duration_since(t) >= MIN_FORCED_IDR_GAP)
-        {
+        if self.keyframes.force_now(now) {
             self.encoder.force_intra_frame();
-            self.keyframe_wanted = false;
-            self.last_forced = Some(now);
         }
         let stream = self.encoder.encode(&source)?;
         let keyframe = matches!(stream.frame_type(), FrameType::IDR);
@@ -192,8 +216,7 @@ impl H264Encoder {
         self.out.clear();
         stream.write_vec(&mut self.out);
         if keyframe {
-            // The GOP's own IDR serves a pending request as well.
-            self.keyframe_wanted = false;
+            self.keyframes.served();
         }
         let data = Bytes::copy_from_slice(&self.out);
         let nals = split_annex_b(&data);

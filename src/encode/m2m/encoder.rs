@@ -400,14 +400,7 @@ impl<D: M2mDevice> M2mEncoder<D> {
             return Err(M2mError::BadPlanes { width, height });
         }
         let deadline = Instant::now() + FRAME_TIMEOUT;
-        self.reclaim_raw()?;
-        let index = loop {
-            if let Some(i) = self.free_raw.pop() {
-                break i;
-            }
-            self.wait_until(deadline)?;
-            self.reclaim_raw()?;
-        };
+        let index = self.free_raw_buffer(deadline)?;
         let layout = self.layout;
         let dst = self.dev.buffer_mut(Queue::Raw, index);
         layout.fill(dst, planes, width as usize, height as usize);
@@ -416,19 +409,38 @@ impl<D: M2mDevice> M2mEncoder<D> {
         self.dev
             .queue(Queue::Raw, index, layout.bytes as u32, stamp)
             .map_err(self.io("queueing a raw frame"))?;
+        self.coded_frame(deadline, complete)
+    }
+
+    /// A raw buffer the driver is done with, waiting for one until `deadline`.
+    fn free_raw_buffer(&mut self, deadline: Instant) -> Result<u32, M2mError> {
+        self.reclaim_raw()?;
+        loop {
+            if let Some(i) = self.free_raw.pop() {
+                return Ok(i);
+            }
+            self.wait_until(deadline)?;
+            self.reclaim_raw()?;
+        }
+    }
+
+    /// The coded buffers of the frame just queued, joined until `complete` says they are
+    /// the whole frame.
+    fn coded_frame(
+        &mut self,
+        deadline: Instant,
+        complete: impl Fn(&[u8]) -> bool,
+    ) -> Result<Coded, M2mError> {
         let mut joined = BytesMut::new();
         loop {
-            match self.next_coded(deadline)? {
-                Some((data, flags)) => {
-                    joined.extend_from_slice(&data);
-                    if complete(&joined) {
-                        return Ok(Coded {
-                            data: joined.freeze(),
-                            flags,
-                        });
-                    }
+            if let Some((data, flags)) = self.next_coded(deadline)? {
+                joined.extend_from_slice(&data);
+                if complete(&joined) {
+                    return Ok(Coded {
+                        data: joined.freeze(),
+                        flags,
+                    });
                 }
-                None => continue,
             }
         }
     }
@@ -457,14 +469,7 @@ impl<D: M2mDevice> M2mEncoder<D> {
             });
         }
         let deadline = Instant::now() + FRAME_TIMEOUT;
-        self.reclaim_raw()?;
-        let index = loop {
-            if let Some(i) = self.free_raw.pop() {
-                break i;
-            }
-            self.wait_until(deadline)?;
-            self.reclaim_raw()?;
-        };
+        let index = self.free_raw_buffer(deadline)?;
         let stamp = self.next_stamp;
         self.next_stamp += 1;
         self.dev
@@ -476,18 +481,7 @@ impl<D: M2mDevice> M2mEncoder<D> {
                 stamp,
             )
             .map_err(self.io("queueing an imported frame"))?;
-        let mut joined = BytesMut::new();
-        let coded = loop {
-            if let Some((data, flags)) = self.next_coded(deadline)? {
-                joined.extend_from_slice(&data);
-                if complete(&joined) {
-                    break Coded {
-                        data: joined.freeze(),
-                        flags,
-                    };
-                }
-            }
-        };
+        let coded = self.coded_frame(deadline, complete)?;
         while !self.free_raw.contains(&index) {
             self.wait_until(deadline)?;
             self.reclaim_raw()?;

@@ -19,7 +19,7 @@ use v4l::v4l_sys;
 use super::device::{M2mDevice, V4l2Device};
 use super::encoder::{Control, M2mEncoder, Spec};
 use super::{Codec, M2mError};
-use crate::encode::h264::{level_idc, H264Settings, MIN_FORCED_IDR_GAP};
+use crate::encode::h264::{level_idc, H264Settings, KeyframeGate};
 use crate::frame::{split_annex_b, AccessUnit, CaptureTime, Yuv420Buffer};
 
 const NAL_IDR: u8 = 5;
@@ -104,8 +104,7 @@ pub fn has_picture(data: &[u8]) -> bool {
 pub struct M2mH264<D: M2mDevice = V4l2Device> {
     encoder: M2mEncoder<D>,
     settings: H264Settings,
-    keyframe_wanted: bool,
-    last_forced: Option<Instant>,
+    keyframes: KeyframeGate,
     sps: Option<Bytes>,
     pps: Option<Bytes>,
     /// The driver refused FORCE_KEY_FRAME once (said in the log once).
@@ -137,8 +136,7 @@ impl<D: M2mDevice> M2mH264<D> {
         Ok(M2mH264 {
             encoder: M2mEncoder::open(dev, spec)?,
             settings,
-            keyframe_wanted: false,
-            last_forced: None,
+            keyframes: KeyframeGate::default(),
             sps: None,
             pps: None,
             cannot_force: false,
@@ -161,7 +159,7 @@ impl<D: M2mDevice> M2mH264<D> {
     /// Makes the next frame an IDR, or the first one after [`MIN_FORCED_IDR_GAP`] has passed
     /// since the last forced IDR.
     pub fn request_keyframe(&mut self) {
-        self.keyframe_wanted = true;
+        self.keyframes.request();
     }
 
     /// Encodes one frame; `Ok(None)` when the driver gave no picture for it.
@@ -173,11 +171,7 @@ impl<D: M2mDevice> M2mH264<D> {
         now: Instant,
     ) -> Result<Option<AccessUnit>, M2mError> {
         let (width, height) = (self.settings.width, self.settings.height);
-        if self.keyframe_wanted
-            && self
-                .last_forced
-                .is_none_or(|t| now.duration_since(t) >= MIN_FORCED_IDR_GAP)
-        {
+        if self.keyframes.force_now(now) {
             // Applies to the next frame queued (V4L2's FORCE_KEY_FRAME is a button control).
             // A driver without it is not broken: the GOP's own IDRs still come, so a joining
             // client waits up to a GOP (said once in the log), and the device stays in use.
@@ -191,16 +185,13 @@ impl<D: M2mDevice> M2mH264<D> {
                     self.cannot_force = true;
                 }
             }
-            self.keyframe_wanted = false;
-            self.last_forced = Some(now);
         }
         let coded = self.encoder.encode(planes, width, height, has_picture)?;
         let Some((data, keyframe)) = self.complete(coded.data) else {
             return Ok(None);
         };
         if keyframe {
-            // The GOP's own IDR serves a pending request as well.
-            self.keyframe_wanted = false;
+            self.keyframes.served();
         }
         let nals = split_annex_b(&data);
         Ok(Some(AccessUnit {
@@ -257,6 +248,7 @@ impl<D: M2mDevice> M2mH264<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::encode::h264::MIN_FORCED_IDR_GAP;
     use crate::encode::m2m::fake::{FakeDevice, Planes};
     use crate::encode::m2m::FourCc;
 
