@@ -3,23 +3,22 @@
 //! an M2M encoder without copying them (vivid → vicodec in the VM).
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use v4l::v4l2::vidioc;
 use v4l::v4l_sys;
 
+use crate::encode::m2m::device::{ioctl, zeroed, Mapping};
 use crate::encode::m2m::{Format, FourCc, PlaneFormat};
 
 const BUFFERS: u32 = 4;
 
 /// One capture buffer: its mapping (to read what was captured) and its exported dmabuf.
 struct Buffer {
-    ptr: NonNull<std::ffi::c_void>,
-    len: usize,
+    mapping: Mapping,
     dmabuf: OwnedFd,
 }
 
@@ -27,22 +26,6 @@ pub struct ExportingCapture {
     file: File,
     buffers: Vec<Buffer>,
     pub format: Format,
-}
-
-fn zeroed<T>() -> T {
-    // SAFETY: only the bindgen'd V4L2 structs below, for which all-zero bytes are valid.
-    unsafe { std::mem::zeroed() }
-}
-
-fn ioctl<T>(file: &File, request: vidioc::_IOC_TYPE, arg: &mut T) -> std::io::Result<()> {
-    // SAFETY: each caller passes the struct its request code is defined with.
-    unsafe {
-        v4l::v4l2::ioctl(
-            file.as_raw_fd(),
-            request,
-            (arg as *mut T).cast::<std::os::raw::c_void>(),
-        )
-    }
 }
 
 const CAPTURE: u32 = v4l_sys::v4l2_buf_type_V4L2_BUF_TYPE_VIDEO_CAPTURE;
@@ -103,40 +86,21 @@ impl ExportingCapture {
             b.memory = v4l_sys::v4l2_memory_V4L2_MEMORY_MMAP;
             b.index = index;
             ioctl(&capture.file, vidioc::VIDIOC_QUERYBUF, &mut b).map_err(|e| at("QUERYBUF", e))?;
-            let len = std::num::NonZeroUsize::new(b.length as usize)
-                .ok_or_else(|| format!("{}: a 0-byte buffer", path.display()))?;
             // SAFETY: MMAP buffers are described by their offset (the member QUERYBUF fills).
             let offset = unsafe { b.m.offset };
-            // SAFETY: mapping this device's buffer at the offset and length it reported;
-            // unmapped in Drop.
-            let ptr = unsafe {
-                nix::sys::mman::mmap(
-                    None,
-                    len,
-                    nix::sys::mman::ProtFlags::PROT_READ,
-                    nix::sys::mman::MapFlags::MAP_SHARED,
-                    capture.file.as_fd(),
-                    offset as nix::libc::off_t,
-                )
-            }
-            .map_err(|e| at("mmap", e.into()))?;
+            let mapping =
+                Mapping::map(&capture.file, offset, b.length, false).map_err(|e| at("mmap", e))?;
             let mut x: v4l_sys::v4l2_exportbuffer = zeroed();
             x.type_ = CAPTURE;
             x.index = index;
             x.flags = (nix::libc::O_RDONLY | nix::libc::O_CLOEXEC) as u32;
             let exported = ioctl(&capture.file, vidioc::VIDIOC_EXPBUF, &mut x);
             if let Err(e) = exported {
-                // SAFETY: unmapping what was just mapped, not yet owned by a Buffer.
-                let _ = unsafe { nix::sys::mman::munmap(ptr, len.get()) };
                 return Err(at("VIDIOC_EXPBUF (the driver cannot export dmabufs)", e));
             }
             // SAFETY: EXPBUF returned a new file descriptor that nothing else owns.
             let dmabuf = unsafe { OwnedFd::from_raw_fd(x.fd) };
-            capture.buffers.push(Buffer {
-                ptr,
-                len: len.get(),
-                dmabuf,
-            });
+            capture.buffers.push(Buffer { mapping, dmabuf });
             capture.requeue(index)?;
         }
         let mut t = CAPTURE as std::os::raw::c_int;
@@ -180,14 +144,12 @@ impl ExportingCapture {
     /// Buffer `index`'s dmabuf and its length.
     pub fn dmabuf(&self, index: u32) -> (BorrowedFd<'_>, u32) {
         let b = &self.buffers[index as usize];
-        (b.dmabuf.as_fd(), b.len as u32)
+        (b.dmabuf.as_fd(), b.mapping.bytes().len() as u32)
     }
 
     /// What buffer `index` holds (read through its mapping).
     pub fn data(&self, index: u32) -> &[u8] {
-        let b = &self.buffers[index as usize];
-        // SAFETY: `ptr` maps `len` readable bytes while `self` lives.
-        unsafe { std::slice::from_raw_parts(b.ptr.as_ptr().cast(), b.len) }
+        self.buffers[index as usize].mapping.bytes()
     }
 }
 
@@ -195,9 +157,7 @@ impl Drop for ExportingCapture {
     fn drop(&mut self) {
         let mut t = CAPTURE as std::os::raw::c_int;
         let _ = ioctl(&self.file, vidioc::VIDIOC_STREAMOFF, &mut t);
-        for b in self.buffers.drain(..) {
-            // SAFETY: unmapping exactly what was mapped; streaming is off.
-            let _ = unsafe { nix::sys::mman::munmap(b.ptr, b.len) };
-        }
+        // Streaming is off: the buffers' mappings can go.
+        self.buffers.clear();
     }
 }

@@ -117,19 +117,12 @@ pub fn check(
     };
     let mut encoder = match &capture {
         None => Encoder::open(path, codec, width, height, fps)?,
-        Some(c) => {
-            let dev = V4l2Device::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let spec = Spec {
-                codec,
-                width,
-                height,
-                fps,
-                controls: Vec::new(),
-                import_stride: Some(c.format.plane.bytesperline),
-            };
-            let e = M2mEncoder::open(dev, spec).map_err(|e| e.to_string())?;
-            Encoder::Imported(e)
-        }
+        Some(c) => Encoder::Imported(plain_session(
+            path,
+            codec,
+            (width, height, fps),
+            Some(c.format.plane.bytesperline),
+        )?),
     };
     lines.push(encoder.describe());
     if let (Some(c), Frames::Imported(device)) = (&capture, &from) {
@@ -259,11 +252,31 @@ fn tight_i420(buf: &[u8], layout: &RawLayout, width: usize, height: usize) -> Ve
     out
 }
 
+/// A session without codec controls (FWHT, or any codec fed dmabufs) on `path`, for
+/// `(width, height, fps)`; importing frames `import_stride` bytes a row when given.
+fn plain_session(
+    path: &Path,
+    codec: Codec,
+    (width, height, fps): (u32, u32, u32),
+    import_stride: Option<u32>,
+) -> Result<M2mEncoder<V4l2Device>, String> {
+    let dev = V4l2Device::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let spec = Spec {
+        codec,
+        width,
+        height,
+        fps,
+        controls: Vec::new(),
+        import_stride,
+    };
+    M2mEncoder::open(dev, spec).map_err(|e| e.to_string())
+}
+
 /// The codec-specific session the check drives.
 enum Encoder {
     H264(M2mH264),
     Jpeg(M2mJpeg),
-    Plain(M2mEncoder<V4l2Device>, u32, u32),
+    Plain(M2mEncoder<V4l2Device>),
     /// A session importing dmabufs (`--encoder-check-from`).
     Imported(M2mEncoder<V4l2Device>),
 }
@@ -286,18 +299,7 @@ impl Encoder {
                 .map_err(err)?,
             ),
             Codec::Jpeg => Encoder::Jpeg(M2mJpeg::open(path, width, height, fps, 80).map_err(err)?),
-            Codec::Fwht => {
-                let dev = V4l2Device::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-                let spec = Spec {
-                    codec,
-                    width,
-                    height,
-                    fps,
-                    controls: Vec::new(),
-                    import_stride: None,
-                };
-                Encoder::Plain(M2mEncoder::open(dev, spec).map_err(err)?, width, height)
-            }
+            Codec::Fwht => Encoder::Plain(plain_session(path, codec, (width, height, fps), None)?),
         })
     }
 
@@ -305,7 +307,7 @@ impl Encoder {
         let (enc_info, raw, coded, refused) = match self {
             Encoder::H264(e) => info(e.encoder()),
             Encoder::Jpeg(e) => info(e.encoder()),
-            Encoder::Plain(e, ..) | Encoder::Imported(e) => info(e),
+            Encoder::Plain(e) | Encoder::Imported(e) => info(e),
         };
         format!(
             "{enc_info}: raw {} at {} bytes a line, {} rows, {} bytes a frame; coded {} in buffers of {} bytes{}",
@@ -334,10 +336,12 @@ impl Encoder {
                 let (w, h) = e.size();
                 e.encode(picture, w, h, 80).map_err(|e| e.to_string())
             }
-            Encoder::Plain(e, w, h) => e
-                .encode(picture, *w, *h, |_| true)
-                .map(|c| c.data)
-                .map_err(|e| e.to_string()),
+            Encoder::Plain(e) => {
+                let (w, h) = (e.spec().width, e.spec().height);
+                e.encode(picture, w, h, |_| true)
+                    .map(|c| c.data)
+                    .map_err(|e| e.to_string())
+            }
             Encoder::Imported(_) => Err("an importing session takes dmabufs".into()),
         }
     }
@@ -346,7 +350,7 @@ impl Encoder {
         let r = match self {
             Encoder::H264(e) => e.drain(),
             Encoder::Jpeg(e) => e.drain(),
-            Encoder::Plain(e, ..) | Encoder::Imported(e) => e.drain(),
+            Encoder::Plain(e) | Encoder::Imported(e) => e.drain(),
         };
         r.map(|v| v.len()).map_err(|e| e.to_string())
     }

@@ -214,8 +214,9 @@ pub fn open_boxed(path: &Path) -> io::Result<Box<dyn M2mDevice>> {
     Ok(Box::new(V4l2Device::open(path)?))
 }
 
-/// A memory mapping of one buffer, unmapped on drop.
-struct Mapping {
+/// A memory mapping of one V4L2 buffer, unmapped on drop (also the encoder check's
+/// capture buffers).
+pub(crate) struct Mapping {
     ptr: NonNull<std::ffi::c_void>,
     len: usize,
 }
@@ -224,7 +225,41 @@ struct Mapping {
 unsafe impl Send for Mapping {}
 
 impl Mapping {
-    fn bytes(&self) -> &[u8] {
+    /// Maps the `len` bytes at `offset` that QUERYBUF reported for one of `file`'s buffers,
+    /// readable, and writable too when `writable`.
+    pub(crate) fn map(file: &File, offset: u32, len: u32, writable: bool) -> io::Result<Mapping> {
+        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        let len = std::num::NonZeroUsize::new(len as usize).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the driver gave a 0-byte buffer",
+            )
+        })?;
+        let prot = if writable {
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
+        } else {
+            ProtFlags::PROT_READ
+        };
+        // SAFETY: mapping a buffer of this device at the offset and length it reported; the
+        // Mapping owns it and unmaps it on drop.
+        let ptr = unsafe {
+            mmap(
+                None,
+                len,
+                prot,
+                MapFlags::MAP_SHARED,
+                file.as_fd(),
+                offset as nix::libc::off_t,
+            )
+        }
+        .map_err(io::Error::from)?;
+        Ok(Mapping {
+            ptr,
+            len: len.get(),
+        })
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
         // SAFETY: `ptr` maps `len` readable bytes for as long as `self` lives.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast(), self.len) }
     }
@@ -253,7 +288,7 @@ pub struct V4l2Device {
 }
 
 /// Plain-data V4L2 structs, zeroed.
-fn zeroed<T>() -> T {
+pub(crate) fn zeroed<T>() -> T {
     // SAFETY: only used for the bindgen'd V4L2 structs below: integers, arrays and unions of
     // them (and pointers, for which null is valid), where all-zero bytes are a valid value.
     unsafe { std::mem::zeroed() }
@@ -344,10 +379,29 @@ impl V4l2Device {
         }
         b
     }
+
+    /// `VIDIOC_REQBUFS`: `count` buffers of `memory` on `queue`; how many the driver gave.
+    fn request_buffers(&self, queue: Queue, count: u32, memory: u32) -> io::Result<u32> {
+        let mut r: v4l_sys::v4l2_requestbuffers = zeroed();
+        r.count = count;
+        r.type_ = self.buf_type(queue);
+        r.memory = memory;
+        ioctl(&self.file, vidioc::VIDIOC_REQBUFS, &mut r)?;
+        Ok(r.count)
+    }
+
+    /// `VIDIOC_QBUF` of a filled-in buffer, stamped with `timestamp_us` (a frame counter the
+    /// driver copies to the coded buffer).
+    fn queue_buffer(&self, b: &mut v4l_sys::v4l2_buffer, timestamp_us: u64) -> io::Result<()> {
+        b.field = v4l_sys::v4l2_field_V4L2_FIELD_NONE;
+        b.timestamp.tv_sec = (timestamp_us / 1_000_000) as _;
+        b.timestamp.tv_usec = (timestamp_us % 1_000_000) as _;
+        ioctl(&self.file, vidioc::VIDIOC_QBUF, b)
+    }
 }
 
 /// One ioctl on `file` with `arg`.
-fn ioctl<T>(file: &File, request: vidioc::_IOC_TYPE, arg: &mut T) -> io::Result<()> {
+pub(crate) fn ioctl<T>(file: &File, request: vidioc::_IOC_TYPE, arg: &mut T) -> io::Result<()> {
     // SAFETY: every caller passes the struct type its request code is defined with, by
     // exclusive reference, so the kernel reads and writes only memory `arg` owns.
     unsafe {
@@ -478,12 +532,8 @@ impl M2mDevice for V4l2Device {
 
     fn allocate(&mut self, queue: Queue, count: u32) -> io::Result<u32> {
         self.maps(queue).clear();
-        let mut r: v4l_sys::v4l2_requestbuffers = zeroed();
-        r.count = count;
-        r.type_ = self.buf_type(queue);
-        r.memory = v4l_sys::v4l2_memory_V4L2_MEMORY_MMAP;
-        ioctl(&self.file, vidioc::VIDIOC_REQBUFS, &mut r)?;
-        for index in 0..r.count {
+        let count = self.request_buffers(queue, count, v4l_sys::v4l2_memory_V4L2_MEMORY_MMAP)?;
+        for index in 0..count {
             let mut plane: v4l_sys::v4l2_plane = zeroed();
             let mut b = self.v4l2_buffer(queue, index, &mut plane);
             ioctl(&self.file, vidioc::VIDIOC_QUERYBUF, &mut b)?;
@@ -493,42 +543,18 @@ impl M2mDevice for V4l2Device {
             } else {
                 (b.length, unsafe { b.m.offset })
             };
-            let len = std::num::NonZeroUsize::new(len as usize).ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "the driver gave a 0-byte buffer",
-                )
-            })?;
-            // SAFETY: mapping a buffer of this device at the offset and length it reported;
-            // the mapping is owned by a Mapping and unmapped on its drop.
-            let ptr = unsafe {
-                nix::sys::mman::mmap(
-                    None,
-                    len,
-                    nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
-                    nix::sys::mman::MapFlags::MAP_SHARED,
-                    self.file.as_fd(),
-                    offset as nix::libc::off_t,
-                )
-            }
-            .map_err(io::Error::from)?;
-            self.maps(queue).push(Mapping {
-                ptr,
-                len: len.get(),
-            });
+            let mapping = Mapping::map(&self.file, offset, len, true)?;
+            self.maps(queue).push(mapping);
         }
-        Ok(r.count)
+        Ok(count)
     }
 
     fn allocate_imported(&mut self, count: u32) -> io::Result<u32> {
         self.raw.clear();
-        let mut r: v4l_sys::v4l2_requestbuffers = zeroed();
-        r.count = count;
-        r.type_ = self.buf_type(Queue::Raw);
-        r.memory = v4l_sys::v4l2_memory_V4L2_MEMORY_DMABUF;
-        ioctl(&self.file, vidioc::VIDIOC_REQBUFS, &mut r)?;
+        let count =
+            self.request_buffers(Queue::Raw, count, v4l_sys::v4l2_memory_V4L2_MEMORY_DMABUF)?;
         self.raw_imported = true;
-        Ok(r.count)
+        Ok(count)
     }
 
     fn queue_imported(
@@ -550,10 +576,7 @@ impl M2mDevice for V4l2Device {
             b.length = length;
             b.bytesused = bytesused;
         }
-        b.field = v4l_sys::v4l2_field_V4L2_FIELD_NONE;
-        b.timestamp.tv_sec = (timestamp_us / 1_000_000) as _;
-        b.timestamp.tv_usec = (timestamp_us % 1_000_000) as _;
-        ioctl(&self.file, vidioc::VIDIOC_QBUF, &mut b)
+        self.queue_buffer(&mut b, timestamp_us)
     }
 
     fn buffer(&self, queue: Queue, index: u32) -> &[u8] {
@@ -584,10 +607,7 @@ impl M2mDevice for V4l2Device {
         if !self.info.mplane {
             b.bytesused = bytesused;
         }
-        b.field = v4l_sys::v4l2_field_V4L2_FIELD_NONE;
-        b.timestamp.tv_sec = (timestamp_us / 1_000_000) as _;
-        b.timestamp.tv_usec = (timestamp_us % 1_000_000) as _;
-        ioctl(&self.file, vidioc::VIDIOC_QBUF, &mut b)
+        self.queue_buffer(&mut b, timestamp_us)
     }
 
     fn dequeue(&mut self, queue: Queue) -> io::Result<Option<Dequeued>> {
