@@ -170,6 +170,23 @@ export const setPageHidden = (page, hidden) => page.evaluate((h) => {
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /**
+ * Kills `server` with SIGKILL once `page` plays live, waits for the player to notice, starts
+ * it again 1.5 s later and waits for 10 more live frames: the player's own recovery, no
+ * reload. Returns the stats when it noticed (`down`) and when it was back (`back`).
+ */
+export async function killAndRestart(page, server, timeoutMs = 15000) {
+  await waitForStats(page, (s) => s.drawn >= 10 && s.state === 'live', 'live');
+  await server.signal('SIGKILL');
+  const down = await waitForStats(
+    page, (s) => ['reconnecting', 'connecting', 'stalled'].includes(s.state), 'a reconnecting state');
+  await sleep(1500);
+  await server.start();
+  const back = await waitForStats(
+    page, (s) => s.state === 'live' && s.drawn >= down.drawn + 10, 'live frames again', timeoutMs);
+  return { down, back };
+}
+
+/**
  * A network namespace of the test's own, for picamd and Chromium together, with one address
  * that looks like a LAN address to Chromium (10.77.0.1 on a TUN device that a helper holds
  * open, plus a default route: Chromium gathers WebRTC candidates only on an interface that is

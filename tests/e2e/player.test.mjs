@@ -4,6 +4,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   Picamd, freePort, launch, openPlayer, readCanvas, stats, waitForStats, sleep, setPageHidden,
+  killAndRestart,
 } from './harness.mjs';
 
 const SIZE = ['--size', '640x360', '--fps', '30'];
@@ -41,17 +42,10 @@ test('frames reach the canvas and match the test pattern', async () => {
 
 test('the page recovers by itself after the server is killed and restarted', async () => {
   const port = await freePort();
-  let server = await new Picamd(port, SIZE).start();
+  const server = await new Picamd(port, SIZE).start();
   const { page, context, errors } = await openPlayer(browser, `${server.origin}/?source=ws`);
   try {
-    await waitForStats(page, (s) => s.drawn >= 10 && s.state === 'live', 'live');
-    await server.signal('SIGKILL');
-    const down = await waitForStats(
-      page, (s) => ['reconnecting', 'connecting', 'stalled'].includes(s.state), 'a reconnecting state');
-    await sleep(1500);
-    server = await new Picamd(port, SIZE).start();
-    const back = await waitForStats(
-      page, (s) => s.state === 'live' && s.drawn >= down.drawn + 10, 'live frames again', 15000);
+    const { back } = await killAndRestart(page, server);
     assert.ok(back.reconnects >= 1);
     assert.equal(await page.evaluate(() => window.__notReloaded), true, 'the page was not reloaded');
     assert.deepEqual(errors, []);

@@ -6,6 +6,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   Picamd, freePort, launch, openPlayer, stats, waitForStats, sleep, readCanvas,
+  killAndRestart,
 } from './harness.mjs';
 
 const SIZE = ['--size', '640x360', '--fps', '30'];
@@ -98,17 +99,10 @@ test('H.264 is decoded and drawn, every VideoFrame closed, at a fraction of the 
 
 test('the WebCodecs player recovers by itself after kill -9 and a restart', async () => {
   const port = await freePort();
-  let server = await new Picamd(port, SIZE).start();
+  const server = await new Picamd(port, SIZE).start();
   const { page, context, errors } = await openPlayer(browser, `${server.origin}/?source=webcodecs`);
   try {
-    await waitForStats(page, (s) => s.drawn >= 10 && s.state === 'live', 'live');
-    await server.signal('SIGKILL');
-    const down = await waitForStats(
-      page, (s) => ['reconnecting', 'connecting', 'stalled'].includes(s.state), 'a reconnecting state');
-    await sleep(1500);
-    server = await new Picamd(port, SIZE).start();
-    const back = await waitForStats(
-      page, (s) => s.state === 'live' && s.drawn >= down.drawn + 10, 'live frames again', 20000);
+    const { back } = await killAndRestart(page, server, 20000);
     assert.equal(back.source, 'webcodecs', 'still on H.264');
     assert.ok(back.reconnects >= 1);
     const c = await readCanvas(page);
