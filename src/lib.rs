@@ -14,12 +14,13 @@
 //! - [`webrtc`]: WebRTC (WHEP) sessions, each stream's H.264 to browsers; its HTTP
 //!   routes are `http/whep.rs`.
 //! - Appliance parts: [`config`], [`led`], [`service`], [`shutdown`], [`auth`], [`tls`],
-//!   [`privileges`], [`logging`].
+//!   [`privileges`], [`logging`], [`atomic_file`] (state files that survive a power cut).
 //!
 //! [`run`] wires the stages for one configuration; `main` only parses the command line,
 //! installs signal handlers and calls it, so tests and tools can embed the same pipeline.
 
 pub mod access;
+pub mod atomic_file;
 pub mod auth;
 pub mod config;
 pub mod encode;

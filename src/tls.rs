@@ -8,7 +8,6 @@
 //! timeout belong to [`crate::http`].
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +18,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 use sha2::{Digest, Sha256};
 
+use crate::atomic_file::{self, NewFile};
 use crate::config::{ConfigError, TlsConfig, TlsFiles};
 
 /// The self-signed certificate's file in `state_dir`.
@@ -58,6 +58,8 @@ pub enum CertOrigin {
     Generated { cert: PathBuf },
     /// Made at an earlier start, read back from `state_dir`.
     Reused { cert: PathBuf },
+    /// The previous generation in `state_dir`: the current pair was broken (`reason`).
+    Previous { cert: PathBuf, reason: String },
 }
 
 impl std::fmt::Display for CertOrigin {
@@ -68,6 +70,11 @@ impl std::fmt::Display for CertOrigin {
                 write!(f, "self-signed, made now in {}", cert.display())
             }
             CertOrigin::Reused { cert } => write!(f, "self-signed, {}", cert.display()),
+            CertOrigin::Previous { cert, reason } => write!(
+                f,
+                "self-signed, {} (the current one is broken: {reason})",
+                cert.display()
+            ),
         }
     }
 }
@@ -106,12 +113,24 @@ pub fn load(tls: &TlsConfig, state_dir: &Path) -> Result<TlsMaterial, TlsError> 
     let cert_path = state_dir.join(SELF_SIGNED_CERT);
     let key_path = state_dir.join(SELF_SIGNED_KEY);
     match read_self_signed(&cert_path, &key_path) {
-        Ok((certs, key)) => {
+        Ok((certs, key, refused)) => {
             let fingerprint = fingerprint(&certs[0]);
+            if let Some(why) = &refused {
+                tracing::warn!(
+                    path = %cert_path.display(),
+                    "the self-signed certificate is broken ({why}); using the previous one"
+                );
+            }
             return Ok(TlsMaterial {
                 server_config: server_config(certs, key)?,
                 fingerprint,
-                origin: CertOrigin::Reused { cert: cert_path },
+                origin: match refused {
+                    None => CertOrigin::Reused { cert: cert_path },
+                    Some(reason) => CertOrigin::Previous {
+                        cert: atomic_file::previous_path(&cert_path),
+                        reason,
+                    },
+                },
             });
         }
         Err(Reuse::Missing) => {}
@@ -129,9 +148,24 @@ pub fn load(tls: &TlsConfig, state_dir: &Path) -> Result<TlsMaterial, TlsError> 
         path: state_dir.to_owned(),
         source,
     })?;
-    // The key first: a certificate without its key is never left behind as the newer file.
-    write_atomically(&key_path, key_pem.as_bytes(), 0o600)?;
-    write_atomically(&cert_path, cert_pem.as_bytes(), 0o644)?;
+    // The old pair becomes the previous generation, then the new pair is written: a cut at
+    // any moment leaves one whole pair to start from (atomic_file).
+    atomic_file::write_set(&[
+        NewFile {
+            path: &key_path,
+            bytes: key_pem.as_bytes(),
+            mode: 0o600,
+        },
+        NewFile {
+            path: &cert_path,
+            bytes: cert_pem.as_bytes(),
+            mode: 0o644,
+        },
+    ])
+    .map_err(|e| TlsError::Write {
+        path: e.path,
+        source: e.source,
+    })?;
     let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
         .map_err(|e| std::io::Error::other(e.to_string()))
         .map_err(|source| TlsError::Write {
@@ -209,8 +243,11 @@ fn read_files(
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+    parse_certs(&std::fs::read(path).map_err(|e| e.to_string())?)
+}
+
+fn parse_certs(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("not a PEM certificate file: {e}"))?;
     if certs.is_empty() {
@@ -220,8 +257,11 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+    parse_key(&std::fs::read(path).map_err(|e| e.to_string())?)
+}
+
+fn parse_key(bytes: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => {
             "has no `BEGIN PRIVATE KEY` (or RSA / EC PRIVATE KEY) block".to_owned()
         }
@@ -236,27 +276,41 @@ enum Reuse {
     Bad(String),
 }
 
-fn read_self_signed(
-    cert_path: &Path,
-    key_path: &Path,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Reuse> {
-    let meta = match std::fs::metadata(cert_path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Reuse::Missing),
+/// A self-signed pair read back: the current files, or their previous generation (see
+/// [`crate::atomic_file`]) when the current ones are broken, with the reason.
+type SelfSigned = (
+    Vec<CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+    Option<String>,
+);
+
+fn read_self_signed(cert_path: &Path, key_path: &Path) -> Result<SelfSigned, Reuse> {
+    match std::fs::metadata(cert_path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Reuse::Bad(e.to_string())),
-        Ok(m) => m,
-    };
-    let age = meta
-        .modified()
-        .ok()
-        .and_then(|t| SystemTime::now().duration_since(t).ok());
-    if age.is_some_and(|a| a > SELF_SIGNED_RENEW_AFTER) {
-        return Err(Reuse::Old);
+        Ok(meta) => {
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok());
+            if age.is_some_and(|a| a > SELF_SIGNED_RENEW_AFTER) {
+                return Err(Reuse::Old);
+            }
+        }
     }
-    let certs = read_certs(cert_path).map_err(Reuse::Bad)?;
-    let key = read_key(key_path).map_err(|e| Reuse::Bad(format!("{}: {e}", key_path.display())))?;
-    // Only a pair rustls accepts is reused.
-    server_config(certs.clone(), key.clone_key()).map_err(|e| Reuse::Bad(e.to_string()))?;
-    Ok((certs, key))
+    let loaded = atomic_file::read_set(&[cert_path, key_path], |files| {
+        let certs = parse_certs(&files[0])?;
+        let key = parse_key(&files[1]).map_err(|e| format!("{}: {e}", key_path.display()))?;
+        // Only a pair rustls accepts is reused.
+        server_config(certs.clone(), key.clone_key()).map_err(|e| e.to_string())?;
+        Ok((certs, key))
+    })
+    .map_err(|e| match e {
+        atomic_file::ReadError::Missing => Reuse::Missing,
+        e => Reuse::Bad(e.to_string()),
+    })?;
+    let (certs, key) = loaded.value;
+    Ok((certs, key, loaded.current_refused))
 }
 
 /// The names a self-signed certificate covers: the host name, `localhost`,
@@ -332,39 +386,6 @@ fn generate(names: &[String]) -> Result<(String, String), rcgen::Error> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// Writes `path` through a temporary file in the same directory, created with `mode`, so a
-/// crash leaves either the old file or the new one, never half of one.
-fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |source| TlsError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp-{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(err)?;
-    let written = f.write_all(bytes).and_then(|()| f.sync_all());
-    drop(f);
-    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err(e));
-    }
-    // The directory entry too, so the rename survives a power cut (a Pi's usual way to stop).
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,5 +407,45 @@ mod tests {
         assert_eq!(fp.len(), 32 * 3 - 1);
         assert_eq!(fp, fingerprint(&c));
         server_config(vec![c], k).unwrap();
+    }
+
+    #[test]
+    fn a_broken_self_signed_pair_falls_back_to_the_previous_one() {
+        let dir = std::env::temp_dir().join(format!("picamd-tls-prev-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let (cert_path, key_path) = (dir.join(SELF_SIGNED_CERT), dir.join(SELF_SIGNED_KEY));
+        let store = |(cert, key): &(String, String)| {
+            atomic_file::write_set(&[
+                NewFile {
+                    path: &key_path,
+                    bytes: key.as_bytes(),
+                    mode: 0o600,
+                },
+                NewFile {
+                    path: &cert_path,
+                    bytes: cert.as_bytes(),
+                    mode: 0o644,
+                },
+            ])
+            .unwrap()
+        };
+        let fp = |pem: &str| fingerprint(&CertificateDer::from_pem_slice(pem.as_bytes()).unwrap());
+        let first = generate(&["localhost".into()]).unwrap();
+        let second = generate(&["localhost".into()]).unwrap();
+        store(&first);
+        store(&second);
+        let (certs, _, refused) = read_self_signed(&cert_path, &key_path).ok().unwrap();
+        assert_eq!((fingerprint(&certs[0]), refused), (fp(&second.0), None));
+        // The new key written, the certificate not yet: a cut between the two files.
+        std::fs::write(&key_path, first.1.as_bytes()).unwrap();
+        let (certs, _, refused) = read_self_signed(&cert_path, &key_path).ok().unwrap();
+        assert_eq!(fingerprint(&certs[0]), fp(&first.0), "the previous pair");
+        assert!(refused.is_some());
+        // A truncated key: the previous pair again, and the reason names the key file.
+        std::fs::write(&key_path, b"").unwrap();
+        let (_, _, refused) = read_self_signed(&cert_path, &key_path).ok().unwrap();
+        assert!(refused.unwrap().contains(SELF_SIGNED_KEY));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
