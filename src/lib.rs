@@ -14,7 +14,8 @@
 //! - [`webrtc`]: WebRTC (WHEP) sessions, each stream's H.264 to browsers; its HTTP
 //!   routes are `http/whep.rs`.
 //! - Appliance parts: [`config`], [`led`], [`service`], [`shutdown`], [`auth`], [`tls`],
-//!   [`privileges`], [`logging`], [`atomic_file`] (state files that survive a power cut).
+//!   [`privileges`], [`logging`], [`atomic_file`] (state files that survive a power cut),
+//!   [`boot_status`] (which persisted files the image's boot scripts used, for `/state`).
 //!
 //! [`run`] wires the stages for one configuration; `main` only parses the command line,
 //! installs signal handlers and calls it, so tests and tools can embed the same pipeline.
@@ -22,6 +23,7 @@
 pub mod access;
 pub mod atomic_file;
 pub mod auth;
+pub mod boot_status;
 pub mod config;
 pub mod encode;
 pub mod encoder_check;
@@ -44,6 +46,7 @@ pub mod tls;
 pub mod webrtc;
 pub mod wire;
 
+use crate::boot_status::PersistedFile;
 use crate::config::{Config, StreamConfig};
 use crate::hub::Hub;
 use crate::pipeline::Pipeline;
@@ -62,6 +65,7 @@ fn start_stream(
     config: &StreamConfig,
     policy: &std::sync::Arc<http::guard::Policy>,
     rtsp_port: Option<u16>,
+    persist: &std::sync::Arc<[PersistedFile]>,
     shutdown: &Shutdown,
 ) -> std::io::Result<Running> {
     let pipeline = Pipeline::start(config, shutdown)?;
@@ -81,6 +85,7 @@ fn start_stream(
             policy: policy.clone(),
             rtsp_port,
             webrtc: None,
+            persist: persist.clone(),
         },
         pipeline,
     })
@@ -100,13 +105,15 @@ impl rtsp::SharedSlots for HttpSlots {
 
 /// Runs every stream's pipeline, the status LED, the HTTP(S) server on `listeners`, the
 /// RTSP server on `rtsp` and WebRTC on `webrtc` until `shutdown` fires, then stops every
-/// stage and waits for its threads. Under systemd it also reports readiness, status and
-/// watchdog pings (see [`service`]).
+/// stage and waits for its threads. `persist` is what `/state` lists as the persisted files
+/// read at start-up ([`boot_status`], the TLS pair). Under systemd it also reports
+/// readiness, status and watchdog pings (see [`service`]).
 pub async fn run(
     config: Config,
     listeners: http::Listeners,
     rtsp: Option<tokio::net::TcpListener>,
     webrtc: Option<webrtc::Sockets>,
+    persist: Vec<PersistedFile>,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let policy = http::guard::Policy::new(&config.security)
@@ -122,9 +129,10 @@ pub async fn run(
         .as_ref()
         .and_then(|l| l.local_addr().ok())
         .map(|a| a.port());
+    let persist: std::sync::Arc<[PersistedFile]> = persist.into();
     let mut pipelines = Vec::with_capacity(config.streams.len());
     for stream in &config.streams {
-        match start_stream(stream, &policy, rtsp_port, &shutdown) {
+        match start_stream(stream, &policy, rtsp_port, &persist, &shutdown) {
             Ok(p) => pipelines.push(p),
             Err(e) => {
                 // Stop what already started before reporting.

@@ -159,13 +159,28 @@ fn main() -> ExitCode {
             }
         },
     };
-    match run(config, plan, tls) {
+    let persist = persisted_files(&config, tls.as_ref());
+    match run(config, plan, tls, persist) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("picamd: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// What `/state` lists under `persist`: the boot scripts' report (`boot_status`, read once
+/// here, each file not used as written logged), then picamd's own TLS pair when it fell back
+/// to its previous copy (`tls::load` logged that already).
+fn persisted_files(
+    config: &Config,
+    tls: Option<&picamd::tls::TlsMaterial>,
+) -> Vec<picamd::boot_status::PersistedFile> {
+    let mut files = (config.boot_status.as_deref())
+        .map(picamd::boot_status::load)
+        .unwrap_or_default();
+    files.extend(tls.and_then(|m| m.origin.fallback()));
+    files
 }
 
 /// `--hash-password`: a password from stdin → its PHC string on stdout.
@@ -489,6 +504,7 @@ fn run(
     config: Config,
     plan: picamd::privileges::Plan,
     tls: Option<picamd::tls::TlsMaterial>,
+    persist: Vec<picamd::boot_status::PersistedFile>,
 ) -> anyhow::Result<()> {
     raise_fd_limit();
     // Ports 80 and 443 need root (or a capability) to bind; nothing else does. So: bind,
@@ -629,7 +645,7 @@ fn run(
             https,
             redirect,
         };
-        picamd::run(config, listeners, rtsp, webrtc_sockets, shutdown)
+        picamd::run(config, listeners, rtsp, webrtc_sockets, persist, shutdown)
             .await
             .context("pipeline")?;
         tracing::info!("stopped");

@@ -9,6 +9,7 @@
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,6 +20,7 @@ use rustls::ServerConfig;
 use sha2::{Digest, Sha256};
 
 use crate::atomic_file::{self, NewFile};
+use crate::boot_status::{PersistedFile, Used};
 use crate::config::{ConfigError, TlsConfig, TlsFiles};
 
 /// The self-signed certificate's file in `state_dir`.
@@ -76,6 +78,26 @@ impl std::fmt::Display for CertOrigin {
                 cert.display()
             ),
         }
+    }
+}
+
+impl CertOrigin {
+    /// The entry for `/state`'s `persist` list when the certificate is the previous copy:
+    /// named by the persisted file (`tls-cert.pem`, as the boot status file names its files),
+    /// `used` saying which copy. `None` for every other origin: nothing fell back.
+    pub fn fallback(&self) -> Option<PersistedFile> {
+        let CertOrigin::Previous { cert, reason } = self else {
+            return None;
+        };
+        let previous = cert.as_os_str().as_bytes();
+        let current = previous
+            .strip_suffix(atomic_file::PREVIOUS_SUFFIX.as_bytes())
+            .unwrap_or(previous);
+        Some(PersistedFile {
+            file: String::from_utf8_lossy(current).into_owned(),
+            used: Used::Previous,
+            reason: reason.clone(),
+        })
     }
 }
 
@@ -446,6 +468,18 @@ mod tests {
         std::fs::write(&key_path, b"").unwrap();
         let (_, _, refused) = read_self_signed(&cert_path, &key_path).ok().unwrap();
         assert!(refused.unwrap().contains(SELF_SIGNED_KEY));
+        // Listed in /state by the certificate's own name, as the previous copy.
+        let origin = CertOrigin::Previous {
+            cert: atomic_file::previous_path(&cert_path),
+            reason: "key broken".into(),
+        };
+        let entry = origin.fallback().unwrap();
+        assert_eq!(
+            (entry.file.as_str(), entry.used, entry.reason.as_str()),
+            (cert_path.to_str().unwrap(), Used::Previous, "key broken")
+        );
+        let reused = CertOrigin::Reused { cert: cert_path };
+        assert_eq!(reused.fallback(), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -308,6 +308,12 @@ config_keys! {
         // picamd.service has StateDirectory=picamd, which makes this one.
         state_dir "state_dir": String = Key::new(Str("DIR"), Value("\"/var/lib/picamd\""),
             "Absolute directory for files picamd makes itself (the self-signed certificate).");
+        // /run: the image's boot scripts write it anew at every boot, before picamd starts.
+        boot_status "boot_status": String = Key::new(Str("PATH"),
+            Value("\"/run/picamd/boot-status.tsv\""),
+            "A file the SD image's boot scripts write: which persisted settings files were \
+             used, or fell back to their previous copy, and why; shown in /state as `persist` \
+             (docs/read-only-root.md). Absolute, or empty: none is read.");
         user "user": String = Key::new(Str("NAME"), Unset("none"),
             "Account to switch to after binding when started as root.");
         group "group": String = Key::new(Str("NAME"), Unset("the user's own group"),

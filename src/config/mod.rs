@@ -57,6 +57,9 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Where picamd keeps files it makes itself (the self-signed certificate).
     pub state_dir: PathBuf,
+    /// The boot scripts' report of which persisted files they used (`boot_status`); `None`:
+    /// none is read.
+    pub boot_status: Option<PathBuf>,
     /// The RTSP server, unless `rtsp_listen` is empty.
     pub rtsp: Option<RtspConfig>,
     /// WebRTC (WHEP), unless `webrtc = "off"`.
@@ -533,6 +536,18 @@ impl ConfigLayer {
                 ))
             }
         };
+        let boot_status = match pick!(top, boot_status) {
+            None => Some(builtin::<String>(&key::boot_status).into()),
+            Some(v) if v.value.is_empty() => None,
+            Some(v) if Path::new(&v.value).is_absolute() => Some(PathBuf::from(v.value)),
+            Some(v) => {
+                return Err(invalid(
+                    key::boot_status.name,
+                    v.origin,
+                    format!("{:?} is not an absolute path (or empty: none)", v.value),
+                ))
+            }
+        };
         let tls = resolve_tls(&top)?;
         let rtsp = resolve_rtsp(&top, listen)?;
         let webrtc = resolve_webrtc(&top, listen)?;
@@ -629,6 +644,7 @@ impl ConfigLayer {
             security,
             tls,
             state_dir,
+            boot_status,
             rtsp,
             webrtc,
         })
@@ -1353,6 +1369,34 @@ mod tests {
         let m = e("state_dir = 'var/lib'");
         assert!(m.contains("`state_dir`"), "{m}");
         let m = e("[[stream]]\nname='a'\nsource='test'\ntls_listen=':443'");
+        assert!(m.contains("per stream"), "{m}");
+    }
+
+    #[test]
+    fn boot_status_is_a_path_or_empty_for_none() {
+        let c = Config::default();
+        assert_eq!(
+            c.boot_status.as_deref(),
+            Some(Path::new("/run/picamd/boot-status.tsv"))
+        );
+        let c = resolve_file("boot_status = ''", ConfigLayer::default()).unwrap();
+        assert_eq!(c.boot_status, None);
+        let flags = ConfigLayer {
+            boot_status: Some("/tmp/b.tsv".into()),
+            ..Default::default()
+        };
+        let c = resolve_file("boot_status = ''", flags).unwrap();
+        assert_eq!(c.boot_status.as_deref(), Some(Path::new("/tmp/b.tsv")));
+        let m = resolve_file("boot_status = 'run/b.tsv'", ConfigLayer::default())
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("`boot_status`"), "{m}");
+        let m = resolve_file(
+            "[[stream]]\nname='a'\nsource='test'\nboot_status='/b'",
+            ConfigLayer::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(m.contains("per stream"), "{m}");
     }
 }

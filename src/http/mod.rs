@@ -80,6 +80,9 @@ pub struct AppState {
     pub rtsp_port: Option<u16>,
     /// The WebRTC server (None: WebRTC is off), for the WHEP routes.
     pub webrtc: Option<Arc<crate::webrtc::WebRtc>>,
+    /// The persisted files read at start-up and which copy of each was used (`/state`'s
+    /// `persist`, `/metrics`' `picamd_persist_fallbacks`); the same for every stream.
+    pub persist: Arc<[crate::boot_status::PersistedFile]>,
 }
 
 /// Every stream, in configuration order (the first is the default); for the handlers that

@@ -15,6 +15,7 @@ use axum::Json;
 use serde::Serialize;
 
 use super::{no_cache_headers, AppState, Streams};
+use crate::boot_status::{PersistedFile, Used};
 use crate::frame::H264Supply;
 use crate::hub::{EncoderState, Hub, Output};
 
@@ -35,6 +36,10 @@ pub struct Snapshot {
     /// The stream's RTSP URL with the host this request named; absent when RTSP is off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rtsp: Option<String>,
+    /// Persisted files read at start-up and which copy of each was used: the SD image's boot
+    /// status file (`boot_status`), and the self-signed TLS pair when it fell back to its
+    /// previous copy. The same for every stream; empty when nothing is known.
+    pub persist: Vec<PersistedFile>,
     pub uptime_s: f64,
 }
 
@@ -268,13 +273,14 @@ impl Snapshot {
                 })
                 .collect(),
             rtsp: None,
+            persist: Vec::new(),
             uptime_s: (hub.uptime().as_secs_f64() * 10.0).round() / 10.0,
         }
     }
 
     /// Prometheus text exposition format 0.0.4, every stream's samples labelled with its
-    /// name.
-    pub fn to_prometheus(snapshots: &[Snapshot]) -> String {
+    /// name, then the samples of picamd as a whole (`persist`), without a label.
+    pub fn to_prometheus(snapshots: &[Snapshot], persist: &[PersistedFile]) -> String {
         let mut out = String::with_capacity(2048 * snapshots.len().max(1));
         // One HELP/TYPE block per metric, then one sample per stream (and per extra label).
         let mut metric =
@@ -501,6 +507,15 @@ impl Snapshot {
         metric("uptime_seconds", "gauge", "Seconds since start.", &|s| {
             vec![("", s.uptime_s)]
         });
+        // Not per stream: one sample for the whole of picamd, so no `stream` label.
+        let fallbacks = persist.iter().filter(|p| p.used != Used::Current).count();
+        let _ = writeln!(
+            out,
+            "# HELP picamd_persist_fallbacks Persisted files not used as written at start \
+             (previous copy, missing or defaults; /state's persist says which and why)."
+        );
+        let _ = writeln!(out, "# TYPE picamd_persist_fallbacks gauge");
+        let _ = writeln!(out, "picamd_persist_fallbacks {fallbacks}");
         out
     }
 }
@@ -516,6 +531,7 @@ fn mean_ms(total_us: u64, frames: u64) -> f64 {
 pub async fn state(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let mut snapshot = Snapshot::of(&state.hub);
     snapshot.rtsp = rtsp_url(&headers, state.rtsp_port, &snapshot.stream);
+    snapshot.persist = state.persist.to_vec();
     let mut resp = Json(snapshot).into_response();
     resp.headers_mut().extend(no_cache_headers());
     resp
@@ -523,7 +539,7 @@ pub async fn state(State(state): State<AppState>, headers: HeaderMap) -> Respons
 
 pub async fn metrics(State(streams): State<Streams>) -> Response {
     let snapshots: Vec<Snapshot> = streams.iter().map(|s| Snapshot::of(&s.hub)).collect();
-    let mut resp = Snapshot::to_prometheus(&snapshots).into_response();
+    let mut resp = Snapshot::to_prometheus(&snapshots, &streams[0].persist).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -13,6 +13,7 @@ mod encoders;
 mod ffmpeg_sources;
 mod mjpeg;
 mod passthrough;
+mod persist;
 mod publish;
 mod recovery;
 mod rtsp;
