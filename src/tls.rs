@@ -160,10 +160,16 @@ pub fn load(tls: &TlsConfig, state_dir: &Path) -> Result<TlsMaterial, TlsError> 
             path = %cert_path.display(),
             "the self-signed certificate is due for renewal; making a new one"
         ),
-        Err(Reuse::Bad(why)) => tracing::warn!(
-            path = %cert_path.display(),
-            "cannot use the self-signed certificate ({why}); making a new one"
-        ),
+        Err(Reuse::Bad(why)) => {
+            tracing::warn!(
+                path = %cert_path.display(),
+                "cannot use the self-signed certificate ({why}); making a new one"
+            );
+            // Neither generation is usable: the broken pair must not become the previous
+            // generation of the new one (write_set keeps the old set only when it is whole).
+            let _ = std::fs::remove_file(&cert_path);
+            let _ = std::fs::remove_file(&key_path);
+        }
     }
     let (cert_pem, key_pem) = generate(&names())?;
     std::fs::create_dir_all(state_dir).map_err(|source| TlsError::Write {
@@ -480,6 +486,32 @@ mod tests {
         );
         let reused = CertOrigin::Reused { cert: cert_path };
         assert_eq!(reused.fallback(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_new_pair_made_after_both_generations_broke_keeps_no_broken_previous() {
+        let dir = std::env::temp_dir().join(format!("picamd-tls-both-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        for name in [SELF_SIGNED_CERT, SELF_SIGNED_KEY] {
+            std::fs::write(dir.join(name), b"cut short").unwrap();
+        }
+        let tls = TlsConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            files: None,
+            http_redirect: false,
+        };
+        let made = load(&tls, &dir).unwrap();
+        assert!(matches!(made.origin, CertOrigin::Generated { .. }));
+        let previous = atomic_file::previous_path(&dir.join(SELF_SIGNED_CERT));
+        assert!(
+            !previous.exists(),
+            "the broken pair was kept as the previous one"
+        );
+        // The next start reuses the new pair.
+        let again = load(&tls, &dir).unwrap();
+        assert_eq!(again.fingerprint, made.fingerprint);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
