@@ -41,11 +41,16 @@ fn decode(url: &str, transport: &str, frames: u32) -> (bool, String, Duration) {
         .stdin(Stdio::null())
         .output()
         .expect("run ffmpeg");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        t.elapsed(),
-    )
+    // `-f null` rescales each frame's time to 1/fps: two frames captured less than a frame
+    // interval apart (the test pattern's clock on a machine loaded by other builds) land on
+    // the same tick and ffmpeg says so (picamd stamps RTP at 90 kHz from the capture times).
+    // That line is about the null muxer, not the stream; every other line is an error.
+    let errors = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.contains("non monotonically increasing dts to muxer"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    (out.status.success(), errors, t.elapsed())
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
