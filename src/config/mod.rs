@@ -456,6 +456,20 @@ where
         .map_err(|e| invalid(key.name, origin, format!("{text:?}: {e}")))
 }
 
+/// A path key that must be absolute, with the table's default; `or` ends the error message
+/// with what else the key takes.
+fn absolute_path(key: &Key, v: Option<Sourced<String>>, or: &str) -> Result<PathBuf, ConfigError> {
+    match v {
+        None => Ok(builtin::<String>(key).into()),
+        Some(v) if Path::new(&v.value).is_absolute() => Ok(v.value.into()),
+        Some(v) => Err(invalid(
+            key.name,
+            v.origin,
+            format!("{:?} is not an absolute path{or}", v.value),
+        )),
+    }
+}
+
 /// A switch: its value, else the table's default.
 fn switch(key: &Key, v: Option<Sourced<bool>>) -> bool {
     v.map_or_else(|| builtin(key), |s| s.value)
@@ -525,28 +539,10 @@ impl ConfigLayer {
         let allow_root = switch(&key::allow_root, pick!(top, allow_root));
         let log_level = parsed(&key::log_level, pick!(top, log_level))?;
         let security = resolve_security(&top)?;
-        let state_dir = match pick!(top, state_dir) {
-            None => builtin::<String>(&key::state_dir).into(),
-            Some(v) if Path::new(&v.value).is_absolute() => PathBuf::from(v.value),
-            Some(v) => {
-                return Err(invalid(
-                    key::state_dir.name,
-                    v.origin,
-                    format!("{:?} is not an absolute path", v.value),
-                ))
-            }
-        };
+        let state_dir = absolute_path(&key::state_dir, pick!(top, state_dir), "")?;
         let boot_status = match pick!(top, boot_status) {
-            None => Some(builtin::<String>(&key::boot_status).into()),
             Some(v) if v.value.is_empty() => None,
-            Some(v) if Path::new(&v.value).is_absolute() => Some(PathBuf::from(v.value)),
-            Some(v) => {
-                return Err(invalid(
-                    key::boot_status.name,
-                    v.origin,
-                    format!("{:?} is not an absolute path (or empty: none)", v.value),
-                ))
-            }
+            v => Some(absolute_path(&key::boot_status, v, " (or empty: none)")?),
         };
         let tls = resolve_tls(&top)?;
         let rtsp = resolve_rtsp(&top, listen)?;
