@@ -33,6 +33,9 @@ struct Got {
     at: Duration,
     lag_s: f64,
     bytes: usize,
+    /// The reader's socket receive buffer when this frame was read (`SO_RCVBUF`, which
+    /// Linux's autotuning grows while the connection runs); 0 where the test cannot see it.
+    rcvbuf: usize,
 }
 
 /// What a reader saw after the warm-up.
@@ -43,17 +46,21 @@ struct Figures {
     /// Median lag over the first and the second half of the measured time: equal for a
     /// steady lag, growing for a backlog.
     halves_s: (f64, f64),
+    /// Median receive buffer over the same two halves, in bytes.
+    rcvbuf_halves: (f64, f64),
     mean_bytes: f64,
 }
 
 fn figures(name: &str, got: &[Got]) -> Figures {
     let measured: Vec<&Got> = got.iter().filter(|g| g.at >= WARM_UP).collect();
     assert!(measured.len() > 5, "{name}: only {} frames", measured.len());
-    let median = |v: &[&Got]| {
-        let mut lags: Vec<f64> = v.iter().map(|g| g.lag_s).collect();
-        lags.sort_by(f64::total_cmp);
-        lags[lags.len() / 2]
+    let median_of = |v: &[&Got], of: fn(&Got) -> f64| {
+        let mut values: Vec<f64> = v.iter().map(|g| of(g)).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
     };
+    let median = |v: &[&Got]| median_of(v, |g| g.lag_s);
+    let rcvbuf = |v: &[&Got]| median_of(v, |g| g.rcvbuf as f64);
     let window = (READ_FOR - WARM_UP).as_secs_f64();
     let mid = WARM_UP + (READ_FOR - WARM_UP) / 2;
     let (first, second): (Vec<&Got>, Vec<&Got>) = measured.iter().partition(|g| g.at < mid);
@@ -62,11 +69,12 @@ fn figures(name: &str, got: &[Got]) -> Figures {
         median_lag_s: median(&measured),
         max_lag_s: measured.iter().map(|g| g.lag_s).fold(0.0, f64::max),
         halves_s: (median(&first), median(&second)),
+        rcvbuf_halves: (rcvbuf(&first), rcvbuf(&second)),
         mean_bytes: measured.iter().map(|g| g.bytes as f64).sum::<f64>() / measured.len() as f64,
     };
     println!(
         "{name}: {:.1} per second, lag median {:.3} s, max {:.3} s (median {:.3} s then {:.3} s), \
-         {:.0} bytes/frame, {} frames after {} s",
+         {:.0} bytes/frame, {} frames after {} s{}",
         f.fps,
         f.median_lag_s,
         f.max_lag_s,
@@ -74,7 +82,16 @@ fn figures(name: &str, got: &[Got]) -> Figures {
         f.halves_s.1,
         f.mean_bytes,
         measured.len(),
-        WARM_UP.as_secs()
+        WARM_UP.as_secs(),
+        if f.rcvbuf_halves.1 > 0.0 {
+            format!(
+                ", receive buffer median {:.0} then {:.0} KiB",
+                f.rcvbuf_halves.0 / 1024.0,
+                f.rcvbuf_halves.1 / 1024.0
+            )
+        } else {
+            String::new()
+        }
     );
     f
 }
@@ -143,6 +160,7 @@ async fn read_mjpeg(
             at: start.elapsed(),
             lag_s: received.saturating_sub(ts) as f64 / 1e6,
             bytes: part.jpeg.len(),
+            rcvbuf: recv_buffer(fd),
         });
         pace.wait().await;
     }
@@ -179,6 +197,7 @@ async fn read_ws(
             at: start.elapsed(),
             lag_s: received.saturating_sub(h.capture_us) as f64 / 1e6,
             bytes: jpeg.len(),
+            rcvbuf: recv_buffer(fd),
         });
         pace.wait().await;
     }
@@ -191,7 +210,8 @@ async fn read_ws(
 ///   it), the issue's bound: lag under 0.3 s.
 /// - With the kernel's defaults, the client's own receive buffer fills up (Linux autotunes
 ///   it to a few hundred KB) and holds frames no server can take back: its lag is at most
-///   that buffer's worth of frames, at 10 a second, plus the frame in flight, and steady.
+///   that buffer's worth of frames, at 10 a second, plus the frame in flight, and it grows
+///   only while autotuning grows that buffer.
 fn check_paced_readers(output: &str, small: (Vec<Got>, usize), default: (Vec<Got>, usize)) {
     let small_f = figures(
         &format!("{output}, 10 fps reader, 32 KiB receive buffer"),
@@ -216,19 +236,33 @@ fn check_paced_readers(output: &str, small: (Vec<Got>, usize), default: (Vec<Got
         "{output}: lag up to {:.3} s",
         small_f.max_lag_s
     );
-    let buffered_frames = default.1 as f64 / default_f.mean_bytes;
-    let bound = (buffered_frames + 2.0) * 0.1 + 0.1;
+    // The bound for each frame comes from the buffer as it was when that frame was read:
+    // autotuning can still be growing it while the reader reads (measured: 720 KiB at the
+    // end of a run whose first half had far less), and a bigger buffer holds more frames.
+    let frames_in = |rcvbuf: f64| rcvbuf / default_f.mean_bytes;
+    for g in default.0.iter().filter(|g| g.at >= WARM_UP) {
+        let bound = (frames_in(g.rcvbuf as f64) + 2.0) * 0.1 + 0.1;
+        assert!(
+            g.lag_s < bound,
+            "{output}: lag {:.3} s at {:.1} s; its {} KiB receive buffer then explains \
+             {bound:.2} s",
+            g.lag_s,
+            g.at.as_secs_f64(),
+            g.rcvbuf / 1024
+        );
+    }
+    // Steady: the lag may grow only by what the buffer's growth explains, at 10 frames a
+    // second; a backlog on the server grows by seconds (see the module's note).
+    let (before, after) = default_f.rcvbuf_halves;
+    let explained = (frames_in(after) - frames_in(before)).max(0.0) * 0.1;
     assert!(
-        default_f.max_lag_s < bound,
-        "{output}: lag up to {:.3} s; its {} KiB receive buffer explains {bound:.2} s",
-        default_f.max_lag_s,
-        default.1 / 1024
-    );
-    assert!(
-        default_f.halves_s.1 < default_f.halves_s.0 + 0.15,
-        "{output}: lag grows ({:.3} s then {:.3} s)",
+        default_f.halves_s.1 < default_f.halves_s.0 + explained + 0.15,
+        "{output}: lag grows ({:.3} s then {:.3} s) more than the receive buffer's growth \
+         ({:.0} then {:.0} KiB) explains",
         default_f.halves_s.0,
-        default_f.halves_s.1
+        default_f.halves_s.1,
+        before / 1024.0,
+        after / 1024.0
     );
 }
 
@@ -419,6 +453,8 @@ async fn motion_at_10_fps_works_on_current_pictures() {
             at: start.elapsed(),
             lag_s: (saved_us as f64 - captured_us) / 1e6,
             bytes: jpeg.len(),
+            // motion's socket is its own.
+            rcvbuf: 0,
         });
     }
     let f = figures("motion 4.5 at framerate 10, its snapshots", &got);
