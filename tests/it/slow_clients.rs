@@ -36,6 +36,9 @@ struct Got {
     /// The reader's socket receive buffer when this frame was read (`SO_RCVBUF`, which
     /// Linux's autotuning grows while the connection runs); 0 where the test cannot see it.
     rcvbuf: usize,
+    /// Bytes the reader's kernel had received and the reader not yet read, just after this
+    /// frame was read: the frames queued behind it on the client's side.
+    unread: usize,
 }
 
 /// What a reader saw after the warm-up.
@@ -48,6 +51,12 @@ struct Figures {
     halves_s: (f64, f64),
     /// Median receive buffer over the same two halves, in bytes.
     rcvbuf_halves: (f64, f64),
+    /// Median lag over the same two halves less what the reader's own kernel held behind
+    /// each frame (its unread bytes, at the rate the reader takes them): the time the frame
+    /// spent before the client's receive buffer. The client's buffer can fill up and grow
+    /// (autotuning) while a reader reads; this part stays steady unless something before it
+    /// (the server) builds a backlog.
+    behind_halves_s: (f64, f64),
     mean_bytes: f64,
 }
 
@@ -62,15 +71,26 @@ fn figures(name: &str, got: &[Got]) -> Figures {
     let median = |v: &[&Got]| median_of(v, |g| g.lag_s);
     let rcvbuf = |v: &[&Got]| median_of(v, |g| g.rcvbuf as f64);
     let window = (READ_FOR - WARM_UP).as_secs_f64();
+    let fps = measured.len() as f64 / window;
+    let mean_bytes = measured.iter().map(|g| g.bytes as f64).sum::<f64>() / measured.len() as f64;
+    let behind = |v: &[&Got]| {
+        let mut values: Vec<f64> = v
+            .iter()
+            .map(|g| g.lag_s - g.unread as f64 / (fps * mean_bytes))
+            .collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
     let mid = WARM_UP + (READ_FOR - WARM_UP) / 2;
     let (first, second): (Vec<&Got>, Vec<&Got>) = measured.iter().partition(|g| g.at < mid);
     let f = Figures {
-        fps: measured.len() as f64 / window,
+        fps,
         median_lag_s: median(&measured),
         max_lag_s: measured.iter().map(|g| g.lag_s).fold(0.0, f64::max),
         halves_s: (median(&first), median(&second)),
         rcvbuf_halves: (rcvbuf(&first), rcvbuf(&second)),
-        mean_bytes: measured.iter().map(|g| g.bytes as f64).sum::<f64>() / measured.len() as f64,
+        behind_halves_s: (behind(&first), behind(&second)),
+        mean_bytes,
     };
     println!(
         "{name}: {:.1} per second, lag median {:.3} s, max {:.3} s (median {:.3} s then {:.3} s), \
@@ -85,9 +105,12 @@ fn figures(name: &str, got: &[Got]) -> Figures {
         WARM_UP.as_secs(),
         if f.rcvbuf_halves.1 > 0.0 {
             format!(
-                ", receive buffer median {:.0} then {:.0} KiB",
+                ", receive buffer median {:.0} then {:.0} KiB, lag less what it holds: median \
+                 {:.3} s then {:.3} s",
                 f.rcvbuf_halves.0 / 1024.0,
-                f.rcvbuf_halves.1 / 1024.0
+                f.rcvbuf_halves.1 / 1024.0,
+                f.behind_halves_s.0,
+                f.behind_halves_s.1
             )
         } else {
             String::new()
@@ -137,6 +160,15 @@ fn recv_buffer(fd: i32) -> usize {
         .expect("SO_RCVBUF")
 }
 
+/// Bytes waiting in the socket's receive queue (`FIONREAD`).
+fn unread(fd: i32) -> usize {
+    let mut n: nix::libc::c_int = 0;
+    // SAFETY: the caller's stream owns `fd`; FIONREAD writes one int.
+    let r = unsafe { nix::libc::ioctl(fd, nix::libc::FIONREAD, &mut n) };
+    assert_eq!(r, 0, "FIONREAD");
+    n as usize
+}
+
 /// Reads `/stream` for [`READ_FOR`], `per_second` frames at most; every part must be a whole
 /// JPEG of [`SIZE`]. Returns the frames and the socket's final receive buffer size.
 async fn read_mjpeg(
@@ -161,6 +193,7 @@ async fn read_mjpeg(
             lag_s: received.saturating_sub(ts) as f64 / 1e6,
             bytes: part.jpeg.len(),
             rcvbuf: recv_buffer(fd),
+            unread: unread(fd),
         });
         pace.wait().await;
     }
@@ -198,6 +231,7 @@ async fn read_ws(
             lag_s: received.saturating_sub(h.capture_us) as f64 / 1e6,
             bytes: jpeg.len(),
             rcvbuf: recv_buffer(fd),
+            unread: unread(fd),
         });
         pace.wait().await;
     }
@@ -251,18 +285,18 @@ fn check_paced_readers(output: &str, small: (Vec<Got>, usize), default: (Vec<Got
             g.rcvbuf / 1024
         );
     }
-    // Steady: the lag may grow only by what the buffer's growth explains, at 10 frames a
-    // second; a backlog on the server grows by seconds (see the module's note).
-    let (before, after) = default_f.rcvbuf_halves;
-    let explained = (frames_in(after) - frames_in(before)).max(0.0) * 0.1;
+    // Steady: the lag itself may grow while the client's buffer fills and autotuning grows
+    // it (CI saw 0.80 s then 1.14 s, the buffer ending at 720 KiB), but what is left of it
+    // once the client's own unread bytes are taken off may not. 0.3 s of slack: that figure
+    // still holds the reader's user-space buffer, and unread bytes counted after a read lag
+    // the queue a frame met on arrival while the buffer grows (0.29 s then 0.37 s measured
+    // as it grew from 383 to 468 KiB). A backlog on the server grows by seconds: 10 s
+    // behind after 15 s without picamd's send-queue limits (see the module's note).
+    let (before, after) = default_f.behind_halves_s;
     assert!(
-        default_f.halves_s.1 < default_f.halves_s.0 + explained + 0.15,
-        "{output}: lag grows ({:.3} s then {:.3} s) more than the receive buffer's growth \
-         ({:.0} then {:.0} KiB) explains",
-        default_f.halves_s.0,
-        default_f.halves_s.1,
-        before / 1024.0,
-        after / 1024.0
+        after < before + 0.3,
+        "{output}: the lag less what the client's receive buffer holds grows ({before:.3} s \
+         then {after:.3} s)"
     );
 }
 
@@ -455,6 +489,7 @@ async fn motion_at_10_fps_works_on_current_pictures() {
             bytes: jpeg.len(),
             // motion's socket is its own.
             rcvbuf: 0,
+            unread: 0,
         });
     }
     let f = figures("motion 4.5 at framerate 10, its snapshots", &got);
