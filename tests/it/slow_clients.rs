@@ -63,24 +63,17 @@ struct Figures {
 fn figures(name: &str, got: &[Got]) -> Figures {
     let measured: Vec<&Got> = got.iter().filter(|g| g.at >= WARM_UP).collect();
     assert!(measured.len() > 5, "{name}: only {} frames", measured.len());
-    let median_of = |v: &[&Got], of: fn(&Got) -> f64| {
+    fn median_of(v: &[&Got], of: impl Fn(&Got) -> f64) -> f64 {
         let mut values: Vec<f64> = v.iter().map(|g| of(g)).collect();
         values.sort_by(f64::total_cmp);
         values[values.len() / 2]
-    };
+    }
     let median = |v: &[&Got]| median_of(v, |g| g.lag_s);
     let rcvbuf = |v: &[&Got]| median_of(v, |g| g.rcvbuf as f64);
     let window = (READ_FOR - WARM_UP).as_secs_f64();
     let fps = measured.len() as f64 / window;
     let mean_bytes = measured.iter().map(|g| g.bytes as f64).sum::<f64>() / measured.len() as f64;
-    let behind = |v: &[&Got]| {
-        let mut values: Vec<f64> = v
-            .iter()
-            .map(|g| g.lag_s - g.unread as f64 / (fps * mean_bytes))
-            .collect();
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
+    let behind = |v: &[&Got]| median_of(v, |g| g.lag_s - g.unread as f64 / (fps * mean_bytes));
     let mid = WARM_UP + (READ_FOR - WARM_UP) / 2;
     let (first, second): (Vec<&Got>, Vec<&Got>) = measured.iter().partition(|g| g.at < mid);
     let f = Figures {
