@@ -207,6 +207,29 @@ impl Picamd {
         assert_eq!(r.status, 200);
         serde_json::from_slice(&r.body).expect("state is JSON")
     }
+
+    /// Polls `/state` every 50 ms until `ok` holds, and returns that state; fails the test
+    /// with the last state seen if it does not hold `within`. Figures that change together
+    /// (a viewer and its consumer, say) go in one `ok`: they are counted a moment apart.
+    pub async fn wait_state(
+        &self,
+        what: &str,
+        within: Duration,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.state().await;
+            if ok(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/state not {what} within {within:?}: {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for Picamd {

@@ -13,7 +13,7 @@ use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::peers::{assert_no_ffmpeg_left, NginxRtmp, ScriptServer, TempDir};
 use common::{decode, Picamd};
@@ -54,26 +54,6 @@ fn start_looped_passed_through(clip: &str, url: &str) -> Picamd {
         "--publish",
         url,
     ])
-}
-
-async fn wait_state(
-    p: &Picamd,
-    within: Duration,
-    what: &str,
-    ok: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let s = p.state().await;
-        if ok(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not {what} within {within:?}: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 async fn probe_published(url: &str) -> (String, String, u64, u64) {
@@ -133,10 +113,11 @@ async fn an_h264_file_is_published_as_it_is_and_snapshots_still_work() {
     let url = format!("rtmp://127.0.0.1:{}/live/pt-h264", nginx.rtmp_port);
     let p = start_looped_passed_through(&clip, &url);
     // The publisher alone (an H.264 consumer holding a viewer slot) wakes the source.
-    let s = wait_state(&p, Duration::from_secs(40), "publishing", |s| {
-        s["publish"][0]["state"] == "publishing"
-    })
-    .await;
+    let s = p
+        .wait_state("publishing", Duration::from_secs(40), |s| {
+            s["publish"][0]["state"] == "publishing"
+        })
+        .await;
     assert_eq!(s["viewers"]["mjpeg"], 0, "{s}");
     assert_eq!(
         s["frames"]["encoded"], 0,
@@ -199,10 +180,11 @@ async fn an_h264_file_is_published_as_it_is_and_snapshots_still_work() {
     // Still no encoder after the JPEG and RTSP viewers came and went.
     assert_eq!(p.state().await["h264"]["encoded"], 0);
     // Past the end of the file (two keyframes a pass): the units go on, without a failure.
-    let s = wait_state(&p, Duration::from_secs(20), "past the loop", |s| {
-        s["h264"]["keyframes"].as_u64() >= Some(5)
-    })
-    .await;
+    let s = p
+        .wait_state("past the loop", Duration::from_secs(20), |s| {
+            s["h264"]["keyframes"].as_u64() >= Some(5)
+        })
+        .await;
     assert_eq!(s["source"]["restarts"], 0, "{s}");
     assert_eq!(s["source"]["state"], "streaming", "{s}");
     assert_eq!(s["publish"][0]["state"], "publishing", "{s}");
@@ -230,7 +212,7 @@ async fn an_rtsp_camera_with_parameter_sets_in_band_is_passed_through() {
         "--publish",
         &url,
     ]);
-    wait_state(&p, Duration::from_secs(40), "publishing", |s| {
+    p.wait_state("publishing", Duration::from_secs(40), |s| {
         s["publish"][0]["state"] == "publishing"
     })
     .await;
@@ -255,7 +237,7 @@ async fn another_codec_is_encoded_instead_and_says_why() {
     let nginx = NginxRtmp::server();
     let url = format!("rtmp://127.0.0.1:{}/live/pt-mpeg4", nginx.rtmp_port);
     let p = start_looped_passed_through(&clip, &url);
-    wait_state(&p, Duration::from_secs(40), "publishing", |s| {
+    p.wait_state("publishing", Duration::from_secs(40), |s| {
         s["publish"][0]["state"] == "publishing"
     })
     .await;
@@ -340,12 +322,13 @@ async fn garbage_or_an_endless_unit_on_the_h264_output_fails_the_source_with_the
                 while body.read(&mut buf).await > 0 {}
             }
         });
-        let s = wait_state(&p, Duration::from_secs(30), "failed with the reason", |s| {
-            s["source"]["error"]
-                .as_str()
-                .is_some_and(|e| e.contains(reason))
-        })
-        .await;
+        let s = p
+            .wait_state("failed with the reason", Duration::from_secs(30), |s| {
+                s["source"]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(reason))
+            })
+            .await;
         assert!(s["source"]["restarts"].as_u64() >= Some(1), "{s}");
         assert!(
             p.rss_kib() < 200 * 1024,

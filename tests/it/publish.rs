@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::peers::{assert_no_ffmpeg_left, ffmpeg_readers, NginxRtmp};
 use common::Picamd;
@@ -16,19 +16,12 @@ fn probe(url: &str) -> Result<(String, String, u64, u64), String> {
 
 /// Waits up to `within` for the first publisher of `p`'s default stream to be in `state`.
 async fn wait_publisher(p: &Picamd, state: &str, within: Duration) -> serde_json::Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let s = p.state().await;
-        let publisher = s["publish"][0].clone();
-        if publisher["state"] == state {
-            return publisher;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "publisher not {state} within {within:?}: {publisher}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let s = p
+        .wait_state(&format!("publishing {state}"), within, |s| {
+            s["publish"][0]["state"] == state
+        })
+        .await;
+    s["publish"][0].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

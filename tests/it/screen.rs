@@ -259,26 +259,6 @@ async fn next_matching<S: tokio::io::AsyncRead + Unpin>(
     }
 }
 
-async fn wait_state(
-    p: &Picamd,
-    what: &str,
-    timeout: Duration,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let s = p.state().await;
-        if pred(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/state not {what} within {timeout:?}: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn an_x_display_streams_follows_changes_and_survives_its_server() {
     let dir = TempDir::new("screen");
@@ -335,10 +315,11 @@ async fn an_x_display_streams_follows_changes_and_survives_its_server() {
     // The X server dies: ffmpeg exits, /state says why, and the stream goes on with
     // "no signal" pictures.
     x.kill();
-    let s = wait_state(&p, "error", Duration::from_secs(10), |s| {
-        s["source"]["state"] == "error"
-    })
-    .await;
+    let s = p
+        .wait_state("error", Duration::from_secs(10), |s| {
+            s["source"]["state"] == "error"
+        })
+        .await;
     let why = s["source"]["error"].as_str().unwrap_or_default().to_owned();
     // "the X display :N went away (…)" from picamd's own check, or, once retried, ffmpeg's
     // "Cannot open display :N".
@@ -366,10 +347,11 @@ async fn an_x_display_streams_follows_changes_and_survives_its_server() {
         |p| p.all(BLUE),
     )
     .await;
-    let s = wait_state(&p, "streaming", Duration::from_secs(5), |s| {
-        s["source"]["state"] == "streaming"
-    })
-    .await;
+    let s = p
+        .wait_state("streaming", Duration::from_secs(5), |s| {
+            s["source"]["state"] == "streaming"
+        })
+        .await;
     assert!(s["source"]["restarts"].as_u64().unwrap_or(0) >= 1, "{s}");
     assert!(s["frames"]["no_signal"].as_u64().unwrap_or(0) >= 2, "{s}");
     drop(stream);

@@ -239,13 +239,12 @@ async fn webrtc_viewers(p: &Picamd) -> u64 {
 /// Polls `/state` until the WebRTC viewers are `n` (10 s at most); how long it took.
 async fn wait_viewers(p: &Picamd, n: u64) -> Duration {
     let t = Instant::now();
-    while webrtc_viewers(p).await != n {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "viewers.webrtc never became {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    p.wait_state(
+        &format!("{n} WebRTC viewers"),
+        Duration::from_secs(10),
+        |s| s["viewers"]["webrtc"] == n,
+    )
+    .await;
     t.elapsed()
 }
 
