@@ -312,11 +312,10 @@ async fn a_file_plays_once_per_session_or_loops() {
 
     // The next viewing session of the unlooped file plays it again.
     drop(w_once);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while once.state().await["source"]["state"] != "idle" {
-        assert!(Instant::now() < deadline, "the source never idled");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    once.wait_state("idle", Duration::from_secs(10), |s| {
+        s["source"]["state"] == "idle"
+    })
+    .await;
     let again = WsWatch::connect(&once, "once again").await;
     again.live(0, 10, LIVE_TIMEOUT).await;
     drop(again);
