@@ -12,8 +12,11 @@ import { chromium } from 'playwright-core';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
-/** The binary under test: $PICAMD_BIN, else the debug build `cargo test` made. */
-export const PICAMD_BIN = process.env.PICAMD_BIN ?? path.join(root, 'target/debug/picamd');
+/** The binary under test: $PICAMD_BIN, else the debug build `cargo test` made (in
+ * $CARGO_TARGET_DIR when that is set, as cargo does). */
+export const PICAMD_BIN =
+  process.env.PICAMD_BIN ??
+  path.join(path.resolve(root, process.env.CARGO_TARGET_DIR ?? 'target'), 'debug/picamd');
 
 /** A TCP port that was free a moment ago (so a restarted server can take the same one). */
 export async function freePort() {
