@@ -32,9 +32,14 @@ async fn idle_without_viewers_and_back_when_one_arrives() {
         }
         assert_eq!(p.state().await["source"]["state"], "streaming");
     }
-    // The viewer left; after the 1 s linger the source idles again.
+    // The viewer left; after the 1 s linger the source idles again. Waited for rather than
+    // read once after 2 s: on a loaded machine the linger's end can come late.
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    let s1 = p.state().await;
+    let s1 = p
+        .wait_state("idle after the linger", Duration::from_secs(10), |s| {
+            s["source"]["state"] == "idle"
+        })
+        .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let s2 = p.state().await;
     assert!(frames(&s1, "encoded") >= 10);

@@ -80,9 +80,11 @@ async fn ffprobe_reads_h264_over_tcp_and_udp_and_ffmpeg_decodes_90_frames() {
         assert!(took < Duration::from_secs(10), "{took:?}");
     }
     // The sessions ended with their clients.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let s = p.state().await;
-    assert_eq!(s["viewers"]["rtsp"], 0, "{s}");
+    let s = p
+        .wait_state("without RTSP viewers", Duration::from_secs(5), |s| {
+            s["viewers"]["rtsp"] == 0
+        })
+        .await;
     assert!(s["h264"]["keyframes"].as_u64() >= Some(2), "{s}");
 }
 

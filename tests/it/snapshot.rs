@@ -53,9 +53,12 @@ async fn snapshot_after_idle_is_captured_after_the_request() {
     let p = Picamd::start(&["--size", "320x240", "--fps", "10"]);
     let first = p.get("/snapshot").await;
     let (_, _, first_seq) = decode(&first.body);
-    // Let the pipeline go idle (the linger is 1 s).
+    // Let the pipeline go idle (the linger is 1 s; later on a loaded machine).
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(p.state().await["source"]["state"], "idle");
+    p.wait_state("idle", Duration::from_secs(10), |s| {
+        s["source"]["state"] == "idle"
+    })
+    .await;
 
     let asked = now_us();
     let r = p.get("/snapshot").await;
