@@ -345,18 +345,10 @@ async fn ffmpeg_runs_only_while_watched() {
     // The viewer left: after the 1 s linger, ffmpeg is stopped.
     assert_no_ffmpeg_left(clip, Duration::from_secs(5), "after the last viewer left");
     // The source reports idle once it has reaped ffmpeg and waits for demand again.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let state = p.state().await["source"]["state"].clone();
-        if state == "idle" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "source state {state} instead of idle"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    p.wait_state("idle", Duration::from_secs(5), |s| {
+        s["source"]["state"] == "idle"
+    })
+    .await;
 
     // A new viewer starts it again.
     let w = WsWatch::connect(&p, "viewer").await;

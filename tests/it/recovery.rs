@@ -123,15 +123,11 @@ async fn a_snapshot_during_an_outage_is_the_no_signal_frame() {
     // The failure is what `/state` reports while anyone watches (with nobody left, after the
     // linger, the source is idle instead); a busy machine may need a moment to settle.
     let _viewer = common::open(p.addr, "/stream").await;
-    let end = Instant::now() + Duration::from_secs(5);
-    let s = loop {
-        let s = p.state().await;
-        if s["source"]["state"] == "error" || Instant::now() > end {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(s["source"]["state"], "error", "{s}");
+    let s = p
+        .wait_state("error", Duration::from_secs(5), |s| {
+            s["source"]["state"] == "error"
+        })
+        .await;
     assert!(s["source"]["error"]
         .as_str()
         .unwrap()

@@ -358,18 +358,16 @@ async fn wrong_kinds_of_upstream_are_named_in_the_state() {
         let down = Picamd::start(&["--source", &format!("http://{}{path}", up.addr)]);
         // A viewer makes the source connect.
         let _viewer = ws(down.addr).await;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let s = down.state().await;
-            let err = s["source"]["error"].as_str().unwrap_or("").to_owned();
-            if err.contains(expect) {
-                if expect == "image/jpeg" {
-                    assert!(err.contains("ffmpeg:"), "{err}");
-                }
-                break;
-            }
-            assert!(Instant::now() < deadline, "{path}: {s}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        let error = |s: &serde_json::Value| s["source"]["error"].as_str().unwrap_or("").to_owned();
+        let s = down
+            .wait_state(
+                &format!("naming {expect} for {path}"),
+                Duration::from_secs(15),
+                |s| error(s).contains(expect),
+            )
+            .await;
+        if expect == "image/jpeg" {
+            assert!(error(&s).contains("ffmpeg:"), "{s}");
         }
     }
 }
